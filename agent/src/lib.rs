@@ -1,0 +1,1 @@
+//! The fledge agent. (Being built.)

@@ -1,0 +1,1 @@
+//! fledge filter. (Being built.)

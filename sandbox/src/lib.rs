@@ -1,0 +1,1 @@
+//! The fledge sandbox. (Being built.)
