@@ -17,15 +17,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, MetricType};
 
-use fledge_proto::v1::{self, Traffic};
+use fledge_proto::v1;
 
 use crate::config::{Config, Role};
-use crate::outcome::{self, Facts, Outcome};
-use crate::routing::{self, Destination, Rng, Table};
+use crate::routing::{self, Rng, Table};
 use crate::stats::Stats;
 use crate::stream::{self, Link, Node, Received, Step};
+
+mod request;
+
+use request::Request;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -337,15 +340,22 @@ impl RootContext for Root {
         if let Some(token) = self.link.token() {
             let _ = hostcalls::cancel_grpc_stream(token);
         }
-        self.link = Link::new(config.report_interval_ms);
+        self.link.restart(config.report_interval_ms);
         let period = Duration::from_millis(config.report_interval_ms);
         let _ = hostcalls::set_tick_period(period);
         let own_version = Some(self.node.version_label.clone()).filter(|v| !v.is_empty());
         let now = i64::try_from(now_ms()).unwrap_or(0);
+        // What the previous configuration recorded and has not reported yet carries over.
+        let mut stats = Stats::new(config.max_series, now);
+        if let Some(old) = &self.shared
+            && let Ok(mut old) = old.stats.try_borrow_mut()
+        {
+            stats.restore(old.take(now));
+        }
         Metrics::set(self.metrics.table_revision, config.table.revision);
         self.shared = Some(Rc::new(Shared {
             table: RefCell::new(Rc::new(config.table.clone())),
-            stats: RefCell::new(Stats::new(config.max_series, now)),
+            stats: RefCell::new(stats),
             rng: RefCell::new(Rng::new(random_u64())),
             own_version,
             metrics: Rc::clone(&self.metrics),
@@ -375,12 +385,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Request {
-            shared: self.shared.clone(),
-            destination: None,
-            decided: None,
-            server: false,
-        }))
+        Some(Box::new(Request::new(self.shared.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -393,126 +398,5 @@ impl Root {
         self.shared
             .as_ref()
             .map_or("", |s| s.config.agent.cluster.as_str())
-    }
-}
-
-// === request context ===
-
-/// One request: what was decided for it, kept until `on_log`.
-struct Request {
-    shared: Option<Rc<Shared>>,
-    destination: Option<Destination>,
-    /// The routed host and the version written to the request (`None`: header removed).
-    decided: Option<(String, Option<String>)>,
-    server: bool,
-}
-
-impl Request {
-    fn route(&mut self, shared: &Shared) {
-        let Some(destination) = &self.destination else {
-            return;
-        };
-        let table = match shared.table.try_borrow() {
-            Ok(table) => Rc::clone(&table),
-            Err(_) => return,
-        };
-        let Ok(mut rng) = shared.rng.try_borrow_mut() else {
-            return;
-        };
-        let Some(decision) = table.decide(&destination.host, &HostHeaders, &mut rng) else {
-            return;
-        };
-        let header = decision.route.version_header.as_str();
-        let _ = hostcalls::set_map_value_bytes(
-            MapType::HttpRequestHeaders,
-            header,
-            decision.version.map(str::as_bytes),
-        );
-        // The router picked its route before this filter ran; make it look again.
-        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
-        Metrics::add(shared.metrics.routed, 1);
-        self.decided = Some((
-            decision.route.host.clone(),
-            decision.version.map(str::to_owned),
-        ));
-    }
-
-    fn facts() -> Facts {
-        let duration_ns = property_i64(&["request", "duration"])
-            .or_else(|| {
-                let start = property_i64(&["request", "time"])?;
-                let now = hostcalls::get_current_time().ok()?;
-                let now = i64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()?;
-                Some(now - start)
-            })
-            .and_then(|ns| u64::try_from(ns).ok());
-        Facts {
-            duration_ns,
-            response_code: property_i64(&["response", "code"])
-                .and_then(|c| u16::try_from(c).ok())
-                .filter(|&c| c != 0),
-            response_flags: property_i64(&["response", "flags"])
-                .map_or(0, |f| u64::from_le_bytes(f.to_le_bytes())),
-            grpc_status: property_i64(&["response", "grpc_status"])
-                .and_then(|s| i32::try_from(s).ok()),
-        }
-    }
-}
-
-impl Context for Request {}
-
-impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
-        };
-        self.server = match shared.config.role {
-            Role::Client => false,
-            Role::Server => true,
-            Role::Auto => inbound().unwrap_or(false),
-        };
-        let authority = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        self.destination = Some(Destination::from_authority(&String::from_utf8_lossy(
-            &authority,
-        )));
-        if !self.server {
-            self.route(&shared);
-        }
-        Action::Continue
-    }
-
-    fn on_log(&mut self) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
-        let Some(destination) = self.destination.take() else {
-            // Headers never arrived (e.g. a reset before them): nothing to attribute.
-            return;
-        };
-        let outcome = Outcome::of(&Self::facts());
-        let cluster = property_string(&["xds", "cluster_name"]);
-        let (host, decided) = match &self.decided {
-            Some((host, version)) => (host.as_str(), version.as_deref()),
-            None => (destination.host.as_str(), None),
-        };
-        let own = if self.server {
-            shared.own_version.as_deref()
-        } else {
-            None
-        };
-        let version = outcome::version_of(decided, cluster.as_deref(), own);
-        let host = if host.is_empty() { "unknown" } else { host };
-        let traffic = if destination.shadow {
-            Traffic::Shadow
-        } else {
-            Traffic::Live
-        };
-        if let Ok(mut stats) = shared.stats.try_borrow_mut() {
-            stats.record(host, version, traffic, &outcome);
-            Metrics::add(shared.metrics.recorded, 1);
-        }
     }
 }

@@ -73,6 +73,14 @@ impl Link {
         }
     }
 
+    /// Starts over with a new interval (a new configuration): the next tick connects afresh.
+    /// Report numbers go on, so the agent sees no restart.
+    pub fn restart(&mut self, interval_ms: u64) {
+        self.interval_ms = interval_ms;
+        self.state = State::Down { retry_at_ms: 0 };
+        self.failures = 0;
+    }
+
     /// What is due at `now_ms`. A report is due once an interval has passed since the last one
     /// (less a tenth, so ticks that come a little early still report).
     pub fn poll(&self, now_ms: u64) -> Step {

@@ -22,6 +22,14 @@ fn connects_on_the_first_tick_then_reports_every_interval() {
     assert_eq!((link.next_seq(), link.next_seq()), (1, 2));
     link.unsent_seq();
     assert_eq!(link.next_seq(), 2);
+    // A new configuration reconnects at once with its interval; numbering goes on.
+    link.failed(2005);
+    link.restart(5000);
+    assert_eq!(link.poll(2006), Step::Connect);
+    link.opened(4, 2006);
+    assert_eq!(link.poll(6005), Step::Wait);
+    assert_eq!(link.poll(6506), Step::Report(4));
+    assert_eq!(link.next_seq(), 3);
 }
 
 #[test]
