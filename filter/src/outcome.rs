@@ -64,6 +64,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Failed by any measure but 4xx (a client's mistake is not the version's failure).
+    pub fn failed(&self) -> bool {
+        self.error_5xx || self.grpc_error || self.reset || self.timeout
+    }
+
     pub fn of(facts: &Facts) -> Outcome {
         let code = facts.response_code.unwrap_or(0);
         Outcome {

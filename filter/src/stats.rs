@@ -36,6 +36,7 @@ pub struct Series {
     pub grpc_errors: u64,
     pub resets: u64,
     pub timeouts: u64,
+    pub failures: u64,
     pub latency_us: Histogram<u64>,
 }
 
@@ -55,6 +56,7 @@ impl Series {
             grpc_errors: 0,
             resets: 0,
             timeouts: 0,
+            failures: 0,
             latency_us: new_histogram()?,
         })
     }
@@ -66,6 +68,7 @@ impl Series {
         self.grpc_errors += u64::from(outcome.grpc_error);
         self.resets += u64::from(outcome.reset);
         self.timeouts += u64::from(outcome.timeout);
+        self.failures += u64::from(outcome.failed());
         // Clamped into 1 µs ..= one hour, so it cannot fail.
         self.latency_us.saturating_record(outcome.latency_us);
     }
@@ -81,6 +84,7 @@ impl Series {
         self.grpc_errors += other.grpc_errors;
         self.resets += other.resets;
         self.timeouts += other.timeouts;
+        self.failures += other.failures;
         true
     }
 
@@ -104,6 +108,7 @@ impl Series {
             grpc_errors: self.grpc_errors,
             resets: self.resets,
             timeouts: self.timeouts,
+            failures: self.failures,
             latency_us_hdr,
         }
     }

@@ -32,6 +32,7 @@ fn a_recorded_sequence_comes_back_from_the_report() {
     let mut stats = Stats::new(16, 1_000);
     let values = latencies(11, 50_000);
     let mut expected = [0u64; 5];
+    let mut failures = 0u64;
     for (i, &v) in values.iter().enumerate() {
         let outcome = Outcome {
             latency_us: v,
@@ -50,6 +51,8 @@ fn a_recorded_sequence_comes_back_from_the_report() {
         ]) {
             *count += u64::from(hit);
         }
+        // A 4xx alone is the client's failure, not the version's; the rest count once each.
+        failures += u64::from(i % 50 == 0 || i % 11 == 0 || i % 101 == 0 || i % 103 == 0);
         stats.record("reviews", "v2", Traffic::Live, &outcome);
     }
     stats.record("reviews", "v2", Traffic::Shadow, &ok(5));
@@ -81,6 +84,7 @@ fn a_recorded_sequence_comes_back_from_the_report() {
         ],
         expected
     );
+    assert_eq!(s.failures, failures, "each failed request counted once");
 
     let h = decode(&s.latency_us_hdr);
     assert_eq!(h.len(), s.requests);
