@@ -42,7 +42,11 @@ pub(crate) struct Totals {
 
 impl Totals {
     fn new() -> Self {
-        Self { requests: 0, failures: 0, latency: latency::new_histogram() }
+        Self {
+            requests: 0,
+            failures: 0,
+            latency: latency::new_histogram(),
+        }
     }
 
     fn add(&mut self, bucket: &impl Bucket) {
@@ -52,7 +56,11 @@ impl Totals {
     }
 
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 { 0.0 } else { self.failures as f64 / self.requests as f64 }
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.failures as f64 / self.requests as f64
+        }
     }
 }
 
@@ -85,7 +93,10 @@ impl StepAnalysis {
         let alpha = spec.alpha_per_check();
         let errors_floor = (spec.errors.floor > 0.0).then(|| RateTest::new(spec.errors.floor));
         let errors_max = spec.errors.max_rate.map(RateTest::new);
-        let latency_max = spec.latency.max_ms.map(|_| RateTest::new(1.0 - spec.latency.quantile));
+        let latency_max = spec
+            .latency
+            .max_ms
+            .map(|_| RateTest::new(1.0 - spec.latency.quantile));
         Self {
             errors_relative: RatioTest::new(1.0 + spec.errors.tolerance),
             tail: RatioTest::new(1.0),
@@ -125,7 +136,12 @@ impl StepAnalysis {
         }
         if let Some(threshold) = self.tail_threshold_us {
             let scaled = (threshold as f64 * (1.0 + self.spec.latency.tolerance)) as u64;
-            self.tail.observe(canary.count_above(scaled), n, baseline.count_above(threshold), m);
+            self.tail.observe(
+                canary.count_above(scaled),
+                n,
+                baseline.count_above(threshold),
+                m,
+            );
         }
         if let (Some(test), Some(max_ms)) = (&mut self.latency_max, self.spec.latency.max_ms) {
             test.observe(canary.count_above((max_ms * 1000.0) as u64), n);

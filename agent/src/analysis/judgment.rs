@@ -57,7 +57,11 @@ impl Judgment {
 
 /// A likelihood ratio for reading: small ones with decimals, large ones in scientific notation.
 fn num(x: f64) -> String {
-    if x < 1000.0 { format!("{x:.2}") } else { format!("{x:.2e}") }
+    if x < 1000.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.2e}")
+    }
 }
 
 fn pct(rate: f64) -> String {
@@ -88,7 +92,10 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
     if a.spec.errors.enabled {
         let (cr, br) = (c.error_rate(), b.error_rate());
         let relative = a.errors_relative.evidence();
-        let floor = a.errors_floor.as_ref().map_or(f64::INFINITY, |t| t.evidence());
+        let floor = a
+            .errors_floor
+            .as_ref()
+            .map_or(f64::INFINITY, |t| t.evidence());
         let statistic = relative.min(floor);
         let limit = (br * (1.0 + a.spec.errors.tolerance)).max(a.spec.errors.floor);
         let v = verdict(statistic >= bar, cr <= limit);
@@ -102,7 +109,12 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
             num(statistic),
             bar
         );
-        checks.push(CheckResult { check: "error-rate", verdict: v, summary, evidence: evidence(cr, br, statistic, bar) });
+        checks.push(CheckResult {
+            check: "error-rate",
+            verdict: v,
+            summary,
+            evidence: evidence(cr, br, statistic, bar),
+        });
         if let (Some(test), Some(max)) = (&a.errors_max, a.spec.errors.max_rate) {
             let statistic = test.evidence();
             let v = verdict(statistic >= bar, cr <= max);
@@ -113,7 +125,12 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
                 statistic,
                 bar
             );
-            checks.push(CheckResult { check: "error-rate-max", verdict: v, summary, evidence: evidence(cr, max, statistic, bar) });
+            checks.push(CheckResult {
+                check: "error-rate-max",
+                verdict: v,
+                summary,
+                evidence: evidence(cr, max, statistic, bar),
+            });
         }
     }
 
@@ -126,12 +143,16 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
         let statistic = a.tail.evidence();
         let (c_share, b_share) = match a.tail_threshold_us {
             Some(t) if c.requests > 0 && b.requests > 0 => (
-                latency::count_above(&c.latency, (t as f64 * (1.0 + tol)) as u64) as f64 / c.requests as f64,
+                latency::count_above(&c.latency, (t as f64 * (1.0 + tol)) as u64) as f64
+                    / c.requests as f64,
                 latency::count_above(&b.latency, t) as f64 / b.requests as f64,
             ),
             _ => (0.0, 0.0),
         };
-        let v = verdict(statistic >= bar, a.tail_threshold_us.is_some() && c_share <= b_share.max(1.0 - q));
+        let v = verdict(
+            statistic >= bar,
+            a.tail_threshold_us.is_some() && c_share <= b_share.max(1.0 - q),
+        );
         let summary = format!(
             "{qname} canary {cq:.1} ms vs baseline {bq:.1} ms; canary share beyond baseline {qname} × {:.2} is {} vs baseline's {} beyond its {qname}; evidence {} against {:.0}; {samples}",
             1.0 + tol,
@@ -140,12 +161,18 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
             num(statistic),
             bar
         );
-        checks.push(CheckResult { check: "latency-tail", verdict: v, summary, evidence: evidence(cq, bq, statistic, bar) });
+        checks.push(CheckResult {
+            check: "latency-tail",
+            verdict: v,
+            summary,
+            evidence: evidence(cq, bq, statistic, bar),
+        });
 
         if a.spec.latency.rank {
             let (v, summary, ev) = match latency::rank_index(&c.latency, &b.latency, tol) {
                 Some((theta, variance)) => {
-                    let radius = super::sequential::normal_mixture_radius(variance, RANK_TAU2, a.alpha);
+                    let radius =
+                        super::sequential::normal_mixture_radius(variance, RANK_TAU2, a.alpha);
                     let lower = theta - radius;
                     let v = verdict(lower > 0.5, theta <= 0.5);
                     let summary = format!(
@@ -156,9 +183,18 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
                     );
                     (v, summary, evidence(theta, 0.5, lower, 0.5))
                 }
-                None => (Verdict::NotEnoughData, format!("no latencies yet; {samples}"), evidence(0.0, 0.5, 0.0, 0.5)),
+                None => (
+                    Verdict::NotEnoughData,
+                    format!("no latencies yet; {samples}"),
+                    evidence(0.0, 0.5, 0.0, 0.5),
+                ),
             };
-            checks.push(CheckResult { check: "latency-rank", verdict: v, summary, evidence: ev });
+            checks.push(CheckResult {
+                check: "latency-rank",
+                verdict: v,
+                summary,
+                evidence: ev,
+            });
         }
 
         if let (Some(test), Some(max_ms)) = (&a.latency_max, a.spec.latency.max_ms) {
@@ -166,9 +202,15 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
             let v = verdict(statistic >= bar, cq <= max_ms);
             let summary = format!(
                 "{qname} canary {cq:.1} ms against the bound {max_ms} ms; evidence {} against {:.0}; {samples}",
-                num(statistic), bar
+                num(statistic),
+                bar
             );
-            checks.push(CheckResult { check: "latency-max", verdict: v, summary, evidence: evidence(cq, max_ms, statistic, bar) });
+            checks.push(CheckResult {
+                check: "latency-max",
+                verdict: v,
+                summary,
+                evidence: evidence(cq, max_ms, statistic, bar),
+            });
         }
     }
 
@@ -188,14 +230,23 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
             a.baseline_during_silence
         )
     } else {
-        format!("canary received {} requests; last gap {}s", c.requests, a.canary_silent.as_secs())
+        format!(
+            "canary received {} requests; last gap {}s",
+            c.requests,
+            a.canary_silent.as_secs()
+        )
     };
     let silent = a.canary_silent.as_secs_f64();
     checks.push(CheckResult {
         check: "traffic",
         verdict: traffic,
         summary,
-        evidence: evidence(c.requests as f64, b.requests as f64, silent, timeout.as_secs_f64()),
+        evidence: evidence(
+            c.requests as f64,
+            b.requests as f64,
+            silent,
+            timeout.as_secs_f64(),
+        ),
     });
 
     let overall = if checks.iter().any(|c| c.verdict == Verdict::Fail) {
@@ -205,7 +256,11 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
     } else {
         Verdict::NotEnoughData
     };
-    Judgment { verdict: overall, elapsed_secs: a.elapsed.as_secs_f64(), checks }
+    Judgment {
+        verdict: overall,
+        elapsed_secs: a.elapsed.as_secs_f64(),
+        checks,
+    }
 }
 
 /// Mixture variance of the rank test's boundary: tightest for a probability-index effect ≈ 0.1.

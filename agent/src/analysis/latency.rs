@@ -5,8 +5,12 @@ use hdrhistogram::Histogram;
 
 /// An empty histogram with fledge's wire settings (1 µs .. 1 h, 2 significant digits).
 pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, fledge_proto::HISTOGRAM_MAX_US, fledge_proto::HISTOGRAM_SIGFIG)
-        .expect("fledge's histogram bounds are valid constants")
+    Histogram::new_with_bounds(
+        1,
+        fledge_proto::HISTOGRAM_MAX_US,
+        fledge_proto::HISTOGRAM_SIGFIG,
+    )
+    .expect("fledge's histogram bounds are valid constants")
 }
 
 /// Recorded values strictly above `us`, at the histogram's resolution.
@@ -24,7 +28,11 @@ pub fn count_above(hist: &Histogram<u64>, us: u64) -> u64 {
 /// canary latency C and a baseline latency B drawn at random (the Mann–Whitney probability
 /// index). θ = ½ means "canary as slow as baseline × (1 + tol)"; a canary no slower than the
 /// baseline has θ < ½. Returns (θ, its variance under θ = ½ with continuous data).
-pub fn rank_index(canary: &Histogram<u64>, baseline: &Histogram<u64>, tolerance: f64) -> Option<(f64, f64)> {
+pub fn rank_index(
+    canary: &Histogram<u64>,
+    baseline: &Histogram<u64>,
+    tolerance: f64,
+) -> Option<(f64, f64)> {
     let (n, m) = (canary.len(), baseline.len());
     if n == 0 || m == 0 {
         return None;
@@ -32,7 +40,12 @@ pub fn rank_index(canary: &Histogram<u64>, baseline: &Histogram<u64>, tolerance:
     let scale = 1.0 + tolerance;
     let base: Vec<(f64, u64)> = baseline
         .iter_recorded()
-        .map(|v| (baseline.median_equivalent(v.value_iterated_to()) as f64 * scale, v.count_at_value()))
+        .map(|v| {
+            (
+                baseline.median_equivalent(v.value_iterated_to()) as f64 * scale,
+                v.count_at_value(),
+            )
+        })
         .collect();
     let (mut below, mut i, mut wins) = (0u64, 0usize, 0.0f64);
     for v in canary.iter_recorded() {

@@ -39,7 +39,10 @@ pub struct RatioTest {
 
 impl RatioTest {
     pub fn new(ratio0: f64) -> Self {
-        Self { ratio0, log_lr: [0.0; GRID.len()] }
+        Self {
+            ratio0,
+            log_lr: [0.0; GRID.len()],
+        }
     }
 
     /// Adds one bucket: `x` canary events among `n` canary requests, `y` baseline events among `m`.
@@ -72,7 +75,10 @@ pub struct RateTest {
 
 impl RateTest {
     pub fn new(p0: f64) -> Self {
-        Self { p0: p0.clamp(1e-9, 1.0 - 1e-9), log_lr: [0.0; GRID.len()] }
+        Self {
+            p0: p0.clamp(1e-9, 1.0 - 1e-9),
+            log_lr: [0.0; GRID.len()],
+        }
     }
 
     /// Adds `x` events among `n` trials.
@@ -84,7 +90,8 @@ impl RateTest {
         for (log_lr, k) in self.log_lr.iter_mut().zip(GRID) {
             // Alternatives above p0 but below 1, spread towards 1 when p0 · k would pass it.
             let p1 = (p0 * k).min(p0 + (1.0 - p0) * (1.0 - 1.0 / k));
-            *log_lr += x as f64 * (p1 / p0).ln() + (n - x.min(n)) as f64 * ((1.0 - p1) / (1.0 - p0)).ln();
+            *log_lr +=
+                x as f64 * (p1 / p0).ln() + (n - x.min(n)) as f64 * ((1.0 - p1) / (1.0 - p0)).ln();
         }
     }
 
@@ -131,7 +138,10 @@ mod tests {
             }
         }
         let rate = alarms as f64 / runs as f64;
-        assert!(rate <= alpha, "false-alarm rate {rate} over {runs} runs exceeds {alpha}");
+        assert!(
+            rate <= alpha,
+            "false-alarm rate {rate} over {runs} runs exceeds {alpha}"
+        );
     }
 
     #[test]
@@ -164,13 +174,19 @@ mod tests {
                 }
             }
         }
-        assert!((alarms as f64 / runs as f64) <= alpha, "{alarms} alarms in {runs} runs");
+        assert!(
+            (alarms as f64 / runs as f64) <= alpha,
+            "{alarms} alarms in {runs} runs"
+        );
         let mut test = RateTest::new(0.01);
         for _ in 0..30 {
             let x = (0..20).filter(|_| rng.random_bool(0.1)).count() as u64;
             test.observe(x, 20);
         }
-        assert!(test.evidence() > 1.0 / alpha, "10 % against a 1 % bound not detected in 30 buckets");
+        assert!(
+            test.evidence() > 1.0 / alpha,
+            "10 % against a 1 % bound not detected in 30 buckets"
+        );
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Generator {
         Self {
             arrivals: Poisson::new(arm.rps).ok(),
             // Valid for any finite mu and positive sigma, which `Scenario::validate` ensures.
-            latency: LogNormal::new(mu, sigma).unwrap_or_else(|_| LogNormal::new(0.0, 1.0).expect("standard lognormal")),
+            latency: LogNormal::new(mu, sigma)
+                .unwrap_or_else(|_| LogNormal::new(0.0, 1.0).expect("standard lognormal")),
             error_rate: arm.error_rate.clamp(0.0, 1.0),
         }
     }
@@ -109,7 +110,8 @@ impl Generator {
         out.failures = 0;
         let count = self.arrivals.as_ref().map_or(0, |p| p.sample(rng) as usize);
         for _ in 0..count {
-            out.latencies_us.push((self.latency.sample(rng).round() as u64).max(1));
+            out.latencies_us
+                .push((self.latency.sample(rng).round() as u64).max(1));
             out.failures += u64::from(rng.random_bool(self.error_rate));
         }
     }
@@ -120,13 +122,22 @@ impl Scenario {
     pub fn validate(&self) -> Result<(), String> {
         for (name, arm) in [("baseline", &self.baseline), ("canary", &self.canary)] {
             if !(arm.rps.is_finite() && arm.rps >= 0.0) {
-                return Err(format!("{name} rate {} is not a non-negative number of requests/s", arm.rps));
+                return Err(format!(
+                    "{name} rate {} is not a non-negative number of requests/s",
+                    arm.rps
+                ));
             }
             if !(0.0..=1.0).contains(&arm.error_rate) {
-                return Err(format!("{name} error rate {} is not in [0, 1]", arm.error_rate));
+                return Err(format!(
+                    "{name} error rate {} is not in [0, 1]",
+                    arm.error_rate
+                ));
             }
             if !(arm.median_ms > 0.0 && arm.p99_ms >= arm.median_ms && arm.p99_ms.is_finite()) {
-                return Err(format!("{name} latency needs 0 < median ({}) ≤ p99 ({})", arm.median_ms, arm.p99_ms));
+                return Err(format!(
+                    "{name} latency needs 0 < median ({}) ≤ p99 ({})",
+                    arm.median_ms, arm.p99_ms
+                ));
             }
         }
         if self.runs == 0 || self.step < Duration::from_secs(1) {
@@ -137,12 +148,24 @@ impl Scenario {
 
     /// Runs the scenario on all cores; same result for the same seed on any machine.
     pub fn run(&self) -> Outcome {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(self.runs);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(self.runs);
         let results: Vec<(Option<f64>, Verdict, Option<&'static str>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
-                .map(|t| s.spawn(move || (t..self.runs).step_by(threads).map(|i| (i, self.one(i))).collect::<Vec<_>>()))
+                .map(|t| {
+                    s.spawn(move || {
+                        (t..self.runs)
+                            .step_by(threads)
+                            .map(|i| (i, self.one(i)))
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
-            let mut all: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect();
+            let mut all: Vec<_> = handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect();
             all.sort_by_key(|(i, _)| *i);
             all.into_iter().map(|(_, r)| r).collect()
         });
@@ -179,8 +202,14 @@ impl Scenario {
         let (canary, baseline) = (Generator::new(&self.canary), Generator::new(&self.baseline));
         let mut analysis = StepAnalysis::new(self.spec.clone());
         let look_every = self.spec.interval.as_secs().max(1);
-        let mut c = Samples { latencies_us: Vec::new(), failures: 0 };
-        let mut b = Samples { latencies_us: Vec::new(), failures: 0 };
+        let mut c = Samples {
+            latencies_us: Vec::new(),
+            failures: 0,
+        };
+        let mut b = Samples {
+            latencies_us: Vec::new(),
+            failures: 0,
+        };
         let mut last = Verdict::NotEnoughData;
         for second in 1..=self.step.as_secs() {
             canary.second(&mut rng, &mut c);
@@ -190,7 +219,11 @@ impl Scenario {
                 let judgment = analysis.look();
                 last = judgment.verdict;
                 if last == Verdict::Fail {
-                    let check = judgment.checks.iter().find(|c| c.verdict == Verdict::Fail).map(|c| c.check);
+                    let check = judgment
+                        .checks
+                        .iter()
+                        .find(|c| c.verdict == Verdict::Fail)
+                        .map(|c| c.check);
                     return (Some(second as f64), last, check);
                 }
             }

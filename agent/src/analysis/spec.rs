@@ -75,13 +75,24 @@ impl Default for AnalysisSpec {
 
 impl Default for ErrorCheck {
     fn default() -> Self {
-        Self { enabled: true, tolerance: 0.25, floor: 0.001, max_rate: None }
+        Self {
+            enabled: true,
+            tolerance: 0.25,
+            floor: 0.001,
+            max_rate: None,
+        }
     }
 }
 
 impl Default for LatencyCheck {
     fn default() -> Self {
-        Self { enabled: true, quantile: 0.99, tolerance: 0.2, rank: true, max_ms: None }
+        Self {
+            enabled: true,
+            quantile: 0.99,
+            tolerance: 0.2,
+            rank: true,
+            max_ms: None,
+        }
     }
 }
 
@@ -102,17 +113,26 @@ impl AnalysisSpec {
             return bad("interval", format!("{:?} is under 100ms", self.interval));
         }
         if !in_open_unit(self.false_alarm) || self.false_alarm > 0.5 {
-            return bad("falseAlarm", format!("{} is not in (0, 0.5]", self.false_alarm));
+            return bad(
+                "falseAlarm",
+                format!("{} is not in (0, 0.5]", self.false_alarm),
+            );
         }
         if self.no_traffic_timeout < self.interval {
             return bad(
                 "noTrafficTimeout",
-                format!("{:?} is shorter than the interval {:?}", self.no_traffic_timeout, self.interval),
+                format!(
+                    "{:?} is shorter than the interval {:?}",
+                    self.no_traffic_timeout, self.interval
+                ),
             );
         }
         let e = &self.errors;
         if !(e.tolerance.is_finite() && e.tolerance >= 0.0) {
-            return bad("errors.tolerance", format!("{} is not a non-negative number", e.tolerance));
+            return bad(
+                "errors.tolerance",
+                format!("{} is not a non-negative number", e.tolerance),
+            );
         }
         if !(e.floor.is_finite() && (0.0..1.0).contains(&e.floor)) {
             return bad("errors.floor", format!("{} is not in [0, 1)", e.floor));
@@ -122,23 +142,36 @@ impl AnalysisSpec {
         }
         let l = &self.latency;
         if !in_open_unit(l.quantile) {
-            return bad("latency.quantile", format!("{} is not in (0, 1)", l.quantile));
+            return bad(
+                "latency.quantile",
+                format!("{} is not in (0, 1)", l.quantile),
+            );
         }
         if !(l.tolerance.is_finite() && l.tolerance >= 0.0) {
-            return bad("latency.tolerance", format!("{} is not a non-negative number", l.tolerance));
+            return bad(
+                "latency.tolerance",
+                format!("{} is not a non-negative number", l.tolerance),
+            );
         }
         if let Some(max) = l.max_ms.filter(|m| !(m.is_finite() && *m > 0.0)) {
-            return bad("latency.maxMs", format!("{max} is not a positive number of milliseconds"));
+            return bad(
+                "latency.maxMs",
+                format!("{max} is not a positive number of milliseconds"),
+            );
         }
         if self.checks() == 0 {
-            return bad("errors.enabled", "and latency.enabled are both false: nothing to judge".into());
+            return bad(
+                "errors.enabled",
+                "and latency.enabled are both false: nothing to judge".into(),
+            );
         }
         Ok(())
     }
 
     /// The number of statistical checks that share the false-alarm level.
     pub fn checks(&self) -> usize {
-        let errors = usize::from(self.errors.enabled) * (1 + usize::from(self.errors.max_rate.is_some()));
+        let errors =
+            usize::from(self.errors.enabled) * (1 + usize::from(self.errors.max_rate.is_some()));
         let latency = if self.latency.enabled {
             1 + usize::from(self.latency.rank) + usize::from(self.latency.max_ms.is_some())
         } else {
