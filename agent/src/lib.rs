@@ -6,4 +6,5 @@ pub mod analysis;
 pub mod cli;
 pub mod http;
 pub mod metrics;
+pub mod rollout;
 pub mod telemetry;
