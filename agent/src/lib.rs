@@ -7,4 +7,5 @@ pub mod cli;
 pub mod http;
 pub mod metrics;
 pub mod rollout;
+pub mod routes;
 pub mod telemetry;
