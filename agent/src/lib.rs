@@ -9,4 +9,6 @@ pub mod config;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod rollout;
+pub mod routes;
 pub mod telemetry;
