@@ -19,6 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent with rollouts and VirtualServices kept as YAML files in a folder (no cluster).
+    Local(LocalArgs),
     /// Simulate canary steps through the analysis: false-rollback rate and detection time.
     Simulate(SimulateArgs),
     /// Measure the agent's own speed.

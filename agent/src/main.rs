@@ -25,6 +25,19 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Local(args) => {
+            let options = fledge_agent::local::Options {
+                dir: args.dir,
+                grpc: args.grpc,
+                http: args.http,
+                tick: std::time::Duration::from_secs(1),
+            };
+            fledge_agent::local::LocalAgent::start(options)
+                .await?
+                .wait()
+                .await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate(args) => simulate(args),
         Command::Bench {
             what: BenchCommand::Ingest { reports, requests },

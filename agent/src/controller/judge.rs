@@ -1,0 +1,199 @@
+//! The analysis adapter: keeps one [`StepAnalysis`] per rollout step and feeds it, second by
+//! second, the canary's and the baseline's windows from the telemetry store, then looks at every
+//! analysis interval. Which series are compared: the canary subset's (live, or shadow during a
+//! shadow stage) against the stable subset's live traffic on the same host.
+//!
+//! A second is fed once it is `SETTLE_SECS` old, so reports from every filter (sent each second)
+//! have arrived; a later straggler is still merged into the store but not into this analysis.
+
+use jiff::Timestamp;
+
+use crate::analysis::{AnalysisSpec, Judgment, StepAnalysis, Verdict};
+use crate::rollout::{AnalysisOutcome, AnalysisWindow, Verdict as StatusVerdict};
+use crate::telemetry::{SeriesKey, Store, Traffic, Window};
+
+/// How old a second must be before it is analysed.
+pub const SETTLE_SECS: i64 = 2;
+
+/// What a judge compares: one host's canary against its stable subset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arms {
+    pub canary: SeriesKey,
+    pub baseline: SeriesKey,
+}
+
+impl Arms {
+    pub fn new(host: &str, stable: &str, canary: &str, canary_traffic: Traffic) -> Self {
+        Self {
+            canary: SeriesKey::new(host, canary, canary_traffic),
+            baseline: SeriesKey::new(host, stable, Traffic::Live),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    step: u32,
+    since: Timestamp,
+    arms: Arms,
+    analysis: StepAnalysis,
+    /// The next second to feed.
+    next: i64,
+    last_look: i64,
+}
+
+/// The analysis of one rollout across its steps.
+#[derive(Debug, Default)]
+pub struct Judge {
+    running: Option<Running>,
+}
+
+impl Judge {
+    /// Feeds the seconds that have settled and, when the interval has passed, judges.
+    /// Returns None between looks.
+    pub fn tick(
+        &mut self,
+        window: &AnalysisWindow,
+        arms: Arms,
+        spec: &AnalysisSpec,
+        store: &Store,
+        now: Timestamp,
+    ) -> Option<Judgment> {
+        let fresh = match &self.running {
+            Some(r) => r.step != window.step || r.since != window.since || r.arms != arms,
+            None => true,
+        };
+        if fresh {
+            let start = window.since.as_second();
+            self.running = Some(Running {
+                step: window.step,
+                since: window.since,
+                arms,
+                analysis: StepAnalysis::new(spec.clone()),
+                next: start,
+                last_look: start,
+            });
+        }
+        let running = self.running.as_mut()?;
+        let now_s = now.as_second();
+        let empty = Window::default();
+        while running.next <= now_s - SETTLE_SECS {
+            let canary = store
+                .second(&running.arms.canary, running.next)
+                .unwrap_or(&empty);
+            let baseline = store
+                .second(&running.arms.baseline, running.next)
+                .unwrap_or(&empty);
+            running
+                .analysis
+                .observe(std::time::Duration::from_secs(1), canary, baseline);
+            running.next += 1;
+        }
+        let interval = (spec.interval.as_secs_f64().ceil() as i64).max(1);
+        if now_s - running.last_look < interval {
+            return None;
+        }
+        running.last_look = now_s;
+        Some(running.analysis.look())
+    }
+
+    /// Forgets the running analysis (the rollout ended or was removed).
+    pub fn reset(&mut self) {
+        self.running = None;
+    }
+}
+
+/// The state machine's view of a judgment: verdict, one line of reasons, and the evidence.
+pub fn outcome(judgment: &Judgment) -> AnalysisOutcome {
+    let verdict = match judgment.verdict {
+        Verdict::Pass => StatusVerdict::Pass,
+        Verdict::Fail => StatusVerdict::Fail,
+        Verdict::NotEnoughData => StatusVerdict::NotEnoughData,
+    };
+    let reasons = judgment.reasons(judgment.verdict);
+    let reason = match judgment.verdict {
+        Verdict::Pass => format!("all checks pass after {:.0}s", judgment.elapsed_secs),
+        _ if reasons.is_empty() => {
+            format!("{:?} after {:.0}s", judgment.verdict, judgment.elapsed_secs)
+        }
+        _ => reasons.join("; "),
+    };
+    AnalysisOutcome {
+        verdict,
+        reason,
+        evidence: serde_json::to_value(judgment).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(requests: u64, failures: u64) -> Window {
+        let mut w = Window {
+            requests,
+            failures,
+            errors_5xx: failures,
+            ..Window::default()
+        };
+        w.latency.record_n(20_000, requests).unwrap();
+        w
+    }
+
+    #[test]
+    fn feeds_settled_seconds_and_looks_at_the_interval() {
+        let arms = Arms::new("reviews", "v1", "v2", Traffic::Live);
+        let mut store = Store::new(600, 16);
+        let since: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let t0 = since.as_second();
+        for s in t0..t0 + 30 {
+            store.merge(
+                s,
+                vec![
+                    (arms.canary.clone(), window(20, 10)),
+                    (arms.baseline.clone(), window(180, 1)),
+                ],
+                0,
+                t0 + 30,
+            );
+        }
+        let spec = AnalysisSpec::default();
+        let step = AnalysisWindow {
+            step: 0,
+            since,
+            canary_traffic: Traffic::Live,
+        };
+        let mut judge = Judge::default();
+        let at = |s: i64| Timestamp::from_second(t0 + s).unwrap();
+        assert_eq!(
+            judge.tick(&step, arms.clone(), &spec, &store, at(1)),
+            None,
+            "no look before the interval"
+        );
+        let judgment = judge
+            .tick(&step, arms.clone(), &spec, &store, at(12))
+            .expect("a look at 12 s");
+        // Seconds 0..=9 are settled at 12 s.
+        assert_eq!(judgment.elapsed_secs, 10.0);
+        assert_eq!(judgment.verdict, Verdict::Fail);
+        let o = outcome(&judgment);
+        assert_eq!(o.verdict, StatusVerdict::Fail);
+        assert!(
+            o.reason
+                .starts_with("error-rate: canary 50.00% vs baseline 0.56%"),
+            "{}",
+            o.reason
+        );
+        assert_eq!(o.evidence["checks"][0]["check"], "error-rate");
+        // A new step starts a fresh analysis.
+        let next = AnalysisWindow {
+            step: 1,
+            since: at(20),
+            canary_traffic: Traffic::Live,
+        };
+        let j = judge
+            .tick(&next, arms, &spec, &store, at(23))
+            .expect("look");
+        assert_eq!(j.elapsed_secs, 2.0);
+    }
+}

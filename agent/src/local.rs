@@ -1,0 +1,128 @@
+//! `fledge-agent local --dir DIR`: the whole agent on one machine with no cluster — telemetry
+//! gRPC server, reconcile loop over a folder of YAML files, HTTP API. Also used in-process by the
+//! sandbox demo and the end-to-end tests, which start, stop and restart it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::controller::Controller;
+use crate::http::router;
+use crate::metrics::Metrics;
+use crate::store::LocalStore;
+use crate::telemetry::{Hub, Store, TelemetryService};
+
+/// Telemetry kept for reading: long enough for the longest step a person would analyse.
+const RETENTION_SECS: i64 = 30 * 60;
+const MAX_SERIES: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("rollout folder {0} does not exist or is not a folder")]
+    NoDir(PathBuf),
+}
+
+/// Where and how to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    /// Time between reconcile ticks.
+    pub tick: Duration,
+}
+
+/// A running agent. Dropping it leaves it running; `stop` ends it.
+pub struct LocalAgent {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalAgent {
+    pub async fn start(options: Options) -> Result<Self, Error> {
+        if !options.dir.is_dir() {
+            return Err(Error::NoDir(options.dir));
+        }
+        let bind = |addr, what| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, what, source })
+        };
+        let grpc = bind(options.grpc, "telemetry (gRPC)").await?;
+        let http = bind(options.http, "the HTTP API").await?;
+        let (grpc_addr, http_addr) = (
+            local_addr(&grpc, options.grpc),
+            local_addr(&http, options.http),
+        );
+
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new();
+        let telemetry = Arc::new(Mutex::new(Store::new(RETENTION_SECS, MAX_SERIES)));
+        let controller = Controller::new(
+            LocalStore::new(&options.dir),
+            telemetry.clone(),
+            hub.clone(),
+            metrics.clone(),
+        );
+        let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone()).into_server();
+        let api = router(Arc::new(controller.clone()), metrics.clone());
+
+        let tasks = vec![
+            tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(TcpListenerStream::new(grpc))
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "telemetry server stopped");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http, api).await {
+                    tracing::error!(error = %e, "HTTP API stopped");
+                }
+            }),
+            tokio::spawn(controller.run(options.tick)),
+        ];
+        tracing::info!(%grpc_addr, %http_addr, dir = %options.dir.display(), "fledge agent running (local store)");
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            hub,
+            metrics,
+            tasks,
+        })
+    }
+
+    /// Stops serving and reconciling (as a killed process would: nothing is flushed).
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Waits until one of the servers stops (they run until the process ends).
+    pub async fn wait(mut self) {
+        if let Some(first) = self.tasks.first_mut() {
+            let _ = first.await;
+        }
+    }
+}
+
+fn local_addr(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(asked)
+}
