@@ -8,4 +8,5 @@ pub mod http;
 pub mod metrics;
 pub mod rollout;
 pub mod routes;
+pub mod store;
 pub mod telemetry;

@@ -1,0 +1,125 @@
+//! Where Rollouts and VirtualServices live: the [`RolloutStore`] trait the reconcile loop talks
+//! to, and its local implementation (`local`), a folder of YAML files for the embedded default.
+//! A Kubernetes implementation (Rollouts as custom resources with a status subresource,
+//! VirtualServices through the API server) implements the same trait.
+//!
+//! The trait speaks of objects only — no paths, files or API calls — so the loop cannot tell the
+//! two apart. What it is not: it decides nothing; what to write comes from `rollout` and `routes`.
+
+use serde_json::Value;
+
+use crate::rollout::{Rollout, RolloutStatus};
+
+mod local;
+
+pub use local::LocalStore;
+
+/// A namespaced object's name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The Rollout's own key (namespace `default` when unset).
+    pub fn of(rollout: &Rollout) -> Self {
+        let m = &rollout.metadata;
+        Self::new(
+            m.namespace.as_deref().unwrap_or("default"),
+            m.name.as_deref().unwrap_or(""),
+        )
+    }
+
+    /// The VirtualService a Rollout manages.
+    pub fn virtual_service_of(rollout: &Rollout) -> Self {
+        let vs = &rollout.spec.virtual_service;
+        let own = Self::of(rollout);
+        Self::new(
+            vs.namespace.clone().unwrap_or(own.namespace),
+            vs.name.clone(),
+        )
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {key} not found{hint}")]
+    NotFound {
+        kind: &'static str,
+        key: ObjectKey,
+        /// Where it was looked for, for a person.
+        hint: String,
+    },
+    /// An object that exists but cannot be read as its kind; `at` says where it is.
+    #[error("{kind} {key} in {at}: {problem}")]
+    Unreadable {
+        kind: &'static str,
+        key: String,
+        at: String,
+        problem: String,
+    },
+    /// The same object defined twice.
+    #[error("{kind} {key} is defined twice: in {first} and in {second}")]
+    Duplicate {
+        kind: &'static str,
+        key: ObjectKey,
+        first: String,
+        second: String,
+    },
+    #[error("cannot {action} {at}: {source}")]
+    Io {
+        action: &'static str,
+        at: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every Rollout that could be read, and a problem for each one that could not. One broken
+/// object never hides the others.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Each with `metadata.generation` (bumped whenever its spec changes) and its persisted
+    /// status, if any.
+    pub rollouts: Vec<Rollout>,
+    pub problems: Vec<Error>,
+}
+
+/// Rollouts and the VirtualServices they manage.
+pub trait RolloutStore: Send + Sync {
+    /// Every Rollout with its last persisted status.
+    fn rollouts(&self) -> impl Future<Output = Result<Listing>> + Send;
+
+    /// Persists `status` for `rollout` (computed from `rollout.spec` at
+    /// `rollout.metadata.generation`), so a restarted agent resumes from it.
+    fn write_status(
+        &self,
+        rollout: &Rollout,
+        status: &RolloutStatus,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The VirtualService as stored: apiVersion, kind, metadata, spec.
+    fn virtual_service(&self, key: &ObjectKey) -> impl Future<Output = Result<Value>> + Send;
+
+    /// Replaces the VirtualService named by `vs.metadata` with `vs`, whole or not at all.
+    fn write_virtual_service(&self, vs: &Value) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[cfg(test)]
+mod tests;

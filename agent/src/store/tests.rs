@@ -1,0 +1,270 @@
+//! The local store on a real temporary folder: Rollouts read with generations, status persisted
+//! and resumed by a fresh store (a restarted agent), VirtualServices rewritten atomically with
+//! their neighbours kept, and broken files reported without hiding good ones. The last test runs
+//! a whole canary through machine, routes and store, restarting the store at every tick.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde_json::json;
+
+use super::*;
+use crate::http::UserCommand;
+use crate::rollout::{self, Action, Phase, Verdict};
+use crate::routes;
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples")
+}
+
+/// A folder with the canary example and its VirtualService.
+fn folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["canary.yaml", "virtualservice.yaml"] {
+        fs::copy(examples().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn status_survives_a_restart_and_spec_edits_bump_the_generation() {
+    let dir = folder();
+    let store = LocalStore::new(dir.path());
+    let listing = store.rollouts().await.unwrap();
+    assert!(listing.problems.is_empty(), "{:?}", listing.problems);
+    let [r] = listing.rollouts.as_slice() else {
+        panic!("one rollout expected: {listing:?}")
+    };
+    assert_eq!(ObjectKey::of(r).to_string(), "shop/reviews");
+    assert_eq!((r.metadata.generation, r.status.is_none()), (Some(1), true));
+
+    let (status, _) = rollout::step(r, None, &[], at(0));
+    store.write_status(r, &status).await.unwrap();
+    let rollout_text = fs::read_to_string(dir.path().join("canary.yaml")).unwrap();
+
+    // A new store over the same folder: what a restarted agent sees.
+    let again = LocalStore::new(dir.path()).rollouts().await.unwrap();
+    let r2 = &again.rollouts[0];
+    assert_eq!(r2.status.as_ref(), Some(&status));
+    assert_eq!(r2.metadata.generation, Some(1));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("canary.yaml")).unwrap(),
+        rollout_text,
+        "the person's Rollout file is never written"
+    );
+    let status_file = fs::read_to_string(dir.path().join("status/shop_reviews.yaml")).unwrap();
+    assert!(status_file.starts_with("# The fledge agent's record of Rollout shop/reviews"));
+    assert!(status_file.contains("phase: Progressing"), "{status_file}");
+
+    // Editing the spec gives the next generation; the status stays until the machine moves.
+    fs::write(
+        dir.path().join("canary.yaml"),
+        rollout_text.replace("weight: 25", "weight: 30"),
+    )
+    .unwrap();
+    let edited = LocalStore::new(dir.path()).rollouts().await.unwrap();
+    assert_eq!(edited.rollouts[0].metadata.generation, Some(2));
+    assert_eq!(edited.rollouts[0].status.as_ref(), Some(&status));
+}
+
+#[tokio::test]
+async fn virtual_services_are_replaced_atomically_keeping_their_neighbours() {
+    let dir = folder();
+    // A DestinationRule in the same file must survive the rewrite.
+    let vs_path = dir.path().join("virtualservice.yaml");
+    let mut text = fs::read_to_string(&vs_path).unwrap();
+    text.push_str("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}\n");
+    fs::write(&vs_path, text).unwrap();
+
+    let store = LocalStore::new(dir.path());
+    let key = ObjectKey::new("shop", "reviews");
+    let user = store.virtual_service(&key).await.unwrap();
+    assert_eq!(user["spec"]["http"][0]["name"], "default");
+
+    let r = &store.rollouts().await.unwrap().rollouts[0];
+    let (status, actions) = rollout::step(r, None, &[], at(0));
+    let Some(Action::SetRouting(intent)) = actions.first() else {
+        panic!("routing expected first: {actions:?}")
+    };
+    assert_eq!(status.routing_revision, 1);
+    let vs = routes::virtual_service(intent, &user).unwrap();
+    store.write_virtual_service(&vs).await.unwrap();
+
+    let back = LocalStore::new(dir.path())
+        .virtual_service(&key)
+        .await
+        .unwrap();
+    assert_eq!(back, vs);
+    assert_eq!(
+        back["spec"]["http"][3], user["spec"]["http"][0],
+        "user's route kept"
+    );
+    let docs: Vec<serde_json::Value> =
+        serde_norway::Deserializer::from_str(&fs::read_to_string(&vs_path).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(docs[1]["kind"], "DestinationRule");
+    assert_eq!(docs[1]["spec"]["subsets"][0]["name"], "v1");
+    assert_eq!(
+        files(dir.path()),
+        ["canary.yaml", "virtualservice.yaml"],
+        "no temp files left"
+    );
+
+    let missing = store
+        .virtual_service(&ObjectKey::new("shop", "ratings"))
+        .await
+        .unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .starts_with("VirtualService shop/ratings not found in the YAML files of"),
+        "{missing}"
+    );
+    let mut stray = vs.clone();
+    stray["metadata"]["name"] = json!("ratings");
+    assert!(store.write_virtual_service(&stray).await.is_err());
+}
+
+#[tokio::test]
+async fn broken_files_are_reported_without_hiding_good_ones() {
+    let dir = folder();
+    let canary = fs::read_to_string(dir.path().join("canary.yaml")).unwrap();
+    let write = |name: &str, text: String| fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "a-typo.yaml",
+        canary
+            .replace("name: reviews\n  namespace", "name: typo\n  namespace")
+            .replace("weight: 10", "wieght: 10"),
+    );
+    write("b-twice.yaml", canary.clone());
+    write("c-broken.yaml", "apiVersion: [unclosed\n".into());
+    write(
+        "d-old.yaml",
+        canary
+            .replace("name: reviews\n  namespace", "name: old\n  namespace")
+            .replace("fledge.dev/v1alpha1", "fledge.dev/v0"),
+    );
+    write(".hidden.yaml", "not: [read\n".into());
+    write("notes.txt", "not yaml".into());
+
+    let listing = LocalStore::new(dir.path()).rollouts().await.unwrap();
+    let keys: Vec<_> = listing.rollouts.iter().map(|r| r.key()).collect();
+    assert_eq!(keys, ["shop/reviews"]);
+    let problems: Vec<String> = listing.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    let has = |needle: &str| problems.iter().any(|p| p.contains(needle));
+    assert!(has("c-broken.yaml"), "{problems:#?}");
+    assert!(has("Rollout shop/typo in "), "{problems:#?}");
+    assert!(
+        has("spec.strategy.canary.steps[0].wieght: unknown field `wieght`"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("Rollout shop/old in ") && has("not fledge.dev/v1alpha1"),
+        "{problems:#?}"
+    );
+    assert!(
+        has("Rollout shop/reviews is defined twice"),
+        "{problems:#?}"
+    );
+
+    // A status file that cannot be read keeps its Rollout out rather than restarting it.
+    let dir = folder();
+    fs::create_dir(dir.path().join("status")).unwrap();
+    fs::write(dir.path().join("status/shop_reviews.yaml"), "phase: [").unwrap();
+    let listing = LocalStore::new(dir.path()).rollouts().await.unwrap();
+    assert!(listing.rollouts.is_empty());
+    assert!(
+        listing.problems[0]
+            .to_string()
+            .starts_with("status of Rollout shop/reviews in")
+    );
+}
+
+/// One agent tick against the store, as the reconcile loop will do it: read, step, write the
+/// routes, persist the status. A new store each time: the agent restarts between every tick.
+async fn tick(dir: &Path, secs: i64, verdict: Option<Verdict>, commands: &[UserCommand]) -> Phase {
+    let store = LocalStore::new(dir);
+    let r = store.rollouts().await.unwrap().rollouts.remove(0);
+    let analysis = verdict.map(|v| rollout::AnalysisOutcome {
+        verdict: v,
+        reason: format!("{v:?}"),
+        evidence: json!({}),
+    });
+    let (status, actions) = rollout::step(&r, analysis.as_ref(), commands, at(secs));
+    for action in &actions {
+        if let Action::SetRouting(intent) = action {
+            let key = ObjectKey::virtual_service_of(&r);
+            let vs = routes::virtual_service(intent, &store.virtual_service(&key).await.unwrap())
+                .unwrap();
+            store.write_virtual_service(&vs).await.unwrap();
+        }
+    }
+    store.write_status(&r, &status).await.unwrap();
+    status.phase
+}
+
+#[tokio::test]
+async fn a_canary_runs_to_promotion_through_the_store_across_restarts() {
+    let dir = folder();
+    let original = LocalStore::new(dir.path())
+        .read_virtual_service(&ObjectKey::new("shop", "reviews"))
+        .unwrap();
+    let weights = |dir: &Path| {
+        let vs = LocalStore::new(dir)
+            .read_virtual_service(&ObjectKey::new("shop", "reviews"))
+            .unwrap();
+        let split = vs["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "fledge-reviews-split")
+            .map(|r| r["route"][1]["weight"].as_u64().unwrap());
+        (split, vs)
+    };
+    let p = dir.path();
+    assert_eq!(tick(p, 0, None, &[]).await, Phase::Progressing);
+    assert_eq!(weights(p).0, Some(10));
+    assert_eq!(
+        tick(p, 60, Some(Verdict::Pass), &[]).await,
+        Phase::Progressing
+    );
+    assert_eq!(weights(p).0, Some(25));
+    assert_eq!(
+        tick(p, 62, Some(Verdict::Pass), &[]).await,
+        Phase::Progressing
+    );
+    assert_eq!(weights(p).0, Some(50));
+    // Step 3 holds for two minutes and for a person.
+    assert_eq!(
+        tick(p, 300, Some(Verdict::Pass), &[]).await,
+        Phase::Progressing
+    );
+    assert_eq!(
+        tick(p, 302, None, &[UserCommand::Promote]).await,
+        Phase::Promoting
+    );
+    assert_eq!(weights(p).0, Some(100));
+    assert_eq!(tick(p, 304, None, &[]).await, Phase::Succeeded);
+    let (split, vs) = weights(p);
+    assert_eq!(split, None, "fledge's routes are gone");
+    let mut expected = original;
+    expected["spec"]["http"][0]["route"][0]["destination"]["subset"] = json!("v2");
+    assert_eq!(vs, expected, "a clean VirtualService on the new stable");
+}
