@@ -1,0 +1,233 @@
+//! Planning by simulation: how fast is a bad canary caught at a given traffic, and how often is a
+//! good one rolled back? Simulated requests (Poisson arrivals, lognormal latencies, Bernoulli
+//! failures) go through the same [`StepAnalysis`] the agent runs, one-second buckets, a look
+//! every `spec.interval`. Deterministic for a seed: run `i` uses seed `seed + i`.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, LogNormal, Poisson};
+use serde::Serialize;
+
+use super::{AnalysisSpec, Bucket, StepAnalysis, Verdict};
+
+/// z of the 99th percentile of the standard normal, to turn (median, p99) into a lognormal.
+const Z99: f64 = 2.326_347_874;
+
+/// One arm's simulated traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arm {
+    pub rps: f64,
+    pub error_rate: f64,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    pub baseline: Arm,
+    pub canary: Arm,
+    pub step: Duration,
+    pub runs: usize,
+    pub seed: u64,
+    pub spec: AnalysisSpec,
+}
+
+/// What the runs found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub runs: usize,
+    /// Runs that ended in Fail (a rollback).
+    pub rollbacks: usize,
+    /// Runs whose last look was Pass / NotEnoughData (never failed).
+    pub passed: usize,
+    pub not_enough_data: usize,
+    /// Seconds from step start to the Fail, for the runs that failed, ascending.
+    pub detection_secs: Vec<f64>,
+    /// Which check failed first, per failing run (first failing check named).
+    pub failed_checks: Vec<(String, usize)>,
+}
+
+impl Outcome {
+    pub fn rollback_rate(&self) -> f64 {
+        self.rollbacks as f64 / self.runs.max(1) as f64
+    }
+
+    /// Detection-time quantile over ALL runs: a run that never failed counts as never detected,
+    /// so the answer is None when fewer than `q` of the runs failed.
+    pub fn detection_quantile(&self, q: f64) -> Option<f64> {
+        let rank = ((q * self.runs as f64).ceil() as usize).max(1);
+        self.detection_secs.get(rank - 1).copied()
+    }
+}
+
+/// Simulated requests of one arm in one second.
+struct Samples {
+    latencies_us: Vec<u64>,
+    failures: u64,
+}
+
+impl Bucket for Samples {
+    fn requests(&self) -> u64 {
+        self.latencies_us.len() as u64
+    }
+    fn failures(&self) -> u64 {
+        self.failures
+    }
+    fn count_above(&self, us: u64) -> u64 {
+        self.latencies_us.iter().filter(|v| **v > us).count() as u64
+    }
+    fn add_latencies_to(&self, into: &mut Histogram<u64>) {
+        for v in &self.latencies_us {
+            into.saturating_record(*v);
+        }
+    }
+}
+
+struct Generator {
+    arrivals: Option<Poisson<f64>>,
+    latency: LogNormal<f64>,
+    error_rate: f64,
+}
+
+impl Generator {
+    fn new(arm: &Arm) -> Self {
+        let sigma = ((arm.p99_ms / arm.median_ms).ln() / Z99).max(1e-6);
+        let mu = (arm.median_ms * 1000.0).ln();
+        Self {
+            arrivals: Poisson::new(arm.rps).ok(),
+            // Valid for any finite mu and positive sigma, which `Scenario::validate` ensures.
+            latency: LogNormal::new(mu, sigma)
+                .unwrap_or_else(|_| LogNormal::new(0.0, 1.0).expect("standard lognormal")),
+            error_rate: arm.error_rate.clamp(0.0, 1.0),
+        }
+    }
+
+    fn second(&self, rng: &mut StdRng, out: &mut Samples) {
+        out.latencies_us.clear();
+        out.failures = 0;
+        let count = self.arrivals.as_ref().map_or(0, |p| p.sample(rng) as usize);
+        for _ in 0..count {
+            out.latencies_us
+                .push((self.latency.sample(rng).round() as u64).max(1));
+            out.failures += u64::from(rng.random_bool(self.error_rate));
+        }
+    }
+}
+
+impl Scenario {
+    /// Refuses settings the simulation cannot mean: names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, arm) in [("baseline", &self.baseline), ("canary", &self.canary)] {
+            if !(arm.rps.is_finite() && arm.rps >= 0.0) {
+                return Err(format!(
+                    "{name} rate {} is not a non-negative number of requests/s",
+                    arm.rps
+                ));
+            }
+            if !(0.0..=1.0).contains(&arm.error_rate) {
+                return Err(format!(
+                    "{name} error rate {} is not in [0, 1]",
+                    arm.error_rate
+                ));
+            }
+            if !(arm.median_ms > 0.0 && arm.p99_ms >= arm.median_ms && arm.p99_ms.is_finite()) {
+                return Err(format!(
+                    "{name} latency needs 0 < median ({}) ≤ p99 ({})",
+                    arm.median_ms, arm.p99_ms
+                ));
+            }
+        }
+        if self.runs == 0 || self.step < Duration::from_secs(1) {
+            return Err("need at least one run and a step of at least 1s".into());
+        }
+        self.spec.validate().map_err(|e| e.to_string())
+    }
+
+    /// Runs the scenario on all cores; same result for the same seed on any machine.
+    pub fn run(&self) -> Outcome {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(self.runs);
+        let results: Vec<(Option<f64>, Verdict, Option<&'static str>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    s.spawn(move || {
+                        (t..self.runs)
+                            .step_by(threads)
+                            .map(|i| (i, self.one(i)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut all: Vec<_> = handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect();
+            all.sort_by_key(|(i, _)| *i);
+            all.into_iter().map(|(_, r)| r).collect()
+        });
+        let mut outcome = Outcome {
+            runs: self.runs,
+            rollbacks: 0,
+            passed: 0,
+            not_enough_data: 0,
+            detection_secs: Vec::new(),
+            failed_checks: Vec::new(),
+        };
+        for (detected, last, check) in results {
+            match (detected, last) {
+                (Some(t), _) => {
+                    outcome.rollbacks += 1;
+                    outcome.detection_secs.push(t);
+                    let name = check.unwrap_or("?").to_string();
+                    match outcome.failed_checks.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, count)) => *count += 1,
+                        None => outcome.failed_checks.push((name, 1)),
+                    }
+                }
+                (None, Verdict::Pass) => outcome.passed += 1,
+                (None, _) => outcome.not_enough_data += 1,
+            }
+        }
+        outcome.detection_secs.sort_by(f64::total_cmp);
+        outcome
+    }
+
+    /// One simulated step: (seconds to Fail, last verdict, first failing check).
+    fn one(&self, run: usize) -> (Option<f64>, Verdict, Option<&'static str>) {
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_add(run as u64));
+        let (canary, baseline) = (Generator::new(&self.canary), Generator::new(&self.baseline));
+        let mut analysis = StepAnalysis::new(self.spec.clone());
+        let look_every = self.spec.interval.as_secs().max(1);
+        let mut c = Samples {
+            latencies_us: Vec::new(),
+            failures: 0,
+        };
+        let mut b = Samples {
+            latencies_us: Vec::new(),
+            failures: 0,
+        };
+        let mut last = Verdict::NotEnoughData;
+        for second in 1..=self.step.as_secs() {
+            canary.second(&mut rng, &mut c);
+            baseline.second(&mut rng, &mut b);
+            analysis.observe(Duration::from_secs(1), &c, &b);
+            if second % look_every == 0 || second == self.step.as_secs() {
+                let judgment = analysis.look();
+                last = judgment.verdict;
+                if last == Verdict::Fail {
+                    let check = judgment
+                        .checks
+                        .iter()
+                        .find(|c| c.verdict == Verdict::Fail)
+                        .map(|c| c.check);
+                    return (Some(second as f64), last, check);
+                }
+            }
+        }
+        (None, last, None)
+    }
+}

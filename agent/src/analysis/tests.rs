@@ -1,0 +1,282 @@
+//! The analysis judged by simulation (fixed seeds, asserted rates) and by hand-made buckets.
+
+use std::time::Duration;
+
+use super::simulate::{Arm, Scenario};
+use super::*;
+
+fn arm(rps: f64, error_rate: f64, scale: f64) -> Arm {
+    Arm {
+        rps,
+        error_rate,
+        median_ms: 50.0 * scale,
+        p99_ms: 200.0 * scale,
+    }
+}
+
+fn scenario(canary: Arm, baseline: Arm, minutes: u64, runs: usize) -> Scenario {
+    Scenario {
+        baseline,
+        canary,
+        step: Duration::from_secs(minutes * 60),
+        runs,
+        seed: 20261123,
+        spec: AnalysisSpec::default(),
+    }
+}
+
+#[test]
+fn healthy_canary_is_rarely_rolled_back() {
+    // 1,000 ten-minute steps at 20 canary rps (180 baseline rps), a look every 2 s.
+    let s = scenario(arm(20.0, 0.005, 1.0), arm(180.0, 0.005, 1.0), 10, 1000);
+    let out = s.run();
+    assert!(
+        out.rollback_rate() <= 0.01,
+        "false rollbacks {} of 1000: {:?}",
+        out.rollbacks,
+        out.failed_checks
+    );
+    // The rest stay inconclusive (NotEnoughData): a point estimate above tolerance by chance,
+    // without the evidence to fail it.
+    assert!(
+        out.passed >= 950,
+        "a healthy canary should mostly pass with this much data: {out:?}"
+    );
+}
+
+#[test]
+fn error_jump_is_caught_within_seconds() {
+    let s = scenario(arm(20.0, 0.05, 1.0), arm(180.0, 0.005, 1.0), 2, 400);
+    let out = s.run();
+    let median = out.detection_quantile(0.5).expect("detected in most runs");
+    let p95 = out
+        .detection_quantile(0.95)
+        .expect("detected in 95 % of runs");
+    assert!(median <= 10.0, "median detection {median} s");
+    assert!(p95 <= 20.0, "p95 detection {p95} s");
+}
+
+#[test]
+fn latency_shift_is_caught() {
+    // Canary ×1.5: median and p99 both +50 %.
+    let s = scenario(arm(20.0, 0.005, 1.5), arm(180.0, 0.005, 1.0), 3, 400);
+    let out = s.run();
+    let median = out.detection_quantile(0.5).expect("detected in most runs");
+    assert!(median <= 30.0, "median detection {median} s: {out:?}");
+}
+
+#[test]
+fn trickle_of_traffic_is_not_enough_data() {
+    let s = scenario(arm(0.2, 0.005, 1.0), arm(1.8, 0.005, 1.0), 10, 400);
+    let out = s.run();
+    assert_eq!(out.rollbacks, 0, "{out:?}");
+    assert_eq!(out.not_enough_data, 400, "{out:?}");
+}
+
+/// A bucket made by hand: requests, failures, latencies.
+struct Hand(u64, u64, Vec<u64>);
+
+impl Bucket for Hand {
+    fn requests(&self) -> u64 {
+        self.0
+    }
+    fn failures(&self) -> u64 {
+        self.1
+    }
+    fn count_above(&self, us: u64) -> u64 {
+        self.2.iter().filter(|v| **v > us).count() as u64
+    }
+    fn add_latencies_to(&self, into: &mut Histogram<u64>) {
+        for v in &self.2 {
+            into.record(*v).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_silent_canary_fails_on_its_own_reason() {
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    let busy = Hand(10, 0, vec![1000; 10]);
+    let empty = Hand(0, 0, vec![]);
+    for second in 1..=61 {
+        a.observe(Duration::from_secs(1), &empty, &busy);
+        let j = a.look();
+        let traffic = j.checks.iter().find(|c| c.check == "traffic").unwrap();
+        if second < 60 {
+            assert_eq!(traffic.verdict, Verdict::NotEnoughData, "at {second}s");
+            assert_ne!(j.verdict, Verdict::Fail);
+        } else {
+            assert_eq!(j.verdict, Verdict::Fail, "at {second}s");
+            let expected = format!(
+                "no requests for {second}s while baseline received {}",
+                second * 10
+            );
+            assert!(traffic.summary.contains(&expected), "{}", traffic.summary);
+        }
+    }
+}
+
+#[test]
+fn both_arms_silent_is_not_a_failure() {
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    let empty = Hand(0, 0, vec![]);
+    for _ in 0..300 {
+        a.observe(Duration::from_secs(1), &empty, &empty);
+    }
+    assert_eq!(a.look().verdict, Verdict::NotEnoughData);
+}
+
+#[test]
+fn evidence_names_the_numbers() {
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    for _ in 0..30 {
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(20, 10, vec![1000; 20]),
+            &Hand(180, 1, vec![1000; 180]),
+        );
+    }
+    let j = a.look();
+    assert_eq!(j.verdict, Verdict::Fail);
+    let errors = j.checks.iter().find(|c| c.check == "error-rate").unwrap();
+    assert_eq!(errors.verdict, Verdict::Fail);
+    assert_eq!(
+        (
+            errors.evidence.canary_requests,
+            errors.evidence.baseline_requests
+        ),
+        (600, 5400)
+    );
+    assert!((errors.evidence.canary - 0.5).abs() < 1e-9);
+    assert!(errors.evidence.statistic >= errors.evidence.threshold);
+    assert!(
+        errors
+            .summary
+            .starts_with("canary 50.00% vs baseline 0.56%"),
+        "{}",
+        errors.summary
+    );
+    assert_eq!(
+        j.reasons(Verdict::Fail).len(),
+        1,
+        "{:?}",
+        j.reasons(Verdict::Fail)
+    );
+}
+
+#[test]
+fn absolute_bounds_fail_a_canary_that_matches_a_bad_baseline() {
+    let spec = AnalysisSpec {
+        errors: ErrorCheck {
+            max_rate: Some(0.01),
+            ..ErrorCheck::default()
+        },
+        latency: LatencyCheck {
+            max_ms: Some(5.0),
+            ..LatencyCheck::default()
+        },
+        ..AnalysisSpec::default()
+    };
+    let mut a = StepAnalysis::new(spec);
+    for _ in 0..60 {
+        // Both arms 10 % errors and 10 ms: equal, but over both bounds.
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(20, 2, vec![10_000; 20]),
+            &Hand(20, 2, vec![10_000; 20]),
+        );
+    }
+    let j = a.look();
+    let failed: Vec<_> = j
+        .checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| c.check)
+        .collect();
+    assert_eq!(failed, ["error-rate-max", "latency-max"], "{j:#?}");
+}
+
+#[test]
+fn settings_are_validated_with_their_field() {
+    let cases: Vec<(AnalysisSpec, &str)> = vec![
+        (
+            AnalysisSpec {
+                false_alarm: 0.0,
+                ..Default::default()
+            },
+            "spec.analysis.falseAlarm 0 is not in (0, 0.5]",
+        ),
+        (
+            AnalysisSpec {
+                interval: Duration::from_millis(10),
+                ..Default::default()
+            },
+            "spec.analysis.interval 10ms is under 100ms",
+        ),
+        (
+            AnalysisSpec {
+                errors: ErrorCheck {
+                    floor: 1.5,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            "spec.analysis.errors.floor 1.5 is not in [0, 1)",
+        ),
+        (
+            AnalysisSpec {
+                latency: LatencyCheck {
+                    quantile: 1.0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            "spec.analysis.latency.quantile 1 is not in (0, 1)",
+        ),
+        (
+            AnalysisSpec {
+                latency: LatencyCheck {
+                    max_ms: Some(-1.0),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            "spec.analysis.latency.maxMs -1 is not a positive number of milliseconds",
+        ),
+        (
+            AnalysisSpec {
+                errors: ErrorCheck {
+                    enabled: false,
+                    ..Default::default()
+                },
+                latency: LatencyCheck {
+                    enabled: false,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            "spec.analysis.errors.enabled and latency.enabled are both false: nothing to judge",
+        ),
+    ];
+    for (spec, message) in cases {
+        assert_eq!(spec.validate().unwrap_err().to_string(), message);
+    }
+    AnalysisSpec::default().validate().unwrap();
+}
+
+#[test]
+fn settings_read_from_yaml_with_defaults() {
+    let spec: AnalysisSpec = serde_norway::from_str(
+        "interval: 5s\nerrors:\n  tolerance: 1.0\nlatency:\n  quantile: 0.95\n",
+    )
+    .unwrap();
+    assert_eq!(spec.interval, Duration::from_secs(5));
+    assert_eq!(spec.errors.tolerance, 1.0);
+    assert_eq!(spec.errors.floor, 0.001);
+    assert_eq!(spec.latency.quantile, 0.95);
+    assert_eq!(spec.min_samples, 200);
+    let err = serde_norway::from_str::<AnalysisSpec>("latency:\n  quantil: 0.9\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `quantil`"), "{err}");
+}

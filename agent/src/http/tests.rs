@@ -1,0 +1,262 @@
+//! The HTTP surface and the CLI client against each other over a real socket, with a recording
+//! control plane standing in for the agent's reconciler.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::cli::{ApiClient, ClientError};
+
+/// A control plane whose rollouts the test scripts and whose commands it records.
+#[derive(Default)]
+struct Recording {
+    rollouts: Mutex<Vec<Value>>,
+    commands: Mutex<Vec<(String, String, UserCommand)>>,
+    ready: bool,
+}
+
+impl ControlPlane for Recording {
+    fn rollouts(&self) -> Vec<Value> {
+        self.rollouts.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn command(&self, namespace: &str, name: &str, command: UserCommand) -> Result<(), ApiError> {
+        let known = self
+            .rollouts()
+            .iter()
+            .any(|r| r["metadata"]["namespace"] == namespace && r["metadata"]["name"] == name);
+        if !known {
+            return Err(ApiError::NotFound {
+                namespace: namespace.into(),
+                name: name.into(),
+            });
+        }
+        self.commands
+            .lock()
+            .expect("commands lock")
+            .push((namespace.into(), name.into(), command));
+        Ok(())
+    }
+
+    fn ready(&self) -> bool {
+        self.ready
+    }
+}
+
+fn rollout(ns: &str, name: &str, phase: &str) -> Value {
+    json!({
+        "apiVersion": "fledge.dev/v1alpha1", "kind": "Rollout",
+        "metadata": {"namespace": ns, "name": name},
+        "status": {"phase": phase, "reason": format!("{phase} for a test"), "currentStep": 1,
+                   "totalSteps": 3, "canaryWeight": 20}
+    })
+}
+
+async fn serve(plane: Arc<Recording>) -> (String, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let app = router(plane, metrics.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), metrics)
+}
+
+async fn get_status(base: &str, path: &str) -> (u16, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let response = client
+        .get(format!("{base}{path}").parse().expect("uri"))
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let (base, metrics) = serve(Arc::new(Recording::default())).await;
+    metrics.reports_received.inc();
+    assert_eq!(get_status(&base, "/healthz").await.0, 200);
+    assert_eq!(get_status(&base, "/readyz").await.0, 503, "not ready yet");
+    let (code, text) = get_status(&base, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        text.contains("fledge_agent_reports_received_total 1"),
+        "{text}"
+    );
+
+    let ready = Arc::new(Recording {
+        ready: true,
+        ..Recording::default()
+    });
+    let (base, _) = serve(ready).await;
+    assert_eq!(get_status(&base, "/readyz").await.0, 200);
+}
+
+#[tokio::test]
+async fn client_lists_gets_and_commands() {
+    let plane = Arc::new(Recording::default());
+    plane.rollouts.lock().expect("lock").extend([
+        rollout("shop", "reviews", "Progressing"),
+        rollout("default", "web", "Paused"),
+    ]);
+    let (base, _) = serve(plane.clone()).await;
+    let client = ApiClient::new(&base).expect("client");
+
+    let items = client.list().await.expect("list");
+    assert_eq!(items.len(), 2);
+    let one = client.get("shop/reviews", "default").await.expect("get");
+    assert_eq!(one["status"]["phase"], "Progressing");
+    let web = client
+        .get("web", "default")
+        .await
+        .expect("get in default ns");
+    assert_eq!(web["metadata"]["name"], "web");
+
+    for command in UserCommand::ALL {
+        client
+            .command("shop/reviews", "default", command)
+            .await
+            .expect("command accepted");
+    }
+    let seen: Vec<UserCommand> = plane
+        .commands
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(ns, name, c)| {
+            assert_eq!((ns.as_str(), name.as_str()), ("shop", "reviews"));
+            *c
+        })
+        .collect();
+    assert_eq!(seen, UserCommand::ALL.to_vec());
+}
+
+#[tokio::test]
+async fn errors_name_what_was_wrong() {
+    let (base, _) = serve(Arc::new(Recording::default())).await;
+    let client = ApiClient::new(&base).expect("client");
+    match client.get("shop/missing", "default").await {
+        Err(ClientError::Status {
+            status, message, ..
+        }) => {
+            assert_eq!(status, 404);
+            assert_eq!(message, "Rollout shop/missing not found");
+        }
+        other => panic!("expected 404, got {other:?}"),
+    }
+    let (code, body) = get_status(&base, "/api/v1/rollouts/shop/reviews").await;
+    assert_eq!(code, 404, "{body}");
+    match client
+        .command("Shop Reviews", "default", UserCommand::Abort)
+        .await
+    {
+        Err(ClientError::BadName(name)) => assert_eq!(name, "Shop Reviews"),
+        other => panic!("expected a bad name, got {other:?}"),
+    }
+    assert!(matches!(
+        ApiClient::new("127.0.0.1:9091"),
+        Err(ClientError::BadUrl { .. })
+    ));
+    // Nothing listens on port 9 of loopback: the error says where it tried and what to check.
+    let down = ApiClient::new("http://127.0.0.1:9").expect("client");
+    let err = down.list().await.expect_err("agent is down").to_string();
+    assert!(
+        err.contains("cannot reach the agent at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_command_is_a_bad_request() {
+    let plane = Arc::new(Recording::default());
+    plane
+        .rollouts
+        .lock()
+        .expect("lock")
+        .push(rollout("shop", "reviews", "Progressing"));
+    let (base, _) = serve(plane).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = hyper::Request::post(format!("{base}/api/v1/rollouts/shop/reviews/restart"))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    assert_eq!(response.status(), 400);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(
+        body["error"],
+        "unknown command \"restart\": expected one of promote, abort, pause, resume"
+    );
+}
+
+#[tokio::test]
+async fn wait_ends_on_final_phases() {
+    for (phase, succeeded) in [
+        ("Succeeded", true),
+        ("RolledBack", false),
+        ("Aborted", false),
+        ("Failed", false),
+    ] {
+        let plane = Arc::new(Recording::default());
+        plane
+            .rollouts
+            .lock()
+            .expect("lock")
+            .push(rollout("shop", "reviews", "Progressing"));
+        let (base, _) = serve(plane.clone()).await;
+        let client = ApiClient::new(&base).expect("client");
+        let flip = plane.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            flip.rollouts.lock().expect("lock")[0] = rollout("shop", "reviews", phase);
+        });
+        let mut lines = Vec::new();
+        let outcome = client
+            .wait(
+                "shop/reviews",
+                "default",
+                Duration::from_millis(20),
+                Duration::from_secs(10),
+                |l| lines.push(l.to_owned()),
+            )
+            .await
+            .expect("wait");
+        assert_eq!(outcome.phase, phase);
+        assert_eq!(outcome.succeeded(), succeeded, "{phase}");
+        assert_eq!(lines.len(), 2, "one line per change: {lines:?}");
+        assert!(lines[0].starts_with("shop/reviews  Progressing  step 2/3  canary 20%"));
+    }
+
+    let plane = Arc::new(Recording::default());
+    plane
+        .rollouts
+        .lock()
+        .expect("lock")
+        .push(rollout("shop", "reviews", "Progressing"));
+    let (base, _) = serve(plane).await;
+    let client = ApiClient::new(&base).expect("client");
+    let err = client
+        .wait(
+            "shop/reviews",
+            "default",
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+            |_| {},
+        )
+        .await
+        .expect_err("never finishes");
+    assert!(matches!(err, ClientError::Timeout { ref phase, .. } if phase == "Progressing"));
+}

@@ -1,0 +1,278 @@
+//! The merged telemetry: every filter's reports summed into per-(host, version, traffic) windows,
+//! one per second, so any recent interval reads as one histogram plus counts. Memory is bounded:
+//! buckets older than the retention are dropped and the number of series is capped, with what
+//! does not fit counted as overflow rather than silently lost. Pure data; no clock, no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::analysis::{Bucket, latency};
+
+/// Live requests or mirrored (shadow) copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Traffic {
+    Live,
+    Shadow,
+}
+
+/// Which series a window belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct SeriesKey {
+    pub host: String,
+    pub version: String,
+    pub traffic: Traffic,
+}
+
+impl SeriesKey {
+    pub fn new(host: &str, version: &str, traffic: Traffic) -> Self {
+        Self {
+            host: host.to_string(),
+            version: version.to_string(),
+            traffic,
+        }
+    }
+}
+
+impl std::fmt::Display for SeriesKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let traffic = match self.traffic {
+            Traffic::Live => "live",
+            Traffic::Shadow => "shadow",
+        };
+        write!(f, "{} {} ({traffic})", self.host, self.version)
+    }
+}
+
+/// Counts and latencies of one series over some interval.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub errors_4xx: u64,
+    pub grpc_errors: u64,
+    pub resets: u64,
+    pub timeouts: u64,
+    /// Requests that failed in any of the ways above except 4xx, each counted once.
+    pub failures: u64,
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            requests: 0,
+            errors_5xx: 0,
+            errors_4xx: 0,
+            grpc_errors: 0,
+            resets: 0,
+            timeouts: 0,
+            failures: 0,
+            latency: latency::new_histogram(),
+        }
+    }
+}
+
+impl Window {
+    pub fn merge(&mut self, other: &Window) {
+        self.requests += other.requests;
+        self.errors_5xx += other.errors_5xx;
+        self.errors_4xx += other.errors_4xx;
+        self.grpc_errors += other.grpc_errors;
+        self.resets += other.resets;
+        self.timeouts += other.timeouts;
+        self.failures += other.failures;
+        // Both histograms span fledge's full range, so adding cannot run out of range.
+        let _ = self.latency.add(&other.latency);
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.failures as f64 / self.requests as f64
+        }
+    }
+
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        latency::quantile_ms(&self.latency, q)
+    }
+}
+
+impl Bucket for Window {
+    fn requests(&self) -> u64 {
+        self.requests
+    }
+    fn failures(&self) -> u64 {
+        self.failures
+    }
+    fn count_above(&self, us: u64) -> u64 {
+        latency::count_above(&self.latency, us)
+    }
+    fn add_latencies_to(&self, into: &mut Histogram<u64>) {
+        let _ = into.add(&self.latency);
+    }
+}
+
+/// Per-second windows for every series, bounded in time and in series count.
+#[derive(Debug)]
+pub struct Store {
+    retention_secs: i64,
+    max_series: usize,
+    buckets: BTreeMap<i64, HashMap<SeriesKey, Window>>,
+    /// The newest second each series was seen in, to know which series still hold memory.
+    series: HashMap<SeriesKey, i64>,
+    /// Requests that arrived for series beyond the cap.
+    overflow_requests: u64,
+    /// Requests the filters themselves could not place in a series (their `dropped` count).
+    filter_dropped: u64,
+}
+
+impl Store {
+    pub fn new(retention_secs: i64, max_series: usize) -> Self {
+        Self {
+            retention_secs: retention_secs.max(1),
+            max_series,
+            buckets: BTreeMap::new(),
+            series: HashMap::new(),
+            overflow_requests: 0,
+            filter_dropped: 0,
+        }
+    }
+
+    /// Adds windows ending in second `second` (unix seconds), then drops what is older than the
+    /// retention counted back from `now_secs`.
+    pub fn merge(
+        &mut self,
+        second: i64,
+        windows: Vec<(SeriesKey, Window)>,
+        filter_dropped: u64,
+        now_secs: i64,
+    ) {
+        self.filter_dropped += filter_dropped;
+        for (key, window) in windows {
+            if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
+                self.overflow_requests += window.requests;
+                continue;
+            }
+            let newest = self.series.entry(key.clone()).or_insert(second);
+            *newest = (*newest).max(second);
+            self.buckets
+                .entry(second)
+                .or_default()
+                .entry(key)
+                .or_default()
+                .merge(&window);
+        }
+        self.expire(now_secs);
+    }
+
+    /// Drops buckets older than the retention and forgets series that no longer hold any.
+    pub fn expire(&mut self, now_secs: i64) {
+        let oldest = now_secs - self.retention_secs;
+        self.buckets = self.buckets.split_off(&oldest);
+        self.series.retain(|_, newest| *newest >= oldest);
+    }
+
+    /// One series' window for a single second.
+    pub fn second(&self, key: &SeriesKey, second: i64) -> Option<&Window> {
+        self.buckets.get(&second).and_then(|b| b.get(key))
+    }
+
+    /// One series merged over the seconds `from..to` (half-open).
+    pub fn window(&self, key: &SeriesKey, from: i64, to: i64) -> Window {
+        let mut merged = Window::default();
+        for (_, bucket) in self.buckets.range(from..to) {
+            if let Some(w) = bucket.get(key) {
+                merged.merge(w);
+            }
+        }
+        merged
+    }
+
+    /// Every series seen within the retention, sorted.
+    pub fn series(&self) -> Vec<SeriesKey> {
+        let mut keys: Vec<_> = self.series.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    pub fn overflow_requests(&self) -> u64 {
+        self.overflow_requests
+    }
+
+    pub fn filter_dropped(&self) -> u64 {
+        self.filter_dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(requests: u64, failures: u64, latency_us: u64) -> Window {
+        let mut w = Window {
+            requests,
+            failures,
+            errors_5xx: failures,
+            ..Window::default()
+        };
+        for _ in 0..requests {
+            w.latency.record(latency_us).unwrap();
+        }
+        w
+    }
+
+    #[test]
+    fn merges_per_second_and_reads_intervals() {
+        let v2 = SeriesKey::new("reviews", "v2", Traffic::Live);
+        let mut store = Store::new(60, 16);
+        store.merge(100, vec![(v2.clone(), window(10, 1, 1000))], 0, 100);
+        store.merge(100, vec![(v2.clone(), window(5, 0, 3000))], 0, 100);
+        store.merge(101, vec![(v2.clone(), window(7, 2, 2000))], 0, 101);
+        assert_eq!(store.second(&v2, 100).map(|w| w.requests), Some(15));
+        let all = store.window(&v2, 100, 102);
+        assert_eq!((all.requests, all.failures, all.latency.len()), (22, 3, 22));
+        assert_eq!(store.window(&v2, 101, 102).requests, 7);
+        assert_eq!(
+            store
+                .window(&SeriesKey::new("reviews", "v1", Traffic::Live), 0, 200)
+                .requests,
+            0
+        );
+    }
+
+    #[test]
+    fn old_buckets_and_their_series_are_dropped() {
+        let (a, b) = (
+            SeriesKey::new("h", "a", Traffic::Live),
+            SeriesKey::new("h", "b", Traffic::Shadow),
+        );
+        let mut store = Store::new(10, 16);
+        store.merge(100, vec![(a.clone(), window(1, 0, 10))], 0, 100);
+        store.merge(105, vec![(b.clone(), window(1, 0, 10))], 0, 105);
+        store.expire(112);
+        assert_eq!(store.window(&a, 0, 200).requests, 0);
+        assert_eq!(store.window(&b, 0, 200).requests, 1);
+        assert_eq!(store.series(), vec![b]);
+    }
+
+    #[test]
+    fn series_beyond_the_cap_are_counted_not_lost_silently() {
+        let mut store = Store::new(60, 2);
+        let keys: Vec<_> = (0..4)
+            .map(|i| SeriesKey::new("h", &format!("v{i}"), Traffic::Live))
+            .collect();
+        let windows = keys.iter().map(|k| (k.clone(), window(3, 0, 10))).collect();
+        store.merge(100, windows, 5, 100);
+        assert_eq!(store.series().len(), 2);
+        assert_eq!(store.overflow_requests(), 6);
+        assert_eq!(store.filter_dropped(), 5);
+        // A series already held keeps merging at the cap.
+        store.merge(101, vec![(keys[0].clone(), window(1, 0, 10))], 0, 101);
+        assert_eq!(store.window(&keys[0], 0, 200).requests, 4);
+    }
+}

@@ -1,0 +1,280 @@
+//! Checking one report from a filter before anything of it is merged: a report is taken whole
+//! or refused whole, with a reason token (for the rejection counter) and a message that names
+//! the problem (for the filter's log and the agent's). Pure.
+
+use fledge_proto::v1;
+use hdrhistogram::serialization::Deserializer;
+
+use super::store::{SeriesKey, Traffic, Window};
+
+/// Why a report was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    /// A short stable token: `before_hello`, `window`, `clock`, `series`, `counts`, `histogram`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A report that passed every check, decoded.
+#[derive(Debug)]
+pub struct ValidReport {
+    /// The unix second its window ends in: the bucket it is merged into.
+    pub second: i64,
+    pub windows: Vec<(SeriesKey, Window)>,
+    pub dropped: u64,
+}
+
+/// Checks `report` against the agent's clock `now_ms`; windows ending more than `max_skew_ms`
+/// away from it are refused (a wrong clock would put data into the wrong step).
+pub fn validate(
+    report: &v1::Report,
+    now_ms: i64,
+    max_skew_ms: i64,
+) -> Result<ValidReport, Rejection> {
+    let seq = report.seq;
+    let (start, end) = (report.window_start_unix_ms, report.window_end_unix_ms);
+    if end < start {
+        return Err(Rejection::new(
+            "window",
+            format!("report {seq}: window ends ({end} ms) before it starts ({start} ms)"),
+        ));
+    }
+    if (end - now_ms).abs() > max_skew_ms {
+        return Err(Rejection::new(
+            "clock",
+            format!(
+                "report {seq}: window end {end} ms is {} s from the agent's clock (limit {} s); check the proxy's clock",
+                (end - now_ms) / 1000,
+                max_skew_ms / 1000
+            ),
+        ));
+    }
+    let mut windows = Vec::with_capacity(report.series.len());
+    let mut deserializer = Deserializer::new();
+    for (i, s) in report.series.iter().enumerate() {
+        let name = |s: &v1::Series| format!("report {seq}: series[{i}] {} {}", s.host, s.version);
+        if s.host.is_empty() {
+            return Err(Rejection::new(
+                "series",
+                format!("report {seq}: series[{i}] has no host"),
+            ));
+        }
+        let traffic = match v1::Traffic::try_from(s.traffic) {
+            Ok(v1::Traffic::Live) => Traffic::Live,
+            Ok(v1::Traffic::Shadow) => Traffic::Shadow,
+            Err(_) => {
+                return Err(Rejection::new(
+                    "series",
+                    format!("{}: unknown traffic {}", name(s), s.traffic),
+                ));
+            }
+        };
+        for (field, count) in [
+            ("errors_5xx", s.errors_5xx),
+            ("errors_4xx", s.errors_4xx),
+            ("grpc_errors", s.grpc_errors),
+            ("resets", s.resets),
+            ("timeouts", s.timeouts),
+            ("failures", s.failures),
+        ] {
+            if count > s.requests {
+                return Err(Rejection::new(
+                    "counts",
+                    format!("{}: {field} {count} > requests {}", name(s), s.requests),
+                ));
+            }
+        }
+        let mut window = Window {
+            requests: s.requests,
+            errors_5xx: s.errors_5xx,
+            errors_4xx: s.errors_4xx,
+            grpc_errors: s.grpc_errors,
+            resets: s.resets,
+            timeouts: s.timeouts,
+            failures: s.failures,
+            ..Window::default()
+        };
+        if s.requests > 0 || !s.latency_us_hdr.is_empty() {
+            let hist: hdrhistogram::Histogram<u64> = deserializer
+                .deserialize(&mut s.latency_us_hdr.as_slice())
+                .map_err(|e| {
+                    Rejection::new(
+                        "histogram",
+                        format!("{}: latency_us_hdr does not decode: {e:?}", name(s)),
+                    )
+                })?;
+            if hist.len() != s.requests {
+                return Err(Rejection::new(
+                    "counts",
+                    format!(
+                        "{}: latency histogram holds {} samples but requests is {}",
+                        name(s),
+                        hist.len(),
+                        s.requests
+                    ),
+                ));
+            }
+            window.latency.add(&hist).map_err(|e| {
+                Rejection::new(
+                    "histogram",
+                    format!("{}: latency_us_hdr out of fledge's range: {e:?}", name(s)),
+                )
+            })?;
+        }
+        windows.push((
+            SeriesKey {
+                host: s.host.clone(),
+                version: s.version.clone(),
+                traffic,
+            },
+            window,
+        ));
+    }
+    Ok(ValidReport {
+        second: end.div_euclid(1000),
+        windows,
+        dropped: report.dropped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::{Serializer, V2Serializer};
+
+    pub(crate) fn hdr(values: &[u64]) -> Vec<u8> {
+        let mut h = crate::analysis::latency::new_histogram();
+        for v in values {
+            h.record(*v).unwrap();
+        }
+        let mut out = Vec::new();
+        V2Serializer::new().serialize(&h, &mut out).unwrap();
+        out
+    }
+
+    fn series(requests: u64, failures: u64) -> v1::Series {
+        v1::Series {
+            host: "reviews".into(),
+            version: "v2".into(),
+            requests,
+            failures,
+            errors_5xx: failures,
+            latency_us_hdr: hdr(&vec![1500; requests as usize]),
+            ..Default::default()
+        }
+    }
+
+    fn report(series: Vec<v1::Series>) -> v1::Report {
+        v1::Report {
+            seq: 7,
+            window_start_unix_ms: 99_000,
+            window_end_unix_ms: 100_000,
+            series,
+            dropped: 2,
+        }
+    }
+
+    #[test]
+    fn a_good_report_decodes_whole() {
+        let r = validate(&report(vec![series(10, 1)]), 100_500, 60_000).unwrap();
+        assert_eq!((r.second, r.dropped, r.windows.len()), (100, 2, 1));
+        let (key, w) = &r.windows[0];
+        assert_eq!(key, &SeriesKey::new("reviews", "v2", Traffic::Live));
+        assert_eq!((w.requests, w.failures, w.latency.len()), (10, 1, 10));
+        assert_eq!(w.quantile_ms(0.5).map(|v| v.round()), Some(2.0));
+    }
+
+    #[test]
+    fn each_problem_is_named() {
+        let mut inconsistent = series(10, 0);
+        inconsistent.errors_5xx = 11;
+        let mut garbage = series(10, 0);
+        garbage.latency_us_hdr = vec![1, 2, 3, 4];
+        let mut short = series(10, 0);
+        short.latency_us_hdr = hdr(&[1500; 9]);
+        let mut hostless = series(1, 0);
+        hostless.host.clear();
+        let mut traffic = series(1, 0);
+        traffic.traffic = 9;
+        let mut backwards = report(vec![]);
+        backwards.window_start_unix_ms = 200_000;
+        let cases = [
+            (
+                report(vec![inconsistent]),
+                100_000,
+                "counts",
+                "report 7: series[0] reviews v2: errors_5xx 11 > requests 10",
+            ),
+            (
+                report(vec![garbage]),
+                100_000,
+                "histogram",
+                "report 7: series[0] reviews v2: latency_us_hdr does not decode",
+            ),
+            (
+                report(vec![short]),
+                100_000,
+                "counts",
+                "latency histogram holds 9 samples but requests is 10",
+            ),
+            (
+                report(vec![hostless]),
+                100_000,
+                "series",
+                "report 7: series[0] has no host",
+            ),
+            (
+                report(vec![traffic]),
+                100_000,
+                "series",
+                "unknown traffic 9",
+            ),
+            (
+                backwards,
+                100_000,
+                "window",
+                "window ends (100000 ms) before it starts (200000 ms)",
+            ),
+            (
+                report(vec![series(1, 0)]),
+                400_000,
+                "clock",
+                "window end 100000 ms is -300 s from the agent's clock",
+            ),
+        ];
+        for (r, now, reason, message) in cases {
+            let err = validate(&r, now, 60_000).unwrap_err();
+            assert_eq!(err.reason, reason, "{err}");
+            assert!(
+                err.message.contains(message),
+                "{:?} does not contain {message:?}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn random_bytes_as_histogram_never_panic() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..2000 {
+            let mut s = series(3, 0);
+            let len = rng.random_range(0..64);
+            s.latency_us_hdr = (0..len).map(|_| rng.random()).collect();
+            // Either refused with a reason or (vanishingly rarely) a histogram of 3 samples.
+            if let Err(e) = validate(&report(vec![s]), 100_000, 60_000) {
+                assert!(["histogram", "counts"].contains(&e.reason));
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The telemetry server over real gRPC: reports merged, bad ones refused with their reason on
+//! their own stream only, routing tables pushed to connected filters.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fledge_agent::metrics::Metrics;
+use fledge_agent::telemetry::{Hub, SeriesKey, Store, TelemetryService, Traffic};
+use fledge_proto::v1::{
+    self, FilterMessage, agent_message, filter_message, telemetry_client::TelemetryClient,
+};
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Channel, Server};
+
+struct Agent {
+    addr: std::net::SocketAddr,
+    store: Arc<Mutex<Store>>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+async fn agent() -> Agent {
+    let store = Arc::new(Mutex::new(Store::new(300, 64)));
+    let hub = Hub::new();
+    let metrics = Arc::new(Metrics::new());
+    let service = TelemetryService::new(store.clone(), hub.clone(), metrics.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    Agent {
+        addr,
+        store,
+        hub,
+        metrics,
+    }
+}
+
+/// One filter stream: what we send, and the replies.
+struct Filter {
+    tx: mpsc::Sender<FilterMessage>,
+    replies: tonic::Streaming<v1::AgentMessage>,
+}
+
+async fn connect(addr: std::net::SocketAddr) -> Filter {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let replies = TelemetryClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    Filter { tx, replies }
+}
+
+fn hello(revision: u64) -> FilterMessage {
+    let hello = v1::Hello {
+        proxy_id: "sidecar~10.0.0.1~web-1.shop".into(),
+        worker: 0,
+        table_revision: revision,
+        ..Default::default()
+    };
+    FilterMessage {
+        msg: Some(filter_message::Msg::Hello(hello)),
+    }
+}
+
+fn report(seq: u64, version: &str, requests: u64, failures: u64, latency_us: u64) -> FilterMessage {
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).unwrap();
+    hist.record_n(latency_us, requests).unwrap();
+    let mut latency_us_hdr = Vec::new();
+    V2Serializer::new()
+        .serialize(&hist, &mut latency_us_hdr)
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let series = v1::Series {
+        host: "reviews".into(),
+        version: version.into(),
+        requests,
+        failures,
+        errors_5xx: failures,
+        latency_us_hdr,
+        ..Default::default()
+    };
+    let report = v1::Report {
+        seq,
+        window_start_unix_ms: now - 1000,
+        window_end_unix_ms: now,
+        series: vec![series],
+        dropped: 0,
+    };
+    FilterMessage {
+        msg: Some(filter_message::Msg::Report(report)),
+    }
+}
+
+fn total(agent: &Agent, version: &str) -> (u64, u64) {
+    let store = agent.store.lock().unwrap();
+    let w = store.window(
+        &SeriesKey::new("reviews", version, Traffic::Live),
+        0,
+        i64::MAX,
+    );
+    (w.requests, w.failures)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn reports_merge_and_a_bad_stream_is_refused_alone() {
+    let agent = agent().await;
+    let good = connect(agent.addr).await;
+    good.tx.send(hello(0)).await.unwrap();
+    good.tx.send(report(1, "v2", 100, 3, 2000)).await.unwrap();
+
+    let mut early = connect(agent.addr).await;
+    early.tx.send(report(1, "v2", 5, 0, 2000)).await.unwrap();
+    let status = early.replies.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "report 1 came before Hello; send Hello first"
+    );
+
+    let mut garbled = connect(agent.addr).await;
+    garbled.tx.send(hello(0)).await.unwrap();
+    let mut bad = report(4, "v2", 10, 0, 2000);
+    if let Some(filter_message::Msg::Report(r)) = &mut bad.msg {
+        r.series[0].latency_us_hdr.truncate(5);
+    }
+    garbled.tx.send(bad).await.unwrap();
+    let status = garbled.replies.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("report 4: series[0] reviews v2: latency_us_hdr does not decode"),
+        "{}",
+        status.message()
+    );
+
+    // The good stream never noticed.
+    good.tx.send(report(2, "v2", 50, 1, 3000)).await.unwrap();
+    good.tx.send(report(3, "v1", 400, 0, 1000)).await.unwrap();
+    eventually("all good reports merged", || {
+        total(&agent, "v2") == (150, 4) && total(&agent, "v1") == (400, 0)
+    })
+    .await;
+    let metrics = agent.metrics.render();
+    for line in [
+        "fledge_agent_reports_received_total 3",
+        "fledge_agent_reports_rejected_total{reason=\"before_hello\"} 1",
+        "fledge_agent_reports_rejected_total{reason=\"histogram\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    let streams = agent.hub.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].reports, 3);
+    assert_eq!(agent.hub.streams_for_host("reviews").len(), 1);
+}
+
+#[tokio::test]
+async fn routing_tables_reach_connected_filters_and_newcomers() {
+    let agent = agent().await;
+    let mut first = connect(agent.addr).await;
+    first.tx.send(hello(0)).await.unwrap();
+    eventually("stream registered", || agent.hub.streams().len() == 1).await;
+    // The agent's initial (empty) table is newer than revision 0, so it comes first.
+    let initial = first.replies.message().await.unwrap().unwrap();
+    let Some(agent_message::Msg::RoutingTable(initial)) = initial.msg else {
+        panic!("expected a table")
+    };
+    assert!(initial.routes.is_empty());
+
+    let route = v1::HostRoute {
+        host: "reviews".into(),
+        split: Some(v1::Split {
+            stable: "v1".into(),
+            canary: "v2".into(),
+            canary_basis_points: 500,
+        }),
+        ..Default::default()
+    };
+    let revision = agent.hub.set_route("reviews", Some(route.clone()));
+    assert!(revision > initial.revision);
+    let pushed = first.replies.message().await.unwrap().unwrap();
+    let Some(agent_message::Msg::RoutingTable(pushed)) = pushed.msg else {
+        panic!("expected a table")
+    };
+    assert_eq!(
+        (pushed.revision, pushed.routes.clone()),
+        (revision, vec![route.clone()])
+    );
+
+    // A filter that already holds this revision gets nothing; one that holds an older one gets it.
+    let mut current = connect(agent.addr).await;
+    current.tx.send(hello(revision)).await.unwrap();
+    let mut stale = connect(agent.addr).await;
+    stale.tx.send(hello(revision - 1)).await.unwrap();
+    let got = stale.replies.message().await.unwrap().unwrap();
+    assert!(matches!(got.msg, Some(agent_message::Msg::RoutingTable(t)) if t.revision == revision));
+    let nothing = tokio::time::timeout(Duration::from_millis(300), current.replies.message()).await;
+    assert!(
+        nothing.is_err(),
+        "a filter at the current revision was sent a table: {nothing:?}"
+    );
+    eventually("revisions recorded", || {
+        let streams = agent.hub.streams();
+        streams.len() == 3 && streams.iter().all(|s| s.sent_revision == revision)
+    })
+    .await;
+}

@@ -1,0 +1,230 @@
+//! What one VM recorded since its last report: per (host, version, traffic) series, the request,
+//! error, reset and timeout counts and an HDR histogram of latency in microseconds (2 significant
+//! digits). The number of series is bounded; samples beyond the bound go to a `dropped` count that
+//! is reported, never silently lost.
+//!
+//! [`Stats::take`] hands out everything since the last take as a [`Delta`], which becomes a
+//! `fledge.v1.Report` with the histograms in hdrhistogram's V2 format (no deflate). A delta that
+//! could not be sent goes back with [`Stats::restore`], so while the agent is unreachable deltas
+//! keep merging and the counts stay exact. No I/O happens here.
+
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+
+use fledge_proto::v1::{self, Traffic};
+use fledge_proto::{HISTOGRAM_MAX_US, HISTOGRAM_SIGFIG};
+
+use crate::outcome::Outcome;
+
+#[cfg(test)]
+mod tests;
+
+/// A latency histogram as the wire wants it: 1 µs to one hour, 2 significant digits.
+pub fn new_histogram() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(1, HISTOGRAM_MAX_US, HISTOGRAM_SIGFIG).ok()
+}
+
+/// The counts and latencies of one (host, version, traffic).
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub host: String,
+    pub version: String,
+    pub traffic: Traffic,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub errors_4xx: u64,
+    pub grpc_errors: u64,
+    pub resets: u64,
+    pub timeouts: u64,
+    pub failures: u64,
+    pub latency_us: Histogram<u64>,
+}
+
+impl Series {
+    fn is(&self, host: &str, version: &str, traffic: Traffic) -> bool {
+        self.traffic == traffic && self.host == host && self.version == version
+    }
+
+    fn empty(host: &str, version: &str, traffic: Traffic) -> Option<Series> {
+        Some(Series {
+            host: host.to_owned(),
+            version: version.to_owned(),
+            traffic,
+            requests: 0,
+            errors_5xx: 0,
+            errors_4xx: 0,
+            grpc_errors: 0,
+            resets: 0,
+            timeouts: 0,
+            failures: 0,
+            latency_us: new_histogram()?,
+        })
+    }
+
+    fn add(&mut self, outcome: &Outcome) {
+        self.requests += 1;
+        self.errors_5xx += u64::from(outcome.error_5xx);
+        self.errors_4xx += u64::from(outcome.error_4xx);
+        self.grpc_errors += u64::from(outcome.grpc_error);
+        self.resets += u64::from(outcome.reset);
+        self.timeouts += u64::from(outcome.timeout);
+        self.failures += u64::from(outcome.failed());
+        // Clamped into 1 µs ..= one hour, so it cannot fail.
+        self.latency_us.saturating_record(outcome.latency_us);
+    }
+
+    /// Adds `other`'s counts; `false` (and nothing changed) if the histograms do not combine.
+    fn merge(&mut self, other: &Series) -> bool {
+        if self.latency_us.add(&other.latency_us).is_err() {
+            return false;
+        }
+        self.requests += other.requests;
+        self.errors_5xx += other.errors_5xx;
+        self.errors_4xx += other.errors_4xx;
+        self.grpc_errors += other.grpc_errors;
+        self.resets += other.resets;
+        self.timeouts += other.timeouts;
+        self.failures += other.failures;
+        true
+    }
+
+    fn to_proto(&self) -> v1::Series {
+        let mut latency_us_hdr = Vec::new();
+        if self.requests > 0
+            && V2Serializer::new()
+                .serialize(&self.latency_us, &mut latency_us_hdr)
+                .is_err()
+        {
+            // Only a count beyond i64::MAX fails; the series then goes without a histogram.
+            latency_us_hdr.clear();
+        }
+        v1::Series {
+            host: self.host.clone(),
+            version: self.version.clone(),
+            traffic: self.traffic.into(),
+            requests: self.requests,
+            errors_5xx: self.errors_5xx,
+            errors_4xx: self.errors_4xx,
+            grpc_errors: self.grpc_errors,
+            resets: self.resets,
+            timeouts: self.timeouts,
+            failures: self.failures,
+            latency_us_hdr,
+        }
+    }
+}
+
+/// Everything recorded in one VM since the last [`Stats::take`].
+#[derive(Debug)]
+pub struct Stats {
+    series: Vec<Series>,
+    max_series: usize,
+    dropped: u64,
+    window_start_ms: i64,
+}
+
+impl Stats {
+    pub fn new(max_series: usize, now_ms: i64) -> Stats {
+        Stats {
+            series: Vec::new(),
+            max_series,
+            dropped: 0,
+            window_start_ms: now_ms,
+        }
+    }
+
+    /// Counts one finished request. Beyond the series limit it only counts as dropped.
+    pub fn record(&mut self, host: &str, version: &str, traffic: Traffic, outcome: &Outcome) {
+        if let Some(series) = self
+            .series
+            .iter_mut()
+            .find(|s| s.is(host, version, traffic))
+        {
+            series.add(outcome);
+            return;
+        }
+        match self.open(host, version, traffic) {
+            Some(series) => series.add(outcome),
+            None => self.dropped += 1,
+        }
+    }
+
+    fn open(&mut self, host: &str, version: &str, traffic: Traffic) -> Option<&mut Series> {
+        if self.series.len() >= self.max_series {
+            return None;
+        }
+        self.series.push(Series::empty(host, version, traffic)?);
+        self.series.last_mut()
+    }
+
+    /// Series currently held.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Samples dropped since the last take.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Hands out everything since the last take; the next window starts at `now_ms`.
+    pub fn take(&mut self, now_ms: i64) -> Delta {
+        let delta = Delta {
+            window_start_ms: self.window_start_ms,
+            window_end_ms: now_ms.max(self.window_start_ms),
+            series: std::mem::take(&mut self.series),
+            dropped: std::mem::take(&mut self.dropped),
+        };
+        self.window_start_ms = delta.window_end_ms;
+        delta
+    }
+
+    /// Puts back a delta that could not be sent; its window and counts merge with what was
+    /// recorded since. Series the limit no longer admits count as dropped.
+    pub fn restore(&mut self, delta: Delta) {
+        self.window_start_ms = self.window_start_ms.min(delta.window_start_ms);
+        self.dropped += delta.dropped;
+        for series in delta.series {
+            let held = self
+                .series
+                .iter()
+                .position(|s| s.is(&series.host, &series.version, series.traffic));
+            let merged = match held {
+                Some(i) => self
+                    .series
+                    .get_mut(i)
+                    .is_some_and(|held| held.merge(&series)),
+                None if self.series.len() < self.max_series => {
+                    self.series.push(series);
+                    continue;
+                }
+                None => false,
+            };
+            if !merged {
+                self.dropped += series.requests;
+            }
+        }
+    }
+}
+
+/// A taken window: what becomes one Report.
+#[derive(Debug)]
+pub struct Delta {
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub series: Vec<Series>,
+    pub dropped: u64,
+}
+
+impl Delta {
+    /// The Report for this delta, numbered `seq`. The delta stays, to be restored if sending fails.
+    pub fn to_report(&self, seq: u64) -> v1::Report {
+        v1::Report {
+            seq,
+            window_start_unix_ms: self.window_start_ms,
+            window_end_unix_ms: self.window_end_ms,
+            series: self.series.iter().map(Series::to_proto).collect(),
+            dropped: self.dropped,
+        }
+    }
+}
