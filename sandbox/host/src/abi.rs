@@ -13,7 +13,7 @@ pub(crate) enum Status {
     BadArgument = 2,
     ParseFailure = 4,
     InvalidMemoryAccess = 6,
-    Empty = 7,
+    InternalFailure = 10,
     Unimplemented = 12,
 }
 
@@ -100,21 +100,21 @@ impl MetricKind {
     }
 }
 
-/// The part of a buffer `proxy_get_buffer_bytes(start, max_size)` returns, as Envoy clamps it:
-/// `None` when `start` overflows or lies past the end.
-pub(crate) fn buffer_slice(buffer: &[u8], start: u32, max_size: u32) -> Option<&[u8]> {
-    let start = start as usize;
-    let end = start.checked_add(max_size as usize)?.min(buffer.len());
-    if start > buffer.len() {
-        return None;
-    }
-    Some(&buffer[start..end])
+/// The part of a buffer `proxy_get_buffer_bytes(start, max_size)` returns, clamped as Envoy
+/// clamps it: never past the end, and empty when `start` lies beyond it.
+pub(crate) fn buffer_slice(buffer: &[u8], start: u32, max_size: u32) -> &[u8] {
+    let start = (start as usize).min(buffer.len());
+    let end = start.saturating_add(max_size as usize).min(buffer.len());
+    &buffer[start..end]
 }
 
 /// Serializes header pairs as the ABI does: a u32 count, then per pair the u32 key and value
 /// lengths, then per pair the key, a NUL, the value, a NUL (all integers little endian).
 pub(crate) fn encode_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Vec<u8> {
-    let body: usize = pairs.iter().map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2).sum();
+    let body: usize = pairs
+        .iter()
+        .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2)
+        .sum();
     let mut out = Vec::with_capacity(4 + pairs.len() * 8 + body);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
@@ -167,6 +167,13 @@ pub(crate) fn lossy(bytes: &[u8]) -> String {
 
 // === header-map edits (Envoy: keys are lower case; get returns the first value) ===
 
+/// `map_get` for a key given as the guest's bytes.
+pub(crate) fn map_get_bytes<'a>(map: &'a [(String, String)], key: &[u8]) -> Option<&'a [u8]> {
+    map.iter()
+        .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_bytes())
+}
+
 pub(crate) fn map_get<'a>(map: &'a [(String, String)], key: &str) -> Option<&'a str> {
     map.iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
@@ -200,7 +207,73 @@ pub(crate) fn map_remove(map: &mut Vec<(String, String)>, key: &str) {
 
 /// The byte size `proxy_get_header_map_size` reports: the serialized pairs.
 pub(crate) fn map_serialized_size(map: &[(String, String)]) -> usize {
-    4 + map.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>()
+    4 + map
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>()
+}
+
+// === gRPC upstreams ===
+
+/// Where `proxy_grpc_stream`'s `upstream` argument points: `(cluster, authority)`. It is either a
+/// cluster name `known` accepts, or (as Envoy reads it) a serialized
+/// `envoy.config.core.v3.GrpcService` whose `envoy_grpc` (field 1) names the cluster (field 1)
+/// and perhaps an authority (field 2). `None` when neither names a known cluster.
+pub(crate) fn grpc_target(
+    upstream: &[u8],
+    known: impl Fn(&str) -> bool,
+) -> Option<(String, Option<String>)> {
+    if let Ok(name) = std::str::from_utf8(upstream)
+        && known(name)
+    {
+        return Some((name.to_string(), None));
+    }
+    let envoy_grpc = proto_field(upstream, 1)?;
+    let cluster = std::str::from_utf8(proto_field(envoy_grpc, 1)?).ok()?;
+    let authority = proto_field(envoy_grpc, 2)
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .filter(|a| !a.is_empty())
+        .map(str::to_string);
+    known(cluster).then(|| (cluster.to_string(), authority))
+}
+
+/// The last length-delimited field `number` of a protobuf message (a later one wins, as in
+/// protobuf's merge), or `None` when the bytes are not a well-formed message.
+fn proto_field(mut message: &[u8], number: u64) -> Option<&[u8]> {
+    let mut found = None;
+    while !message.is_empty() {
+        let key = varint(&mut message)?;
+        match key & 7 {
+            0 => {
+                varint(&mut message)?;
+            }
+            1 => message = message.get(8..)?,
+            2 => {
+                let len = usize::try_from(varint(&mut message)?).ok()?;
+                let value = message.get(..len)?;
+                message = &message[len..];
+                if key >> 3 == number {
+                    found = Some(value);
+                }
+            }
+            5 => message = message.get(4..)?,
+            _ => return None,
+        }
+    }
+    found
+}
+
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -67,11 +67,19 @@ impl Drop for StreamHandle {
     }
 }
 
-/// Opens `/{service}/{method}` on `addr` and returns the plugin's handle to it.
+/// Where a stream goes: the cluster's address, the `:authority` to send (the address when
+/// `None`) and the `/{service}/{method}` path.
+pub(crate) struct Target {
+    pub addr: SocketAddr,
+    pub authority: Option<String>,
+    pub path: PathAndQuery,
+}
+
+/// Opens the stream and returns the plugin's handle to it. Every outcome, a refused connection
+/// included, ends in one `Close` event.
 pub(crate) fn open(
     runtime: &tokio::runtime::Handle,
-    addr: SocketAddr,
-    path: PathAndQuery,
+    target: Target,
     metadata: Vec<(String, String)>,
     token: u32,
     context: u32,
@@ -79,27 +87,42 @@ pub(crate) fn open(
 ) -> StreamHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = runtime.spawn(async move {
-        let (code, message) = run(addr, path, metadata, rx, token, &deliver).await;
+        let (code, message) = run(target, metadata, rx, token, &deliver).await;
         deliver(token, GrpcEvent::Close(code, message));
     });
-    StreamHandle { context, outgoing: Some(tx), task: task.abort_handle() }
+    StreamHandle {
+        context,
+        outgoing: Some(tx),
+        task: task.abort_handle(),
+    }
 }
 
 async fn run(
-    addr: SocketAddr,
-    path: PathAndQuery,
+    target: Target,
     metadata: Vec<(String, String)>,
     rx: mpsc::UnboundedReceiver<Bytes>,
     token: u32,
     deliver: &Deliver,
 ) -> (u32, String) {
-    let endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
+    let Target {
+        addr,
+        authority,
+        path,
+    } = target;
+    let unavailable = |what: String| (tonic::Code::Unavailable as u32, what);
+    let mut endpoint = match Endpoint::from_shared(format!("http://{addr}")) {
         Ok(endpoint) => endpoint,
-        Err(e) => return (tonic::Code::Unavailable as u32, format!("bad address {addr}: {e}")),
+        Err(e) => return unavailable(format!("bad address {addr}: {e}")),
     };
+    if let Some(authority) = authority {
+        match format!("http://{authority}").parse() {
+            Ok(origin) => endpoint = endpoint.origin(origin),
+            Err(e) => return unavailable(format!("bad authority {authority}: {e}")),
+        }
+    }
     let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
     if let Err(e) = client.ready().await {
-        return (tonic::Code::Unavailable as u32, format!("connecting to {addr}: {e}"));
+        return unavailable(format!("connecting to {addr}: {e}"));
     }
     let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
     *request.metadata_mut() = metadata_map(&metadata);
@@ -107,7 +130,10 @@ async fn run(
         Ok(response) => response,
         Err(status) => return closed_with(status, token, deliver),
     };
-    deliver(token, GrpcEvent::InitialMetadata(pairs(response.metadata())));
+    deliver(
+        token,
+        GrpcEvent::InitialMetadata(pairs(response.metadata())),
+    );
     let mut incoming = response.into_inner();
     loop {
         match incoming.message().await {
@@ -137,11 +163,17 @@ fn closed_with(status: tonic::Status, token: u32, deliver: &Deliver) -> (u32, St
 fn metadata_map(pairs: &[(String, String)]) -> MetadataMap {
     let mut map = MetadataMap::new();
     for (key, value) in pairs {
-        match (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value.as_str())) {
+        match (
+            MetadataKey::from_bytes(key.as_bytes()),
+            MetadataValue::try_from(value.as_str()),
+        ) {
             (Ok(key), Ok(value)) => {
                 map.append(key, value);
             }
-            _ => tracing::warn!(key, "gRPC initial metadata entry is not valid ASCII metadata; left out"),
+            _ => tracing::warn!(
+                key,
+                "gRPC initial metadata entry is not valid ASCII metadata; left out"
+            ),
         }
     }
     map
@@ -150,7 +182,9 @@ fn metadata_map(pairs: &[(String, String)]) -> MetadataMap {
 fn pairs(map: &MetadataMap) -> Vec<(String, String)> {
     map.iter()
         .filter_map(|entry| match entry {
-            KeyAndValueRef::Ascii(key, value) => Some((key.to_string(), value.to_str().ok()?.to_string())),
+            KeyAndValueRef::Ascii(key, value) => {
+                Some((key.to_string(), value.to_str().ok()?.to_string()))
+            }
             KeyAndValueRef::Binary(..) => None,
         })
         .collect()

@@ -61,11 +61,21 @@ impl FilterHost {
         let shared = Arc::new(Shared::new(config, tokio::runtime::Handle::current()));
         let slots = (0..workers)
             .map(|_| Slot {
-                state: Mutex::new(SlotState { vm: None, generation: 0, retry_at: None }),
+                state: Mutex::new(SlotState {
+                    vm: None,
+                    generation: 0,
+                    retry_at: None,
+                }),
                 tick: watch::channel(Duration::ZERO).0,
             })
             .collect();
-        let inner = Arc::new(Inner { shared, program, slots, next: AtomicUsize::new(0), ticks: Mutex::default() });
+        let inner = Arc::new(Inner {
+            shared,
+            program,
+            slots,
+            next: AtomicUsize::new(0),
+            ticks: Mutex::default(),
+        });
         for index in 0..workers {
             let vm = inner.new_vm(index, 0)?;
             inner.lock(index).vm = Some(vm);
@@ -120,14 +130,25 @@ impl FilterHost {
             traps: shared.traps.load(Ordering::Relaxed),
             vm_restarts: shared.vm_restarts.load(Ordering::Relaxed),
             unimplemented_calls: shared.unimplemented_calls.load(Ordering::Relaxed),
-            unimplemented_imports: shared.unimplemented_imports.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
-            metrics: shared.metrics.lock().unwrap_or_else(|e| e.into_inner()).snapshot(),
+            unimplemented_imports: shared
+                .unimplemented_imports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+            metrics: shared
+                .metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .snapshot(),
         }
     }
 
     /// Stops the ticks, runs done/delete on every root context and resets every gRPC stream.
     pub async fn shutdown(self) {
-        let ticks = std::mem::take(&mut *self.inner.ticks.lock().unwrap_or_else(|e| e.into_inner()));
+        let ticks =
+            std::mem::take(&mut *self.inner.ticks.lock().unwrap_or_else(|e| e.into_inner()));
         for tick in ticks {
             tick.abort();
         }
@@ -145,7 +166,10 @@ impl FilterHost {
 
 impl Inner {
     fn lock(&self, index: usize) -> MutexGuard<'_, SlotState> {
-        self.slots[index].state.lock().unwrap_or_else(|e| e.into_inner())
+        self.slots[index]
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn new_vm(self: &Arc<Self>, index: usize, generation: u64) -> Result<Vm> {
@@ -175,7 +199,13 @@ impl Inner {
     }
 
     /// Fails open after a trap: counts and logs it, and replaces the VM.
-    fn trapped(self: &Arc<Self>, slot: &mut SlotState, index: usize, phase: &str, error: &wasmtime::Error) {
+    fn trapped(
+        self: &Arc<Self>,
+        slot: &mut SlotState,
+        index: usize,
+        phase: &str,
+        error: &wasmtime::Error,
+    ) {
         self.shared.traps.fetch_add(1, Ordering::Relaxed);
         tracing::error!(vm = index, phase, error = %format!("{error:#}"), "proxy-wasm VM trapped; the request continues unfiltered and the VM is recreated");
         slot.vm = None;
@@ -273,7 +303,8 @@ impl RequestHandle {
         }
         let inner = Arc::clone(&self.inner);
         let mut slot = inner.lock(self.vm);
-        let Some(vm) = slot.vm.as_mut().filter(|_| slot.generation == self.generation) else {
+        let current = slot.generation == self.generation;
+        let Some(vm) = slot.vm.as_mut().filter(|_| current) else {
             self.context = 0;
             return;
         };

@@ -25,48 +25,93 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_log_level", |mut c: Ctx, ret: u32| {
         status(write_u32(&mut c, ret, log_level()))
     })?;
-    linker.func_wrap("env", "proxy_get_current_time_nanoseconds", |mut c: Ctx, ret: u32| {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        status(write(&mut c, ret, &(now.as_nanos() as u64).to_le_bytes()))
-    })?;
-    linker.func_wrap("env", "proxy_set_tick_period_milliseconds", |c: Ctx, ms: u32| {
-        c.data().tick.send_replace(std::time::Duration::from_millis(u64::from(ms)));
-        Status::Ok.code()
-    })?;
-    linker.func_wrap("env", "proxy_set_effective_context", |mut c: Ctx, id: u32| {
-        let known = id == c.data().root_id || c.data().contexts.contains_key(&id);
-        if known {
-            c.data_mut().current = id;
-        }
-        if known { Status::Ok } else { Status::BadArgument }.code()
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Ctx, ret: u32| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            status(write(&mut c, ret, &(now.as_nanos() as u64).to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |c: Ctx, ms: u32| {
+            c.data()
+                .tick
+                .send_replace(std::time::Duration::from_millis(u64::from(ms)));
+            Status::Ok.code()
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: Ctx, id: u32| {
+            let known = id == c.data().root_id || c.data().contexts.contains_key(&id);
+            if known {
+                c.data_mut().current = id;
+            }
+            if known {
+                Status::Ok
+            } else {
+                Status::BadArgument
+            }
+            .code()
+        },
+    )?;
     linker.func_wrap("env", "proxy_get_buffer_bytes", get_buffer_bytes)?;
     linker.func_wrap("env", "proxy_get_buffer_status", get_buffer_status)?;
     linker.func_wrap("env", "proxy_get_header_map_pairs", get_map_pairs)?;
     linker.func_wrap("env", "proxy_set_header_map_pairs", set_map_pairs)?;
     linker.func_wrap("env", "proxy_get_header_map_size", get_map_size)?;
     linker.func_wrap("env", "proxy_get_header_map_value", get_map_value)?;
-    linker.func_wrap("env", "proxy_replace_header_map_value", |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-        edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| abi::map_replace(map, key, value))
-    })?;
-    linker.func_wrap("env", "proxy_add_header_map_value", |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-        edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| abi::map_add(map, key, value))
-    })?;
-    linker.func_wrap("env", "proxy_remove_header_map_value", |c: Ctx, t: u32, kp: u32, kl: u32| {
-        edit_map(c, t, kp, kl, None, |map, key, _| abi::map_remove(map, key))
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| {
+                abi::map_replace(map, key, value)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| {
+                abi::map_add(map, key, value)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |c: Ctx, t: u32, kp: u32, kl: u32| {
+            edit_map(c, t, kp, kl, None, |map, key, _| abi::map_remove(map, key))
+        },
+    )?;
     linker.func_wrap("env", "proxy_get_property", get_property)?;
     linker.func_wrap("env", "proxy_define_metric", define_metric)?;
-    linker.func_wrap("env", "proxy_increment_metric", |c: Ctx, id: u32, offset: i64| {
-        status(metrics(&c, |m| m.increment(id, offset)))
-    })?;
-    linker.func_wrap("env", "proxy_record_metric", |c: Ctx, id: u32, value: u64| {
-        status(metrics(&c, |m| m.record(id, value)))
-    })?;
-    linker.func_wrap("env", "proxy_get_metric", |mut c: Ctx, id: u32, ret: u32| {
-        let value = metrics(&c, |m| m.get(id));
-        status(value.and_then(|v| write(&mut c, ret, &v.to_le_bytes())))
-    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Ctx, id: u32, offset: i64| status(metrics(&c, |m| m.increment(id, offset))),
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Ctx, id: u32, value: u64| status(metrics(&c, |m| m.record(id, value))),
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Ctx, id: u32, ret: u32| {
+            let value = metrics(&c, |m| m.get(id));
+            status(value.and_then(|v| write(&mut c, ret, &v.to_le_bytes())))
+        },
+    )?;
     linker.func_wrap("env", "proxy_call_foreign_function", call_foreign_function)?;
     linker.func_wrap("env", "proxy_grpc_stream", grpc_stream)?;
     linker.func_wrap("env", "proxy_grpc_send", grpc_send)?;
@@ -93,24 +138,33 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
 
 /// Gives every function import of `module` a body answering Unimplemented. Call it first, on a
 /// linker that allows shadowing, so WASI and `link` then replace the ones this host implements.
-pub(crate) fn link_unimplemented(linker: &mut Linker<VmState>, module: &wasmtime::Module) -> wasmtime::Result<()> {
+pub(crate) fn link_unimplemented(
+    linker: &mut Linker<VmState>,
+    module: &wasmtime::Module,
+) -> wasmtime::Result<()> {
     for import in module.imports() {
         let wasmtime::ExternType::Func(ty) = import.ty() else {
             continue;
         };
         let (module_name, name) = (import.module().to_string(), import.name().to_string());
         let results: Vec<wasmtime::ValType> = ty.results().collect();
-        linker.func_new(&module_name, &name, ty.clone(), move |c: Ctx, _params, out| {
-            c.data().shared.unimplemented(&name);
-            for (slot, result) in out.iter_mut().zip(&results) {
-                *slot = match result {
-                    wasmtime::ValType::I32 => Val::I32(Status::Unimplemented.code() as i32),
-                    wasmtime::ValType::I64 => Val::I64(i64::from(Status::Unimplemented.code())),
-                    other => Val::default_for_ty(other).unwrap_or(Val::I32(0)),
-                };
-            }
-            Ok(())
-        })?;
+        let reported = name.clone();
+        linker.func_new(
+            &module_name,
+            &name,
+            ty.clone(),
+            move |c: Ctx, _params, out| {
+                c.data().shared.unimplemented(&reported);
+                for (slot, result) in out.iter_mut().zip(&results) {
+                    *slot = match result {
+                        wasmtime::ValType::I32 => Val::I32(Status::Unimplemented.code() as i32),
+                        wasmtime::ValType::I64 => Val::I64(i64::from(Status::Unimplemented.code())),
+                        other => Val::default_for_ty(other).unwrap_or(Val::I32(0)),
+                    };
+                }
+                Ok(())
+            },
+        )?;
     }
     Ok(())
 }
@@ -120,7 +174,11 @@ pub(crate) fn link_unimplemented(linker: &mut Linker<VmState>, module: &wasmtime
 fn bytes(c: &Ctx, ptr: u32, len: u32) -> Result<Vec<u8>, Status> {
     let memory = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
     let (start, end) = (ptr as usize, ptr as usize + len as usize);
-    memory.data(c).get(start..end).map(<[u8]>::to_vec).ok_or(Status::InvalidMemoryAccess)
+    memory
+        .data(c)
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::InvalidMemoryAccess)
 }
 
 fn text(c: &Ctx, ptr: u32, len: u32) -> Result<String, Status> {
@@ -196,24 +254,30 @@ fn log_level() -> u32 {
     }
 }
 
+/// The buffer `kind` names: BadArgument for an id outside the ABI, NotFound for one this host
+/// has no data for in the running callback (as Envoy's `getBuffer` returning null).
 fn buffer(state: &VmState, kind: u32) -> Result<Bytes, Status> {
-    let config = &state.shared.config;
     match BufferType::from_abi(kind).ok_or(Status::BadArgument)? {
-        BufferType::PluginConfiguration => Ok(Bytes::copy_from_slice(config.plugin_config.as_bytes())),
-        BufferType::VmConfiguration => Ok(Bytes::copy_from_slice(config.vm_config.as_bytes())),
+        BufferType::PluginConfiguration => Ok(state.shared.plugin_config.clone()),
+        BufferType::VmConfiguration => Ok(state.shared.vm_config.clone()),
         BufferType::GrpcReceiveBuffer => Ok(state.grpc.receive_buffer.clone()),
         _ => Err(Status::NotFound),
     }
 }
 
-fn get_buffer_bytes(mut c: Ctx, kind: u32, start: u32, max: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+fn get_buffer_bytes(
+    mut c: Ctx,
+    kind: u32,
+    start: u32,
+    max: u32,
+    ptr_ptr: u32,
+    size_ptr: u32,
+) -> Call {
     let data = match buffer(c.data(), kind) {
         Ok(data) => data,
         Err(e) => return Ok(e.code()),
     };
-    let Some(slice) = abi::buffer_slice(&data, start, max) else {
-        return Ok(Status::BadArgument.code());
-    };
+    let slice = abi::buffer_slice(&data, start, max);
     Ok(status(copy_out(&mut c, slice, ptr_ptr, size_ptr)?))
 }
 
@@ -230,7 +294,10 @@ fn get_property(mut c: Ctx, ptr: u32, len: u32, ptr_ptr: u32, size_ptr: u32) -> 
         Err(e) => return Ok(e.code()),
     };
     let state = c.data();
-    let proxy = ProxyFacts { node: &state.shared.config.node, direction: state.shared.config.direction };
+    let proxy = ProxyFacts {
+        node: &state.shared.config.node,
+        direction: state.shared.config.direction,
+    };
     let request = state.contexts.get(&state.current).map(|h| RequestFacts {
         start_unix_ns: h.start_unix_ns,
         request_headers: &h.request_headers,
@@ -243,8 +310,16 @@ fn get_property(mut c: Ctx, ptr: u32, len: u32, ptr_ptr: u32, size_ptr: u32) -> 
     }
 }
 
-fn metrics<T>(c: &Ctx, f: impl FnOnce(&mut crate::state::Metrics) -> Result<T, Status>) -> Result<T, Status> {
-    let mut metrics = c.data().shared.metrics.lock().unwrap_or_else(|e| e.into_inner());
+fn metrics<T>(
+    c: &Ctx,
+    f: impl FnOnce(&mut crate::state::Metrics) -> Result<T, Status>,
+) -> Result<T, Status> {
+    let mut metrics = c
+        .data()
+        .shared
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     f(&mut metrics)
 }
 
@@ -258,19 +333,30 @@ fn define_metric(mut c: Ctx, kind: u32, ptr: u32, len: u32, ret: u32) -> u32 {
 
 // === header maps ===
 
-fn map(state: &mut VmState, kind: u32) -> Result<&mut Vec<(String, String)>, Status> {
-    match MapType::from_abi(kind).ok_or(Status::BadArgument)? {
-        MapType::HttpRequestHeaders => Ok(&mut state.http().ok_or(Status::BadArgument)?.request_headers),
-        MapType::HttpResponseHeaders => Ok(&mut state.http().ok_or(Status::BadArgument)?.response_headers),
-        MapType::GrpcReceiveInitialMetadata => Ok(&mut state.grpc.initial_metadata),
-        MapType::GrpcReceiveTrailingMetadata => Ok(&mut state.grpc.trailing_metadata),
-        _ => Err(Status::BadArgument),
-    }
+/// The map `kind` names in the running callback. `Err(BadArgument)` for an id outside the ABI;
+/// `Ok(None)` for a map that exists in the ABI but not here and now (no HTTP context, trailers,
+/// HTTP call responses).
+fn map(state: &mut VmState, kind: u32) -> Result<Option<&mut Vec<(String, String)>>, Status> {
+    let kind = MapType::from_abi(kind).ok_or(Status::BadArgument)?;
+    Ok(match kind {
+        MapType::HttpRequestHeaders => state.http().map(|h| &mut h.request_headers),
+        MapType::HttpResponseHeaders => state.http().map(|h| &mut h.response_headers),
+        MapType::GrpcReceiveInitialMetadata => Some(&mut state.grpc.initial_metadata),
+        MapType::GrpcReceiveTrailingMetadata => Some(&mut state.grpc.trailing_metadata),
+        _ => None,
+    })
 }
 
+/// A map to change: one that is not available cannot be changed (BadArgument, as Envoy).
+fn map_mut(state: &mut VmState, kind: u32) -> Result<&mut Vec<(String, String)>, Status> {
+    map(state, kind)?.ok_or(Status::BadArgument)
+}
+
+/// Envoy answers a map that is not available with no pairs.
 fn get_map_pairs(mut c: Ctx, kind: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
     let encoded = match map(c.data_mut(), kind) {
-        Ok(map) => abi::encode_pairs(map),
+        Ok(Some(map)) if !map.is_empty() => abi::encode_pairs(map),
+        Ok(_) => Vec::new(),
         Err(e) => return Ok(e.code()),
     };
     Ok(status(copy_out(&mut c, &encoded, ptr_ptr, size_ptr)?))
@@ -279,26 +365,36 @@ fn get_map_pairs(mut c: Ctx, kind: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
 fn set_map_pairs(mut c: Ctx, kind: u32, ptr: u32, len: u32) -> u32 {
     let pairs = bytes(&c, ptr, len).and_then(|b| abi::decode_pairs(&b).ok_or(Status::ParseFailure));
     let result = pairs.and_then(|pairs| {
-        let lowered = pairs.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-        *map(c.data_mut(), kind)? = lowered;
+        let lowered = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        *map_mut(c.data_mut(), kind)? = lowered;
         Ok(())
     });
     status(result)
 }
 
 fn get_map_size(mut c: Ctx, kind: u32, ret: u32) -> u32 {
-    let size = map(c.data_mut(), kind).map(|m| abi::map_serialized_size(m) as u32);
+    let size = map_mut(c.data_mut(), kind).map(|m| abi::map_serialized_size(m) as u32);
     status(size.and_then(|size| write_u32(&mut c, ret, size)))
 }
 
+/// ABI 0.2.x: a missing key, or a map not available in this callback, is NotFound (Envoy answers
+/// Ok with an empty value only to ABI 0.1.0 modules).
 fn get_map_value(mut c: Ctx, kind: u32, kp: u32, kl: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
-    let value = text(&c, kp, kl).and_then(|key| {
-        let map = map(c.data_mut(), kind)?;
-        abi::map_get(map, &key).map(|v| v.as_bytes().to_vec()).ok_or(Status::NotFound)
-    });
+    let key = match bytes(&c, kp, kl) {
+        Ok(key) => key,
+        Err(e) => return Ok(e.code()),
+    };
+    let value = match map(c.data_mut(), kind) {
+        Ok(Some(map)) => abi::map_get_bytes(map, &key).map(<[u8]>::to_vec),
+        Ok(None) => None,
+        Err(e) => return Ok(e.code()),
+    };
     match value {
-        Ok(value) => Ok(status(copy_out(&mut c, &value, ptr_ptr, size_ptr)?)),
-        Err(e) => Ok(e.code()),
+        Some(value) => Ok(status(copy_out(&mut c, &value, ptr_ptr, size_ptr)?)),
+        None => Ok(Status::NotFound.code()),
     }
 }
 
@@ -315,7 +411,7 @@ fn edit_map(
         Ok((key, value.unwrap_or_default()))
     });
     let result = args.and_then(|(key, value)| {
-        edit(map(c.data_mut(), kind)?, &key, value);
+        edit(map_mut(c.data_mut(), kind)?, &key, value);
         Ok(())
     });
     status(result)
@@ -323,26 +419,61 @@ fn edit_map(
 
 // === foreign functions and gRPC ===
 
-fn call_foreign_function(mut c: Ctx, np: u32, nl: u32, _ap: u32, _al: u32, _ptr_ptr: u32, _size_ptr: u32) -> u32 {
-    let name = match text(&c, np, nl) {
+/// Envoy's foreign functions: `clear_route_cache` (Ok in any context; it marks the running HTTP
+/// context's route as to be picked again) and nothing else (NotFound). It returns no data.
+fn call_foreign_function(
+    mut c: Ctx,
+    np: u32,
+    nl: u32,
+    _ap: u32,
+    _al: u32,
+    ptr_ptr: u32,
+    size_ptr: u32,
+) -> u32 {
+    let name = match bytes(&c, np, nl) {
         Ok(name) => name,
         Err(e) => return e.code(),
     };
-    match (name.as_str(), c.data_mut().http()) {
-        ("clear_route_cache", Some(http)) => {
-            http.route_cache_cleared = true;
-            Status::Ok.code()
-        }
-        _ => Status::NotFound.code(),
+    if name != b"clear_route_cache" {
+        return Status::NotFound.code();
     }
+    if let Some(http) = c.data_mut().http() {
+        http.route_cache_cleared = true;
+    }
+    for ptr in [ptr_ptr, size_ptr] {
+        if ptr != 0
+            && let Err(e) = write_u32(&mut c, ptr, 0)
+        {
+            return e.code();
+        }
+    }
+    Status::Ok.code()
 }
 
+/// Opens a stream for the root context, as Envoy does whatever context asks. The upstream is a
+/// cluster name or a serialized `envoy.config.core.v3.GrpcService`. Statuses are the ones the
+/// SDKs expect here: ParseFailure for bad metadata, InternalFailure for an unknown cluster.
 #[allow(clippy::too_many_arguments)]
-fn grpc_stream(mut c: Ctx, up: u32, upl: u32, sp: u32, sl: u32, mp: u32, ml: u32, md: u32, mdl: u32, ret: u32) -> u32 {
+fn grpc_stream(
+    mut c: Ctx,
+    up: u32,
+    upl: u32,
+    sp: u32,
+    sl: u32,
+    mp: u32,
+    ml: u32,
+    md: u32,
+    mdl: u32,
+    ret: u32,
+) -> u32 {
     let args = (|| {
-        let upstream = text(&c, up, upl)?;
+        let upstream = bytes(&c, up, upl)?;
         let path = format!("/{}/{}", text(&c, sp, sl)?, text(&c, mp, ml)?);
-        let metadata = if mdl == 0 { Vec::new() } else { abi::decode_pairs(&bytes(&c, md, mdl)?).ok_or(Status::ParseFailure)? };
+        let metadata = if mdl == 0 {
+            Vec::new()
+        } else {
+            abi::decode_pairs(&bytes(&c, md, mdl)?).ok_or(Status::ParseFailure)?
+        };
         Ok::<_, Status>((upstream, path, metadata))
     })();
     let (upstream, path, metadata) = match args {
@@ -350,17 +481,32 @@ fn grpc_stream(mut c: Ctx, up: u32, upl: u32, sp: u32, sl: u32, mp: u32, ml: u32
         Err(e) => return e.code(),
     };
     let state = c.data_mut();
-    // An unknown cluster is BadArgument, as Envoy answers it.
-    let Some(addr) = state.shared.config.clusters.get(&upstream).copied() else {
-        tracing::warn!(vm = state.vm, upstream, "proxy_grpc_stream: no such cluster");
-        return Status::BadArgument.code();
+    let target = abi::grpc_target(&upstream, |name| {
+        state.shared.config.clusters.contains_key(name)
+    });
+    let Some((cluster, authority)) = target else {
+        tracing::warn!(vm = state.vm, upstream = %String::from_utf8_lossy(&upstream), "proxy_grpc_stream: no such gRPC cluster");
+        return Status::InternalFailure.code();
     };
+    let addr = state.shared.config.clusters[&cluster];
     let Ok(path) = path.parse() else {
         return Status::BadArgument.code();
     };
-    state.grpc.next_token += 1;
+    state.grpc.next_token = state.grpc.next_token.wrapping_add(1).max(1);
     let token = state.grpc.next_token;
-    let stream = grpc::open(&state.shared.runtime, addr, path, metadata, token, state.current, state.deliver.clone());
+    let target = grpc::Target {
+        addr,
+        authority,
+        path,
+    };
+    let stream = grpc::open(
+        &state.shared.runtime,
+        target,
+        metadata,
+        token,
+        state.root_id,
+        state.deliver.clone(),
+    );
     state.grpc.open.insert(token, stream);
     status(write_u32(&mut c, ret, token))
 }
@@ -371,18 +517,24 @@ fn grpc_send(mut c: Ctx, token: u32, ptr: u32, len: u32, end_stream: u32) -> u32
         Err(e) => return e.code(),
     };
     match c.data_mut().grpc.open.get_mut(&token) {
-        Some(stream) if stream.send(message, end_stream != 0) => Status::Ok.code(),
-        Some(_) => Status::BadArgument.code(),
+        Some(stream) => match stream.send(message, end_stream != 0) {
+            true => Status::Ok.code(),
+            false => Status::BadArgument.code(),
+        },
         None => Status::NotFound.code(),
     }
 }
 
+/// The status of the stream whose close callback is running (code 0 and no message otherwise).
 fn get_status(mut c: Ctx, code_ptr: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
-    let Some((code, message)) = c.data().grpc.status.clone() else {
-        return Ok(Status::NotFound.code());
-    };
+    let (code, message) = c.data().grpc.status.clone();
     if let Err(e) = write_u32(&mut c, code_ptr, code) {
         return Ok(e.code());
     }
-    Ok(status(copy_out(&mut c, message.as_bytes(), ptr_ptr, size_ptr)?))
+    Ok(status(copy_out(
+        &mut c,
+        message.as_bytes(),
+        ptr_ptr,
+        size_ptr,
+    )?))
 }

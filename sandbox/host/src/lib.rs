@@ -134,7 +134,9 @@ pub enum HostError {
     Compile { path: PathBuf, message: String },
     #[error("linking wasm module {path}: {message}")]
     Link { path: PathBuf, message: String },
-    #[error("wasm module {path} does not export `{export}` as proxy-wasm ABI 0.2.1 needs: {message}")]
+    #[error(
+        "wasm module {path} does not export `{export}` as proxy-wasm ABI 0.2.1 needs: {message}"
+    )]
     Export {
         path: PathBuf,
         export: &'static str,
@@ -155,6 +157,8 @@ pub enum HostError {
     },
     #[error("HostConfig.workers must be at least 1")]
     NoWorkers,
+    #[error("wasm module {path} not found (set {env}, or run `./dev wasm` to build it)")]
+    ModuleMissing { path: PathBuf, env: &'static str },
 }
 
 /// Results of this crate.

@@ -28,7 +28,11 @@ pub(crate) struct RequestFacts<'a> {
 }
 
 /// The value of the property at `path` (tokens joined by NUL), or `None` when there is none.
-pub(crate) fn lookup(path: &[u8], proxy: &ProxyFacts, request: Option<&RequestFacts>) -> Option<Vec<u8>> {
+pub(crate) fn lookup(
+    path: &[u8],
+    proxy: &ProxyFacts,
+    request: Option<&RequestFacts>,
+) -> Option<Vec<u8>> {
     let path = std::str::from_utf8(path).ok()?;
     let tokens: Vec<&str> = path.split('\0').collect();
     match tokens.as_slice() {
@@ -63,11 +67,15 @@ fn request_property(tokens: &[&str], req: &RequestFacts) -> Option<Vec<u8>> {
         ["request", "headers", name] => header(name),
         ["response", "code"] => match req.log {
             Some(log) => Some(int(i64::from(log.response_code?))),
-            None => Some(int(map_get(req.response_headers, ":status")?.parse().ok()?)),
+            None => Some(int(map_get(req.response_headers, ":status")?
+                .parse()
+                .ok()?)),
         },
         ["response", "flags"] => Some(req.log?.response_flags.to_le_bytes().to_vec()),
         ["response", "grpc_status"] => Some(int(i64::from(req.log?.grpc_status?))),
-        ["response", "headers", name] => map_get(req.response_headers, name).map(|v| v.as_bytes().to_vec()),
+        ["response", "headers", name] => {
+            map_get(req.response_headers, name).map(|v| v.as_bytes().to_vec())
+        }
         ["xds", "cluster_name"] => {
             let log = req.log?;
             (!log.cluster_name.is_empty()).then(|| log.cluster_name.as_bytes().to_vec())
@@ -101,7 +109,10 @@ mod tests {
             namespace: "shop".into(),
             labels: [("version".to_string(), "v1".to_string())].into(),
         };
-        let proxy = ProxyFacts { node: &node, direction: ListenerDirection::Inbound };
+        let proxy = ProxyFacts {
+            node: &node,
+            direction: ListenerDirection::Inbound,
+        };
         let request_headers = vec![(":authority".to_string(), "reviews".to_string())];
         let response_headers = vec![(":status".to_string(), "503".to_string())];
         let log = LogInfo {
@@ -111,17 +122,41 @@ mod tests {
             grpc_status: Some(14),
             cluster_name: "outbound|80|v2|reviews".into(),
         };
-        let before_log = RequestFacts { start_unix_ns: 7, request_headers: &request_headers, response_headers: &response_headers, log: None };
-        let at_log = RequestFacts { log: Some(&log), ..before_log };
-        let before_log = RequestFacts { log: None, ..at_log };
+        let before_log = RequestFacts {
+            start_unix_ns: 7,
+            request_headers: &request_headers,
+            response_headers: &response_headers,
+            log: None,
+        };
+        let at_log = RequestFacts {
+            log: Some(&log),
+            ..before_log
+        };
+        let before_log = RequestFacts {
+            log: None,
+            ..at_log
+        };
         let s = |v: &str| Some(v.as_bytes().to_vec());
         let i = |v: i64| Some(v.to_le_bytes().to_vec());
-        let cases: Vec<(&[&str], Option<&RequestFacts>, Option<Vec<u8>>)> = vec![
-            (&["xds", "node", "id"], None, s("sidecar~1~reviews-v1.shop~shop")),
+        type Case<'a> = (&'a [&'a str], Option<&'a RequestFacts<'a>>, Option<Vec<u8>>);
+        let cases: Vec<Case> = vec![
+            (
+                &["xds", "node", "id"],
+                None,
+                s("sidecar~1~reviews-v1.shop~shop"),
+            ),
             (&["node", "id"], None, s("sidecar~1~reviews-v1.shop~shop")),
-            (&["xds", "node", "metadata", "WORKLOAD_NAME"], None, s("reviews-v1")),
+            (
+                &["xds", "node", "metadata", "WORKLOAD_NAME"],
+                None,
+                s("reviews-v1"),
+            ),
             (&["node", "metadata", "NAMESPACE"], None, s("shop")),
-            (&["xds", "node", "metadata", "LABELS", "version"], None, s("v1")),
+            (
+                &["xds", "node", "metadata", "LABELS", "version"],
+                None,
+                s("v1"),
+            ),
             (&["node", "metadata", "LABELS", "app"], None, None),
             (&["listener_direction"], None, i(1)),
             (&["plugin_vm_id"], None, s(PLUGIN_NAME)),
@@ -132,18 +167,43 @@ mod tests {
             (&["request", "duration"], Some(&at_log), i(1_500_000)),
             (&["response", "code"], Some(&before_log), i(503)),
             (&["response", "code"], Some(&at_log), i(200)),
-            (&["response", "flags"], Some(&at_log), Some(0x24u64.to_le_bytes().to_vec())),
+            (
+                &["response", "flags"],
+                Some(&at_log),
+                Some(0x24u64.to_le_bytes().to_vec()),
+            ),
             (&["response", "grpc_status"], Some(&at_log), i(14)),
-            (&["xds", "cluster_name"], Some(&at_log), s("outbound|80|v2|reviews")),
+            (
+                &["xds", "cluster_name"],
+                Some(&at_log),
+                s("outbound|80|v2|reviews"),
+            ),
             (&["xds", "cluster_name"], Some(&before_log), None),
             (&["no", "such"], Some(&at_log), None),
         ];
         for (tokens, request, expected) in cases {
-            assert_eq!(lookup(&path(tokens), &proxy, request), expected, "{tokens:?}");
+            assert_eq!(
+                lookup(&path(tokens), &proxy, request),
+                expected,
+                "{tokens:?}"
+            );
         }
-        let no_response = LogInfo { response_code: None, grpc_status: None, ..log.clone() };
-        let reset = RequestFacts { log: Some(&no_response), ..before_log };
-        assert_eq!(lookup(&path(&["response", "code"]), &proxy, Some(&reset)), None);
-        assert_eq!(lookup(&path(&["response", "grpc_status"]), &proxy, Some(&reset)), None);
+        let no_response = LogInfo {
+            response_code: None,
+            grpc_status: None,
+            ..log.clone()
+        };
+        let reset = RequestFacts {
+            log: Some(&no_response),
+            ..before_log
+        };
+        assert_eq!(
+            lookup(&path(&["response", "code"]), &proxy, Some(&reset)),
+            None
+        );
+        assert_eq!(
+            lookup(&path(&["response", "grpc_status"]), &proxy, Some(&reset)),
+            None
+        );
     }
 }

@@ -24,6 +24,9 @@ const CAPTURED_LINES: usize = 64;
 /// Everything the VMs of one host share.
 pub(crate) struct Shared {
     pub config: HostConfig,
+    /// The PluginConfiguration and VmConfiguration buffers, shared without copying.
+    pub plugin_config: Bytes,
+    pub vm_config: Bytes,
     pub runtime: tokio::runtime::Handle,
     pub metrics: Mutex<Metrics>,
     pub requests: AtomicU64,
@@ -36,6 +39,8 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: HostConfig, runtime: tokio::runtime::Handle) -> Self {
         Self {
+            plugin_config: Bytes::from(config.plugin_config.clone().into_bytes()),
+            vm_config: Bytes::from(config.vm_config.clone().into_bytes()),
             config,
             runtime,
             metrics: Mutex::default(),
@@ -50,9 +55,15 @@ impl Shared {
     /// Counts a call to an import this host does not implement; logs the name the first time.
     pub(crate) fn unimplemented(&self, name: &str) {
         self.unimplemented_calls.fetch_add(1, Ordering::Relaxed);
-        let mut seen = self.unimplemented_imports.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self
+            .unimplemented_imports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if seen.insert(name.to_string()) {
-            tracing::warn!(import = name, "proxy-wasm call not implemented by this host; answered Unimplemented");
+            tracing::warn!(
+                import = name,
+                "proxy-wasm call not implemented by this host; answered Unimplemented"
+            );
         }
     }
 }
@@ -76,11 +87,12 @@ impl Metrics {
         id
     }
 
-    /// `proxy_increment_metric`: counters only go up, gauges move both ways.
+    /// `proxy_increment_metric`, as Envoy: a counter only goes up (a zero or negative offset is
+    /// BadArgument), a gauge moves both ways, a histogram cannot be incremented.
     pub(crate) fn increment(&mut self, id: u32, offset: i64) -> Result<(), Status> {
         let (_, kind, value) = self.entries.get_mut(id as usize).ok_or(Status::NotFound)?;
         match kind {
-            MetricKind::Counter if offset < 0 => Err(Status::BadArgument),
+            MetricKind::Counter if offset <= 0 => Err(Status::BadArgument),
             MetricKind::Histogram => Err(Status::BadArgument),
             _ => {
                 *value = value.saturating_add(offset);
@@ -89,10 +101,15 @@ impl Metrics {
         }
     }
 
-    /// `proxy_record_metric`: sets a counter or gauge; a histogram keeps its last sample.
+    /// `proxy_record_metric`, as Envoy: a counter adds the value, a gauge takes it, a histogram
+    /// records it (kept here as its last sample).
     pub(crate) fn record(&mut self, id: u32, sample: u64) -> Result<(), Status> {
-        let (_, _, value) = self.entries.get_mut(id as usize).ok_or(Status::NotFound)?;
-        *value = i64::try_from(sample).unwrap_or(i64::MAX);
+        let (_, kind, value) = self.entries.get_mut(id as usize).ok_or(Status::NotFound)?;
+        let sample = i64::try_from(sample).unwrap_or(i64::MAX);
+        *value = match kind {
+            MetricKind::Counter => value.saturating_add(sample),
+            MetricKind::Gauge | MetricKind::Histogram => sample,
+        };
         Ok(())
     }
 
@@ -105,7 +122,10 @@ impl Metrics {
     }
 
     pub(crate) fn snapshot(&self) -> BTreeMap<String, i64> {
-        self.entries.iter().map(|(n, _, v)| (n.clone(), *v)).collect()
+        self.entries
+            .iter()
+            .map(|(n, _, v)| (n.clone(), *v))
+            .collect()
     }
 }
 
@@ -127,7 +147,9 @@ pub(crate) struct GrpcState {
     pub receive_buffer: Bytes,
     pub initial_metadata: Vec<(String, String)>,
     pub trailing_metadata: Vec<(String, String)>,
-    pub status: Option<(u32, String)>,
+    /// The last close status (code, message), as `proxy_get_status` reads it; the message is
+    /// cleared after the close callback, as Envoy does.
+    pub status: (u32, String),
 }
 
 /// The data of one VM's wasmtime store.

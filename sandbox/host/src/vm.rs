@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmtime::{Engine, Instance, InstancePre, Linker, Module, Store, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{
+    Engine, Instance, InstancePre, Linker, Module, Store, TypedFunc, WasmParams, WasmResults,
+};
 
 use crate::grpc::GrpcEvent;
 use crate::state::{HttpContext, VmState};
@@ -27,15 +29,24 @@ pub(crate) struct Program {
 
 impl Program {
     pub(crate) fn compile(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| HostError::ReadModule { path: path.into(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| HostError::ReadModule {
+            path: path.into(),
+            source,
+        })?;
         let engine = Engine::default();
-        let module = Module::new(&engine, &bytes)
-            .map_err(|e| HostError::Compile { path: path.into(), message: format!("{e:#}") })?;
-        let link_error = |e: wasmtime::Error| HostError::Link { path: path.into(), message: format!("{e:#}") };
+        let module = Module::new(&engine, &bytes).map_err(|e| HostError::Compile {
+            path: path.into(),
+            message: format!("{e:#}"),
+        })?;
+        let link_error = |e: wasmtime::Error| HostError::Link {
+            path: path.into(),
+            message: format!("{e:#}"),
+        };
         let mut linker = Linker::new(&engine);
         linker.allow_shadowing(true);
         imports::link_unimplemented(&mut linker, &module).map_err(link_error)?;
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut VmState| &mut s.wasi).map_err(link_error)?;
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut VmState| &mut s.wasi)
+            .map_err(link_error)?;
         imports::link(&mut linker).map_err(link_error)?;
         let has_abi = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"]
             .iter()
@@ -79,21 +90,39 @@ pub(crate) struct Vm {
 impl Vm {
     /// Instantiates the program and runs it up to a configured root context.
     pub(crate) fn create(program: &Program, state: VmState, path: &Path) -> Result<Self> {
-        let vm = state.vm;
-        let trap = |phase: &'static str| move |e: wasmtime::Error| HostError::Trap { vm, phase, message: format!("{e:#}") };
+        let index = state.vm;
+        let trap = |phase: &'static str| {
+            move |e: wasmtime::Error| HostError::Trap {
+                vm: index,
+                phase,
+                message: format!("{e:#}"),
+            }
+        };
         let mut store = Store::new(&program.engine, state);
-        let instance = program.pre.instantiate(&mut store).map_err(trap("instantiation"))?;
-        let export_error = |export: &'static str, message: String| HostError::Export { path: path.into(), export, message };
+        let instance = program
+            .pre
+            .instantiate(&mut store)
+            .map_err(trap("instantiation"))?;
+        let export_error = |export: &'static str, message: String| HostError::Export {
+            path: path.into(),
+            export,
+            message,
+        };
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| export_error("memory", "missing".into()))?;
         let malloc = match typed(&instance, &mut store, "proxy_on_memory_allocate") {
             Ok(Some(f)) => Some(f),
-            Ok(None) => typed(&instance, &mut store, "malloc").map_err(|m| export_error("malloc", m))?,
+            Ok(None) => {
+                typed(&instance, &mut store, "malloc").map_err(|m| export_error("malloc", m))?
+            }
             Err(m) => return Err(export_error("proxy_on_memory_allocate", m)),
         };
         if malloc.is_none() {
-            return Err(export_error("proxy_on_memory_allocate", "missing (and no `malloc`)".into()));
+            return Err(export_error(
+                "proxy_on_memory_allocate",
+                "missing (and no `malloc`)".into(),
+            ));
         }
         let data = store.data_mut();
         data.memory = Some(memory);
@@ -122,44 +151,87 @@ impl Vm {
         };
         // A WASI reactor initializes itself in `_initialize`; a command in `_start`.
         for entry in ["_initialize", "_start"] {
-            if let Some(init) = typed::<(), ()>(&instance, &mut store, entry).map_err(|m| export_error("_initialize", m))? {
+            if let Some(init) = typed::<(), ()>(&instance, &mut store, entry)
+                .map_err(|m| export_error("_initialize", m))?
+            {
                 init.call(&mut store, ()).map_err(trap("_initialize"))?;
                 break;
             }
         }
-        let mut vm = Self { store, on, next_context: ROOT_CONTEXT + 1 };
-        call(&mut vm.store, &vm.on.context_create, (ROOT_CONTEXT, 0)).map_err(trap("proxy_on_context_create"))?;
+        let mut vm = Self {
+            store,
+            on,
+            next_context: ROOT_CONTEXT + 1,
+        };
+        call(&mut vm.store, &vm.on.context_create, (ROOT_CONTEXT, 0))
+            .map_err(trap("proxy_on_context_create"))?;
         let config = Arc::clone(&vm.store.data().shared);
         let refused = |what, callback, vm_ref: &mut Vm| HostError::Refused {
-            vm,
+            vm: index,
             what,
             callback,
-            log: vm_ref.store.data_mut().captured.take().unwrap_or_default().join("; "),
+            log: vm_ref
+                .store
+                .data_mut()
+                .captured
+                .take()
+                .unwrap_or_default()
+                .join("; "),
         };
         let size = config.config.vm_config.len() as u32;
-        if call(&mut vm.store, &vm.on.vm_start, (ROOT_CONTEXT, size)).map_err(trap("proxy_on_vm_start"))? == Some(0) {
+        if call(&mut vm.store, &vm.on.vm_start, (ROOT_CONTEXT, size))
+            .map_err(trap("proxy_on_vm_start"))?
+            == Some(0)
+        {
             return Err(refused("VM configuration", "proxy_on_vm_start", &mut vm));
         }
         let size = config.config.plugin_config.len() as u32;
-        if call(&mut vm.store, &vm.on.configure, (ROOT_CONTEXT, size)).map_err(trap("proxy_on_configure"))? == Some(0) {
-            return Err(refused("plugin configuration", "proxy_on_configure", &mut vm));
+        if call(&mut vm.store, &vm.on.configure, (ROOT_CONTEXT, size))
+            .map_err(trap("proxy_on_configure"))?
+            == Some(0)
+        {
+            return Err(refused(
+                "plugin configuration",
+                "proxy_on_configure",
+                &mut vm,
+            ));
         }
         vm.store.data_mut().captured = None;
         Ok(vm)
     }
 
     /// Creates a request context holding `headers` and runs `proxy_on_request_headers`.
-    pub(crate) fn request_headers(&mut self, headers: Vec<(String, String)>) -> wasmtime::Result<u32> {
+    pub(crate) fn request_headers(
+        &mut self,
+        headers: Vec<(String, String)>,
+    ) -> wasmtime::Result<u32> {
         let context = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
         let count = headers.len() as u32;
-        let start_unix_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let start_unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         let state = self.store.data_mut();
-        state.contexts.insert(context, HttpContext { start_unix_ns, request_headers: headers, ..HttpContext::default() });
+        state.contexts.insert(
+            context,
+            HttpContext {
+                start_unix_ns,
+                request_headers: headers,
+                ..HttpContext::default()
+            },
+        );
         state.current = context;
-        call(&mut self.store, &self.on.context_create, (context, ROOT_CONTEXT))?;
+        call(
+            &mut self.store,
+            &self.on.context_create,
+            (context, ROOT_CONTEXT),
+        )?;
         self.store.data_mut().current = context;
-        call(&mut self.store, &self.on.request_headers, (context, count, 0))?;
+        call(
+            &mut self.store,
+            &self.on.request_headers,
+            (context, count, 0),
+        )?;
         Ok(context)
     }
 
@@ -168,7 +240,11 @@ impl Vm {
     }
 
     /// Runs `proxy_on_response_headers` on `headers`; they are left in the context.
-    pub(crate) fn response_headers(&mut self, context: u32, headers: Vec<(String, String)>) -> wasmtime::Result<()> {
+    pub(crate) fn response_headers(
+        &mut self,
+        context: u32,
+        headers: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
         let count = headers.len() as u32;
         let state = self.store.data_mut();
         let Some(http) = state.contexts.get_mut(&context) else {
@@ -176,10 +252,16 @@ impl Vm {
         };
         http.response_headers = headers;
         state.current = context;
-        call(&mut self.store, &self.on.response_headers, (context, count, 0)).map(drop)
+        call(
+            &mut self.store,
+            &self.on.response_headers,
+            (context, count, 0),
+        )
+        .map(drop)
     }
 
-    /// Ends a request context: `proxy_on_log` (when the request completed), then done and delete.
+    /// Ends a request context in the ABI's order: `proxy_on_done`, `proxy_on_log` (when the
+    /// request completed and `info` says how), `proxy_on_delete`.
     pub(crate) fn finish(&mut self, context: u32, log: Option<LogInfo>) -> wasmtime::Result<()> {
         let state = self.store.data_mut();
         let Some(http) = state.contexts.get_mut(&context) else {
@@ -188,11 +270,11 @@ impl Vm {
         let completed = log.is_some();
         http.log = log;
         state.current = context;
+        call(&mut self.store, &self.on.done, context)?;
         if completed {
+            self.store.data_mut().current = context;
             call(&mut self.store, &self.on.log, context)?;
         }
-        self.store.data_mut().current = context;
-        call(&mut self.store, &self.on.done, context)?;
         self.store.data_mut().current = context;
         call(&mut self.store, &self.on.delete, context)?;
         self.store.data_mut().contexts.remove(&context);
@@ -219,23 +301,37 @@ impl Vm {
             GrpcEvent::InitialMetadata(metadata) => {
                 let count = metadata.len() as u32;
                 state.grpc.initial_metadata = metadata;
-                call(&mut self.store, &self.on.grpc_initial_metadata, (context, token, count))
+                call(
+                    &mut self.store,
+                    &self.on.grpc_initial_metadata,
+                    (context, token, count),
+                )
             }
             GrpcEvent::Message(message) => {
                 let size = message.len() as u32;
                 state.grpc.receive_buffer = message;
-                call(&mut self.store, &self.on.grpc_receive, (context, token, size))
+                call(
+                    &mut self.store,
+                    &self.on.grpc_receive,
+                    (context, token, size),
+                )
             }
             GrpcEvent::TrailingMetadata(metadata) => {
                 let count = metadata.len() as u32;
                 state.grpc.trailing_metadata = metadata;
-                call(&mut self.store, &self.on.grpc_trailing_metadata, (context, token, count))
+                call(
+                    &mut self.store,
+                    &self.on.grpc_trailing_metadata,
+                    (context, token, count),
+                )
             }
             GrpcEvent::Close(code, message) => {
                 // Keep the task's handle alive until the callback ran: dropping it resets the stream.
                 let _stream = state.grpc.open.remove(&token);
-                state.grpc.status = Some((code, message));
-                call(&mut self.store, &self.on.grpc_close, (context, token, code))
+                state.grpc.status = (code, message);
+                let result = call(&mut self.store, &self.on.grpc_close, (context, token, code));
+                self.store.data_mut().grpc.status.1.clear();
+                result
             }
         };
         let grpc = &mut self.store.data_mut().grpc;
@@ -261,13 +357,20 @@ fn typed<P: WasmParams, R: WasmResults>(
     name: &str,
 ) -> Result<Option<TypedFunc<P, R>>, String> {
     match instance.get_func(&mut *store, name) {
-        Some(func) => func.typed(&*store).map(Some).map_err(|e| format!("wrong signature: {e:#}")),
+        Some(func) => func
+            .typed(&*store)
+            .map(Some)
+            .map_err(|e| format!("wrong signature: {e:#}")),
         None => Ok(None),
     }
 }
 
 /// Calls an export if the module has it (a module may leave out callbacks it does not need).
-fn call<P: WasmParams, R: WasmResults>(store: &mut Store<VmState>, f: &F<P, R>, params: P) -> wasmtime::Result<Option<R>> {
+fn call<P: WasmParams, R: WasmResults>(
+    store: &mut Store<VmState>,
+    f: &F<P, R>,
+    params: P,
+) -> wasmtime::Result<Option<R>> {
     match f {
         Some(f) => f.call(store, params).map(Some),
         None => Ok(None),
