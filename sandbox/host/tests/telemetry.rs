@@ -69,6 +69,14 @@ async fn reports_count_every_request_once_with_its_latency() {
         "reports did not arrive"
     );
     tokio::time::sleep(Duration::from_millis(3 * REPORT_MS)).await;
+    check_reports(&agent, &sent);
+    assert_eq!(host.stats().traps, 0);
+    host.shutdown().await;
+    server.stop(&agent).await;
+}
+
+/// Every request of `sent` is in exactly one report, with its latency.
+fn check_reports(agent: &Agent, sent: &BTreeMap<String, Vec<u64>>) {
     let seen = agent.seen.lock().unwrap();
     assert_eq!(seen.hellos(), 2, "one Hello per VM");
     let hello = seen.messages.iter().find_map(|m| match &m.msg {
@@ -90,7 +98,7 @@ async fn reports_count_every_request_once_with_its_latency() {
             "v1"
         )
     );
-    for (version, latencies) in &sent {
+    for (version, latencies) in sent {
         assert_eq!(
             seen.requests(version),
             latencies.len() as u64,
@@ -126,10 +134,6 @@ async fn reports_count_every_request_once_with_its_latency() {
             );
         }
     }
-    drop(seen);
-    assert_eq!(host.stats().traps, 0);
-    host.shutdown().await;
-    server.stop(&agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
