@@ -15,8 +15,9 @@ use tokio::task::JoinHandle;
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::grpc::{Deliver, GrpcEvent};
+use crate::program::Program;
 use crate::state::{GrpcState, Shared, VmState};
-use crate::vm::{Program, Vm};
+use crate::vm::Vm;
 use crate::{HostConfig, HostError, HostStats, LogInfo, Result};
 
 /// How long a VM that could not be recreated stays out before the next attempt.

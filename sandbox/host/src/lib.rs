@@ -15,6 +15,7 @@ pub mod bench;
 mod grpc;
 mod host;
 mod imports;
+mod program;
 mod properties;
 mod state;
 mod vm;
