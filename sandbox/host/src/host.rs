@@ -126,7 +126,17 @@ impl FilterHost {
     /// Counters since start, and the plugin's metrics.
     pub fn stats(&self) -> HostStats {
         let shared = &self.inner.shared;
+        let open_contexts = (0..self.inner.slots.len())
+            .map(|index| {
+                self.inner
+                    .lock(index)
+                    .vm
+                    .as_ref()
+                    .map_or(0, Vm::open_contexts)
+            })
+            .sum();
         HostStats {
+            open_contexts,
             requests: shared.requests.load(Ordering::Relaxed),
             traps: shared.traps.load(Ordering::Relaxed),
             vm_restarts: shared.vm_restarts.load(Ordering::Relaxed),

@@ -192,6 +192,10 @@ impl Vm {
         Ok(context)
     }
 
+    pub(crate) fn open_contexts(&self) -> usize {
+        self.store.data().contexts.len()
+    }
+
     pub(crate) fn context(&self, context: u32) -> Option<&HttpContext> {
         self.store.data().contexts.get(&context)
     }
