@@ -12,7 +12,8 @@ use crate::analysis::{AnalysisSpec, Judgment, StepAnalysis, Verdict};
 use crate::rollout::{AnalysisOutcome, AnalysisWindow, Verdict as StatusVerdict};
 use crate::telemetry::{SeriesKey, Store, Traffic, Window};
 
-/// How old a second must be before it is analysed.
+/// A second `s` (the window [s, s + 1)) is analysed once `now - s >= SETTLE_SECS`, i.e. a
+/// second after it ended.
 pub const SETTLE_SECS: i64 = 2;
 
 /// What a judge compares: one host's canary against its stable subset.
@@ -173,8 +174,8 @@ mod tests {
         let judgment = judge
             .tick(&step, arms.clone(), &spec, &store, at(12))
             .expect("a look at 12 s");
-        // Seconds 0..=9 are settled at 12 s.
-        assert_eq!(judgment.elapsed_secs, 10.0);
+        // At 12 s, seconds 0..=10 (each ended a second or more ago) are settled.
+        assert_eq!(judgment.elapsed_secs, 11.0);
         assert_eq!(judgment.verdict, Verdict::Fail);
         let o = outcome(&judgment);
         assert_eq!(o.verdict, StatusVerdict::Fail);
