@@ -1,0 +1,3 @@
+//! `fledge-sandbox`: the local mesh, backends and load generator from the command line.
+
+fn main() {}
