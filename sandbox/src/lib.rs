@@ -7,8 +7,25 @@
 //! Decisions live in pure modules ([`virtual_service`], [`route`], [`latency`], [`config`]);
 //! the rest adapts them to sockets and files.
 
+pub mod backend;
+pub mod config;
 mod error;
+pub mod filter;
+mod forward;
+pub mod latency;
+pub mod listener;
+pub mod load;
+pub mod mesh;
+mod proxy;
 pub mod route;
 pub mod virtual_service;
+mod wasm;
+pub mod watch;
 
+pub use backend::{Backend, BackendConfig, BackendCounts};
+pub use config::SandboxConfig;
 pub use error::{Error, Result};
+pub use latency::{Behaviour, Latency};
+pub use load::{LoadConfig, LoadReport};
+pub use mesh::{Filters, Mesh};
+pub use proxy::ProxyStats;
