@@ -1,0 +1,540 @@
+//! The wasm side of the proxy-wasm ABI 0.2.1 host calls: each import reads its arguments out of
+//! guest memory through checked slices, applies the call to the VM's state (with the rules of
+//! `abi.rs` and `properties.rs`), and writes results back into memory the module allocates with
+//! `proxy_on_memory_allocate`, as Envoy does.
+//!
+//! Imports fledge does not use get no stand-in here: `link_unimplemented` gives each one a body
+//! that answers Unimplemented (12) and is counted and logged once by name.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use wasmtime::{Caller, Linker, Val};
+
+use crate::abi::{self, BufferType, MapType, MetricKind, Status};
+use crate::grpc;
+use crate::properties::{self, ProxyFacts, RequestFacts};
+use crate::state::VmState;
+
+type Ctx<'a> = Caller<'a, VmState>;
+type Call<T = u32> = wasmtime::Result<T>;
+
+/// Defines every implemented host call in module `env`.
+pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_log", proxy_log)?;
+    linker.func_wrap("env", "proxy_get_log_level", |mut c: Ctx, ret: u32| {
+        status(write_u32(&mut c, ret, log_level()))
+    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Ctx, ret: u32| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            status(write(&mut c, ret, &(now.as_nanos() as u64).to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |c: Ctx, ms: u32| {
+            c.data()
+                .tick
+                .send_replace(std::time::Duration::from_millis(u64::from(ms)));
+            Status::Ok.code()
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |mut c: Ctx, id: u32| {
+            let known = id == c.data().root_id || c.data().contexts.contains_key(&id);
+            if known {
+                c.data_mut().current = id;
+            }
+            if known {
+                Status::Ok
+            } else {
+                Status::BadArgument
+            }
+            .code()
+        },
+    )?;
+    linker.func_wrap("env", "proxy_get_buffer_bytes", get_buffer_bytes)?;
+    linker.func_wrap("env", "proxy_get_buffer_status", get_buffer_status)?;
+    linker.func_wrap("env", "proxy_get_header_map_pairs", get_map_pairs)?;
+    linker.func_wrap("env", "proxy_set_header_map_pairs", set_map_pairs)?;
+    linker.func_wrap("env", "proxy_get_header_map_size", get_map_size)?;
+    linker.func_wrap("env", "proxy_get_header_map_value", get_map_value)?;
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| {
+                abi::map_replace(map, key, value)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| {
+                abi::map_add(map, key, value)
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |c: Ctx, t: u32, kp: u32, kl: u32| {
+            edit_map(c, t, kp, kl, None, |map, key, _| abi::map_remove(map, key))
+        },
+    )?;
+    linker.func_wrap("env", "proxy_get_property", get_property)?;
+    linker.func_wrap("env", "proxy_define_metric", define_metric)?;
+    linker.func_wrap(
+        "env",
+        "proxy_increment_metric",
+        |c: Ctx, id: u32, offset: i64| status(metrics(&c, |m| m.increment(id, offset))),
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_record_metric",
+        |c: Ctx, id: u32, value: u64| status(metrics(&c, |m| m.record(id, value))),
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut c: Ctx, id: u32, ret: u32| {
+            let value = metrics(&c, |m| m.get(id));
+            status(value.and_then(|v| write(&mut c, ret, &v.to_le_bytes())))
+        },
+    )?;
+    linker.func_wrap("env", "proxy_call_foreign_function", call_foreign_function)?;
+    linker.func_wrap("env", "proxy_grpc_stream", grpc_stream)?;
+    linker.func_wrap("env", "proxy_grpc_send", grpc_send)?;
+    linker.func_wrap("env", "proxy_grpc_close", |mut c: Ctx, token: u32| {
+        match c.data_mut().grpc.open.get_mut(&token) {
+            Some(stream) => {
+                stream.close();
+                Status::Ok
+            }
+            None => Status::NotFound,
+        }
+        .code()
+    })?;
+    linker.func_wrap("env", "proxy_grpc_cancel", |mut c: Ctx, token: u32| {
+        match c.data_mut().grpc.open.remove(&token) {
+            Some(_reset_on_drop) => Status::Ok,
+            None => Status::NotFound,
+        }
+        .code()
+    })?;
+    linker.func_wrap("env", "proxy_get_status", get_status)?;
+    Ok(())
+}
+
+/// Gives every function import of `module` a body answering Unimplemented. Call it first, on a
+/// linker that allows shadowing, so WASI and `link` then replace the ones this host implements.
+pub(crate) fn link_unimplemented(
+    linker: &mut Linker<VmState>,
+    module: &wasmtime::Module,
+) -> wasmtime::Result<()> {
+    for import in module.imports() {
+        let wasmtime::ExternType::Func(ty) = import.ty() else {
+            continue;
+        };
+        let (module_name, name) = (import.module().to_string(), import.name().to_string());
+        let results: Vec<wasmtime::ValType> = ty.results().collect();
+        let reported = name.clone();
+        linker.func_new(
+            &module_name,
+            &name,
+            ty.clone(),
+            move |c: Ctx, _params, out| {
+                c.data().shared.unimplemented(&reported);
+                for (slot, result) in out.iter_mut().zip(&results) {
+                    *slot = match result {
+                        wasmtime::ValType::I32 => Val::I32(Status::Unimplemented.code() as i32),
+                        wasmtime::ValType::I64 => Val::I64(i64::from(Status::Unimplemented.code())),
+                        other => Val::default_for_ty(other).unwrap_or(Val::I32(0)),
+                    };
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
+}
+
+// === memory ===
+
+fn bytes(c: &Ctx, ptr: u32, len: u32) -> Result<Vec<u8>, Status> {
+    let memory = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
+    let (start, end) = (ptr as usize, ptr as usize + len as usize);
+    memory
+        .data(c)
+        .get(start..end)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
+fn text(c: &Ctx, ptr: u32, len: u32) -> Result<String, Status> {
+    bytes(c, ptr, len).map(|b| abi::lossy(&b))
+}
+
+fn write(c: &mut Ctx, ptr: u32, data: &[u8]) -> Result<(), Status> {
+    let memory = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
+    let start = ptr as usize;
+    memory
+        .data_mut(c)
+        .get_mut(start..start + data.len())
+        .ok_or(Status::InvalidMemoryAccess)?
+        .copy_from_slice(data);
+    Ok(())
+}
+
+fn write_u32(c: &mut Ctx, ptr: u32, value: u32) -> Result<(), Status> {
+    write(c, ptr, &value.to_le_bytes())
+}
+
+/// Copies `data` into memory the module allocates and stores its address and size at the two
+/// return pointers (address 0 and size 0 for empty data, as Envoy does).
+fn copy_out(c: &mut Ctx, data: &[u8], ptr_ptr: u32, size_ptr: u32) -> Call<Result<(), Status>> {
+    let mut address = 0;
+    if !data.is_empty() {
+        let Some(malloc) = c.data().malloc.clone() else {
+            return Ok(Err(Status::InvalidMemoryAccess));
+        };
+        address = malloc.call(&mut *c, data.len() as u32)?;
+        if address == 0 {
+            return Ok(Err(Status::InvalidMemoryAccess));
+        }
+        if let Err(e) = write(c, address, data) {
+            return Ok(Err(e));
+        }
+    }
+    Ok(write_u32(c, ptr_ptr, address).and_then(|()| write_u32(c, size_ptr, data.len() as u32)))
+}
+
+fn status(result: Result<(), Status>) -> u32 {
+    result.err().unwrap_or(Status::Ok).code()
+}
+
+// === logging, buffers, properties, metrics ===
+
+fn proxy_log(mut c: Ctx, level: u32, ptr: u32, len: u32) -> u32 {
+    let message = match text(&c, ptr, len) {
+        Ok(message) => message,
+        Err(e) => return e.code(),
+    };
+    let vm = c.data().vm;
+    match level {
+        0 => tracing::trace!(target: "fledge::wasm", vm, "{message}"),
+        1 => tracing::debug!(target: "fledge::wasm", vm, "{message}"),
+        2 => tracing::info!(target: "fledge::wasm", vm, "{message}"),
+        3 => tracing::warn!(target: "fledge::wasm", vm, "{message}"),
+        _ => tracing::error!(target: "fledge::wasm", vm, "{message}"),
+    }
+    c.data_mut().capture(&message);
+    Status::Ok.code()
+}
+
+fn log_level() -> u32 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 0,
+        LevelFilter::DEBUG => 1,
+        LevelFilter::INFO => 2,
+        LevelFilter::WARN => 3,
+        LevelFilter::ERROR => 4,
+        _ => 5,
+    }
+}
+
+/// The buffer `kind` names: BadArgument for an id outside the ABI, NotFound for one this host
+/// has no data for in the running callback (as Envoy's `getBuffer` returning null).
+fn buffer(state: &VmState, kind: u32) -> Result<Bytes, Status> {
+    match BufferType::from_abi(kind).ok_or(Status::BadArgument)? {
+        BufferType::PluginConfiguration => Ok(state.shared.plugin_config.clone()),
+        BufferType::VmConfiguration => Ok(state.shared.vm_config.clone()),
+        BufferType::GrpcReceiveBuffer => Ok(state.grpc.receive_buffer.clone()),
+        _ => Err(Status::NotFound),
+    }
+}
+
+fn get_buffer_bytes(
+    mut c: Ctx,
+    kind: u32,
+    start: u32,
+    max: u32,
+    ptr_ptr: u32,
+    size_ptr: u32,
+) -> Call {
+    let data = match buffer(c.data(), kind) {
+        Ok(data) => data,
+        Err(e) => return Ok(e.code()),
+    };
+    let slice = abi::buffer_slice(&data, start, max);
+    Ok(status(copy_out(&mut c, slice, ptr_ptr, size_ptr)?))
+}
+
+fn get_buffer_status(mut c: Ctx, kind: u32, len_ptr: u32, flags_ptr: u32) -> u32 {
+    let result = buffer(c.data(), kind)
+        .and_then(|data| write_u32(&mut c, len_ptr, data.len() as u32))
+        .and_then(|()| write_u32(&mut c, flags_ptr, 0));
+    status(result)
+}
+
+fn get_property(mut c: Ctx, ptr: u32, len: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+    let path = match bytes(&c, ptr, len) {
+        Ok(path) => path,
+        Err(e) => return Ok(e.code()),
+    };
+    let state = c.data();
+    let proxy = ProxyFacts {
+        node: &state.shared.config.node,
+        direction: state.shared.config.direction,
+    };
+    let request = state.contexts.get(&state.current).map(|h| RequestFacts {
+        start_unix_ns: h.start_unix_ns,
+        request_headers: &h.request_headers,
+        response_headers: &h.response_headers,
+        log: h.log.as_ref(),
+    });
+    match properties::lookup(&path, &proxy, request.as_ref()) {
+        Some(value) => Ok(status(copy_out(&mut c, &value, ptr_ptr, size_ptr)?)),
+        None => Ok(Status::NotFound.code()),
+    }
+}
+
+fn metrics<T>(
+    c: &Ctx,
+    f: impl FnOnce(&mut crate::state::Metrics) -> Result<T, Status>,
+) -> Result<T, Status> {
+    let mut metrics = c
+        .data()
+        .shared
+        .metrics
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    f(&mut metrics)
+}
+
+fn define_metric(mut c: Ctx, kind: u32, ptr: u32, len: u32, ret: u32) -> u32 {
+    let Some(kind) = MetricKind::from_abi(kind) else {
+        return Status::BadArgument.code();
+    };
+    let id = text(&c, ptr, len).and_then(|name| metrics(&c, |m| Ok(m.define(kind, name))));
+    status(id.and_then(|id| write_u32(&mut c, ret, id)))
+}
+
+// === header maps ===
+
+/// The map `kind` names in the running callback. `Err(BadArgument)` for an id outside the ABI;
+/// `Ok(None)` for a map that exists in the ABI but not here and now (no HTTP context, trailers,
+/// HTTP call responses).
+fn map(state: &mut VmState, kind: u32) -> Result<Option<&mut Vec<(String, String)>>, Status> {
+    let kind = MapType::from_abi(kind).ok_or(Status::BadArgument)?;
+    Ok(match kind {
+        MapType::HttpRequestHeaders => state.http().map(|h| &mut h.request_headers),
+        MapType::HttpResponseHeaders => state.http().map(|h| &mut h.response_headers),
+        MapType::GrpcReceiveInitialMetadata => Some(&mut state.grpc.initial_metadata),
+        MapType::GrpcReceiveTrailingMetadata => Some(&mut state.grpc.trailing_metadata),
+        _ => None,
+    })
+}
+
+/// A map to change: one that is not available cannot be changed (BadArgument, as Envoy).
+fn map_mut(state: &mut VmState, kind: u32) -> Result<&mut Vec<(String, String)>, Status> {
+    map(state, kind)?.ok_or(Status::BadArgument)
+}
+
+/// Envoy answers a map that is not available with no pairs.
+fn get_map_pairs(mut c: Ctx, kind: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+    let encoded = match map(c.data_mut(), kind) {
+        Ok(Some(map)) if !map.is_empty() => abi::encode_pairs(map),
+        Ok(_) => Vec::new(),
+        Err(e) => return Ok(e.code()),
+    };
+    Ok(status(copy_out(&mut c, &encoded, ptr_ptr, size_ptr)?))
+}
+
+fn set_map_pairs(mut c: Ctx, kind: u32, ptr: u32, len: u32) -> u32 {
+    let pairs = bytes(&c, ptr, len).and_then(|b| abi::decode_pairs(&b).ok_or(Status::ParseFailure));
+    let result = pairs.and_then(|pairs| {
+        let lowered = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        *map_mut(c.data_mut(), kind)? = lowered;
+        Ok(())
+    });
+    status(result)
+}
+
+fn get_map_size(mut c: Ctx, kind: u32, ret: u32) -> u32 {
+    let size = map_mut(c.data_mut(), kind).map(|m| abi::map_serialized_size(m) as u32);
+    status(size.and_then(|size| write_u32(&mut c, ret, size)))
+}
+
+/// ABI 0.2.x: a missing key, or a map not available in this callback, is NotFound (Envoy answers
+/// Ok with an empty value only to ABI 0.1.0 modules).
+fn get_map_value(mut c: Ctx, kind: u32, kp: u32, kl: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+    let key = match bytes(&c, kp, kl) {
+        Ok(key) => key,
+        Err(e) => return Ok(e.code()),
+    };
+    let value = match map(c.data_mut(), kind) {
+        Ok(Some(map)) => abi::map_get_bytes(map, &key).map(<[u8]>::to_vec),
+        Ok(None) => None,
+        Err(e) => return Ok(e.code()),
+    };
+    match value {
+        Some(value) => Ok(status(copy_out(&mut c, &value, ptr_ptr, size_ptr)?)),
+        None => Ok(Status::NotFound.code()),
+    }
+}
+
+fn edit_map(
+    mut c: Ctx,
+    kind: u32,
+    kp: u32,
+    kl: u32,
+    value: Option<(u32, u32)>,
+    edit: impl FnOnce(&mut Vec<(String, String)>, &str, String),
+) -> u32 {
+    let args = text(&c, kp, kl).and_then(|key| {
+        let value = value.map(|(vp, vl)| text(&c, vp, vl)).transpose()?;
+        Ok((key, value.unwrap_or_default()))
+    });
+    let result = args.and_then(|(key, value)| {
+        edit(map_mut(c.data_mut(), kind)?, &key, value);
+        Ok(())
+    });
+    status(result)
+}
+
+// === foreign functions and gRPC ===
+
+/// Envoy's foreign functions: `clear_route_cache` (Ok in any context; it marks the running HTTP
+/// context's route as to be picked again) and nothing else (NotFound). It returns no data.
+fn call_foreign_function(
+    mut c: Ctx,
+    np: u32,
+    nl: u32,
+    _ap: u32,
+    _al: u32,
+    ptr_ptr: u32,
+    size_ptr: u32,
+) -> u32 {
+    let name = match bytes(&c, np, nl) {
+        Ok(name) => name,
+        Err(e) => return e.code(),
+    };
+    if name != b"clear_route_cache" {
+        return Status::NotFound.code();
+    }
+    if let Some(http) = c.data_mut().http() {
+        http.route_cache_cleared = true;
+    }
+    for ptr in [ptr_ptr, size_ptr] {
+        if ptr != 0
+            && let Err(e) = write_u32(&mut c, ptr, 0)
+        {
+            return e.code();
+        }
+    }
+    Status::Ok.code()
+}
+
+/// Opens a stream for the root context, as Envoy does whatever context asks. The upstream is a
+/// cluster name or a serialized `envoy.config.core.v3.GrpcService`. Statuses are the ones the
+/// SDKs expect here: ParseFailure for bad metadata, InternalFailure for an unknown cluster.
+#[allow(clippy::too_many_arguments)]
+fn grpc_stream(
+    mut c: Ctx,
+    up: u32,
+    upl: u32,
+    sp: u32,
+    sl: u32,
+    mp: u32,
+    ml: u32,
+    md: u32,
+    mdl: u32,
+    ret: u32,
+) -> u32 {
+    let args = (|| {
+        let upstream = bytes(&c, up, upl)?;
+        let path = format!("/{}/{}", text(&c, sp, sl)?, text(&c, mp, ml)?);
+        let metadata = if mdl == 0 {
+            Vec::new()
+        } else {
+            abi::decode_pairs(&bytes(&c, md, mdl)?).ok_or(Status::ParseFailure)?
+        };
+        Ok::<_, Status>((upstream, path, metadata))
+    })();
+    let (upstream, path, metadata) = match args {
+        Ok(args) => args,
+        Err(e) => return e.code(),
+    };
+    let state = c.data_mut();
+    let target = abi::grpc_target(&upstream, |name| {
+        state.shared.config.clusters.contains_key(name)
+    });
+    let Some((cluster, authority)) = target else {
+        tracing::warn!(vm = state.vm, upstream = %String::from_utf8_lossy(&upstream), "proxy_grpc_stream: no such gRPC cluster");
+        return Status::InternalFailure.code();
+    };
+    let addr = state.shared.config.clusters[&cluster];
+    let Ok(path) = path.parse() else {
+        return Status::BadArgument.code();
+    };
+    state.grpc.next_token = state.grpc.next_token.wrapping_add(1).max(1);
+    let token = state.grpc.next_token;
+    let target = grpc::Target {
+        addr,
+        authority,
+        path,
+    };
+    let stream = grpc::open(
+        &state.shared.runtime,
+        target,
+        metadata,
+        token,
+        state.root_id,
+        state.deliver.clone(),
+    );
+    state.grpc.open.insert(token, stream);
+    status(write_u32(&mut c, ret, token))
+}
+
+fn grpc_send(mut c: Ctx, token: u32, ptr: u32, len: u32, end_stream: u32) -> u32 {
+    let message = match bytes(&c, ptr, len) {
+        Ok(message) => Bytes::from(message),
+        Err(e) => return e.code(),
+    };
+    match c.data_mut().grpc.open.get_mut(&token) {
+        Some(stream) => match stream.send(message, end_stream != 0) {
+            true => Status::Ok.code(),
+            false => Status::BadArgument.code(),
+        },
+        None => Status::NotFound.code(),
+    }
+}
+
+/// The status of the stream whose close callback is running (code 0 and no message otherwise).
+fn get_status(mut c: Ctx, code_ptr: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+    let (code, message) = c.data().grpc.status.clone();
+    if let Err(e) = write_u32(&mut c, code_ptr, code) {
+        return Ok(e.code());
+    }
+    Ok(status(copy_out(
+        &mut c,
+        message.as_bytes(),
+        ptr_ptr,
+        size_ptr,
+    )?))
+}

@@ -1,0 +1,26 @@
+//! The filter benchmark runs end to end with few requests and gives sane numbers (speed itself
+//! is recorded in BENCHMARKS.md from a release run, not asserted here).
+
+use fledge_sandbox_host::bench::{self, BenchConfig};
+
+#[tokio::test]
+async fn the_filter_benchmark_measures_both_modules() {
+    let config = BenchConfig {
+        requests: 400,
+        rounds: 4,
+        ..BenchConfig::from_env().unwrap_or_else(|e| panic!("{e}"))
+    };
+    let report = bench::run(&config).await.unwrap();
+    assert_eq!(report.requests, 400);
+    assert_eq!(report.traps, 0);
+    assert!(
+        report.filter_ns > 0.0 && report.minimal_ns > 0.0,
+        "{report:?}"
+    );
+    assert!(
+        (report.ratio - report.filter_ns / report.minimal_ns).abs() < 1e-9,
+        "{report:?}"
+    );
+    // The filter does strictly more per request than a module that reads one header.
+    assert!(report.ratio > 1.0, "{report:?}");
+}

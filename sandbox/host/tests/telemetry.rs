@@ -1,0 +1,238 @@
+//! fledge's real filter streaming to a real fledge.v1.Telemetry gRPC server through the host's
+//! HTTP/2 bridge: every logged request is reported once with its latency, routing tables pushed
+//! back change routing, and an agent that goes away loses nothing.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use fledge_proto::v1::{HostRoute, RoutingTable, Split, filter_message};
+use fledge_sandbox_host::{FilterHost, HostConfig, NodeInfo};
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
+
+const REPORT_MS: u64 = 200;
+
+fn host_config(agent: SocketAddr, canary_basis_points: u32) -> HostConfig {
+    HostConfig {
+        node: NodeInfo {
+            id: "sidecar~10.0.0.7~productpage-v1-7d9c.shop~shop.svc.cluster.local".into(),
+            workload: "productpage-v1".into(),
+            namespace: "shop".into(),
+            labels: [("version".to_string(), "v1".to_string())].into(),
+        },
+        clusters: HashMap::from([(AGENT_CLUSTER.to_string(), agent)]),
+        ..HostConfig::new(filter_wasm(), client_config(canary_basis_points, REPORT_MS))
+    }
+}
+
+/// The latency the test's backend of `version` takes for request `i`, in µs.
+fn latency_us(version: &str, i: u64) -> u64 {
+    match version {
+        "v1" => 5_000 + (i * 37) % 1_000,
+        _ => 20_000 + (i * 53) % 4_000,
+    }
+}
+
+/// Runs `n` requests (user ids `first..first + n`) and returns the latencies sent per version.
+fn run(host: &FilterHost, first: u64, n: u64) -> BTreeMap<String, Vec<u64>> {
+    let mut sent: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for i in first..first + n {
+        let user = format!("user-{i}");
+        let (version, handle) = route(host, &[("x-user-id", &user)]);
+        let version = version.expect("routed");
+        let us = latency_us(&version, i);
+        complete(handle, &version, Duration::from_micros(us), 200);
+        sent.entry(version).or_default().push(us);
+    }
+    sent
+}
+
+fn reported_total(agent: &Agent) -> u64 {
+    let seen = agent.seen.lock().unwrap();
+    seen.requests("v1") + seen.requests("v2")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_count_every_request_once_with_its_latency() {
+    let agent = Agent::default();
+    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let host = FilterHost::start(host_config(server.addr, 2000))
+        .await
+        .unwrap();
+    let sent = run(&host, 0, 400);
+    assert!(
+        eventually(Duration::from_secs(10), || reported_total(&agent) >= 400).await,
+        "reports did not arrive"
+    );
+    tokio::time::sleep(Duration::from_millis(3 * REPORT_MS)).await;
+    check_reports(&agent, &sent);
+    assert_eq!(host.stats().traps, 0);
+    host.shutdown().await;
+    server.stop(&agent).await;
+}
+
+/// Every request of `sent` is in exactly one report, with its latency.
+fn check_reports(agent: &Agent, sent: &BTreeMap<String, Vec<u64>>) {
+    let seen = agent.seen.lock().unwrap();
+    assert_eq!(seen.hellos(), 2, "one Hello per VM");
+    let hello = seen.messages.iter().find_map(|m| match &m.msg {
+        Some(filter_message::Msg::Hello(h)) => Some(h.clone()),
+        _ => None,
+    });
+    let hello = hello.unwrap();
+    assert_eq!(
+        (
+            hello.proxy_id.as_str(),
+            hello.workload.as_str(),
+            hello.namespace.as_str(),
+            hello.version_label.as_str()
+        ),
+        (
+            "sidecar~10.0.0.7~productpage-v1-7d9c.shop~shop.svc.cluster.local",
+            "productpage-v1",
+            "shop",
+            "v1"
+        )
+    );
+    for (version, latencies) in sent {
+        assert_eq!(
+            seen.requests(version),
+            latencies.len() as u64,
+            "{version}: reported requests"
+        );
+        let mut merged = Histogram::<u64>::new(2).unwrap();
+        for series in seen
+            .reports()
+            .iter()
+            .flat_map(|r| &r.series)
+            .filter(|s| &s.version == version)
+        {
+            assert_eq!(series.host, REVIEWS);
+            let h: Histogram<u64> = Deserializer::new()
+                .deserialize(&mut series.latency_us_hdr.as_slice())
+                .unwrap();
+            merged.add(&h).unwrap();
+        }
+        assert_eq!(
+            merged.len(),
+            latencies.len() as u64,
+            "{version}: histogram count"
+        );
+        let mut sorted = latencies.clone();
+        sorted.sort_unstable();
+        for q in [0.5, 0.9, 0.99] {
+            let exact =
+                sorted[((q * sorted.len() as f64).ceil() as usize).saturating_sub(1)] as f64;
+            let got = merged.value_at_quantile(q) as f64;
+            assert!(
+                (got - exact).abs() / exact <= 0.01,
+                "{version} p{q}: reported {got} µs, sent {exact} µs"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_table_from_the_agent_changes_routing_within_a_second() {
+    let agent = Agent::default();
+    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let host = FilterHost::start(host_config(server.addr, 0))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || agent
+            .pushers
+            .lock()
+            .unwrap()
+            .len()
+            == 2)
+        .await,
+        "both VMs connect"
+    );
+    assert_eq!(run(&host, 0, 50).keys().collect::<Vec<_>>(), ["v1"]);
+    agent.push(RoutingTable {
+        revision: 1,
+        routes: vec![HostRoute {
+            host: REVIEWS.into(),
+            split: Some(Split {
+                stable: "v1".into(),
+                canary: "v3".into(),
+                canary_basis_points: 10_000,
+            }),
+            ..HostRoute::default()
+        }],
+    });
+    let pushed = Instant::now();
+    let switched = eventually(Duration::from_secs(1), || {
+        run(&host, 0, 10).keys().eq(["v3"])
+    })
+    .await;
+    assert!(
+        switched,
+        "routing still old {:?} after the push",
+        pushed.elapsed()
+    );
+    assert_eq!(
+        host.stats().metrics.get("fledge_filter_table_revision"),
+        Some(&1)
+    );
+    host.shutdown().await;
+    server.stop(&agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_down_loses_no_request_and_totals_are_exact_after_restart() {
+    let agent = Agent::default();
+    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.addr;
+    let host = FilterHost::start(host_config(addr, 5000)).await.unwrap();
+    run(&host, 0, 100);
+    assert!(eventually(Duration::from_secs(10), || reported_total(&agent) == 100).await);
+    server.stop(&agent).await;
+    // The agent is gone: requests keep being routed, and the VMs survive refused connections.
+    let down = Instant::now();
+    let mut during = 0;
+    while down.elapsed() < Duration::from_secs(2) {
+        let sent = run(&host, 100 + during, 20);
+        assert_eq!(sent.values().map(Vec::len).sum::<usize>(), 20);
+        during += 20;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = host.stats();
+    assert_eq!(
+        (stats.traps, stats.vm_restarts),
+        (0, 0),
+        "a lost agent must not trap"
+    );
+    // Each VM opened its first stream and then tried again at least once (each refused attempt
+    // ends in on_grpc_close with Unavailable).
+    assert!(
+        stats
+            .metrics
+            .get("fledge_filter_stream_opens")
+            .copied()
+            .unwrap_or(0)
+            >= 4,
+        "{stats:?}"
+    );
+    assert_eq!(reported_total(&agent), 100, "nothing reported while down");
+    let server = Server::start(agent.clone(), addr).await;
+    let expected = 100 + during;
+    let exact = eventually(Duration::from_secs(20), || {
+        reported_total(&agent) == expected
+    })
+    .await;
+    assert!(
+        exact,
+        "after restart {} reported of {expected}",
+        reported_total(&agent)
+    );
+    tokio::time::sleep(Duration::from_millis(3 * REPORT_MS)).await;
+    assert_eq!(reported_total(&agent), expected, "no request counted twice");
+    host.shutdown().await;
+    server.stop(&agent).await;
+}
