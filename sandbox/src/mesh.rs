@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fledge_sandbox_host::FilterHost;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -41,14 +42,17 @@ pub struct Mesh {
     watch: JoinHandle<()>,
     addr: SocketAddr,
     _filters: Filters,
+    hosts: Vec<FilterHost>,
 }
 
 impl Mesh {
     /// Starts the mesh with the filter module the config names (if any), loaded in the
     /// proxy-wasm host: client role on the outbound proxy, server role on inbound listeners.
     pub async fn start(config: SandboxConfig) -> Result<Mesh> {
-        let filters = crate::wasm::filters(&config).await?;
-        Mesh::start_with(config, filters).await
+        let (filters, hosts) = crate::wasm::filters(&config).await?;
+        let mut mesh = Mesh::start_with(config, filters).await?;
+        mesh.hosts = hosts;
+        Ok(mesh)
     }
 
     /// Starts the mesh with the given filters (the config's `filter` section is not read).
@@ -99,6 +103,7 @@ impl Mesh {
             watch,
             addr,
             _filters: filters,
+            hosts: Vec::new(),
         })
     }
 
@@ -122,6 +127,21 @@ impl Mesh {
     /// The outbound proxy's counters.
     pub fn stats(&self) -> ProxyStats {
         self.outbound.stats()
+    }
+
+    /// The proxy-wasm hosts [`Mesh::start`] started: outbound first, then the inbound ones.
+    pub fn filter_hosts(&self) -> &[FilterHost] {
+        &self.hosts
+    }
+
+    /// Stops the listeners and file watch, then shuts the filter hosts down (their ticks and
+    /// gRPC streams end).
+    pub async fn shutdown(mut self) {
+        self.watch.abort();
+        self.listeners.clear();
+        for host in std::mem::take(&mut self.hosts) {
+            host.shutdown().await;
+        }
     }
 
     /// An inbound listener's counters.

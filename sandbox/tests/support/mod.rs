@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use fledge_sandbox::config::{DestinationSpec, SubsetSpec};
+use fledge_sandbox::config::{DestinationSpec, FilterSpec, SubsetSpec};
 use fledge_sandbox::{Backend, BackendConfig, Behaviour, Filters, LoadConfig, Mesh, SandboxConfig};
 
 pub const HOST: &str = "reviews.shop.svc.cluster.local";
@@ -126,4 +128,57 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+pub const AGENT_CLUSTER: &str = "outbound|9090||fledge-agent.fledge-system.svc.cluster.local";
+
+/// fledge's filter module; fails (saying to run `./dev wasm`) when it is not built.
+pub fn filter_wasm() -> PathBuf {
+    fledge_sandbox_host::bench::filter_module().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A plugin configuration (role auto, reports every 200 ms) whose table for [`HOST`] sends
+/// `x-beta: 1` to v2 and splits the rest sticky on `x-user-id` with `canary_bp` to v2.
+pub fn plugin_config(canary_bp: u32) -> serde_json::Value {
+    serde_json::json!({
+        "agent": {"cluster": AGENT_CLUSTER},
+        "role": "auto",
+        "report_interval_ms": 200,
+        "routes": [{
+            "host": HOST,
+            "rules": [{"header": {"name": "x-beta", "exact": "1"}, "version": "v2"}],
+            "split": {"stable": "v1", "canary": "v2", "canary_basis_points": canary_bp},
+            "sticky_key": {"header": "x-user-id"}
+        }]
+    })
+}
+
+/// `http:` routes by the filter's version header: v2 → v2, anything else → v1.
+pub fn by_version_header() -> String {
+    format!(
+        "  - name: fledge-v2\n    match:\n    - headers: {{x-fledge-version: {{exact: v2}}}}\n    route:\n    - destination: {{host: {HOST}, subset: v2}}\n{}",
+        all_to("v1")
+    )
+}
+
+impl Sandbox {
+    /// Runs the real filter with `plugin` on every listener, reporting to `agent`.
+    pub fn with_filter(mut self, plugin: serde_json::Value, agent: Option<SocketAddr>) -> Sandbox {
+        self.config.filter = Some(FilterSpec {
+            module: filter_wasm(),
+            config: plugin,
+            vm_config: String::new(),
+            workers: 2,
+            node: Default::default(),
+        });
+        self.config.agent = agent;
+        self
+    }
+
+    /// Starts the mesh with the filter hosts the config asks for.
+    pub async fn wasm_mesh(&self) -> Mesh {
+        Mesh::start(self.config.clone())
+            .await
+            .expect("mesh with the filter starts")
+    }
 }
