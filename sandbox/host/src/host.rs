@@ -15,8 +15,9 @@ use tokio::task::JoinHandle;
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::grpc::{Deliver, GrpcEvent};
+use crate::program::Program;
 use crate::state::{GrpcState, Shared, VmState};
-use crate::vm::{Program, Vm};
+use crate::vm::Vm;
 use crate::{HostConfig, HostError, HostStats, LogInfo, Result};
 
 /// How long a VM that could not be recreated stays out before the next attempt.
@@ -125,7 +126,17 @@ impl FilterHost {
     /// Counters since start, and the plugin's metrics.
     pub fn stats(&self) -> HostStats {
         let shared = &self.inner.shared;
+        let open_contexts = (0..self.inner.slots.len())
+            .map(|index| {
+                self.inner
+                    .lock(index)
+                    .vm
+                    .as_ref()
+                    .map_or(0, Vm::open_contexts)
+            })
+            .sum();
         HostStats {
+            open_contexts,
             requests: shared.requests.load(Ordering::Relaxed),
             traps: shared.traps.load(Ordering::Relaxed),
             vm_restarts: shared.vm_restarts.load(Ordering::Relaxed),

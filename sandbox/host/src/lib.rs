@@ -15,6 +15,7 @@ pub mod bench;
 mod grpc;
 mod host;
 mod imports;
+mod program;
 mod properties;
 mod state;
 mod vm;
@@ -118,6 +119,8 @@ pub struct HostStats {
     pub unimplemented_calls: u64,
     /// Names of those imports, each logged once.
     pub unimplemented_imports: Vec<String>,
+    /// HTTP contexts alive in the VMs: requests handed out and not yet logged or dropped.
+    pub open_contexts: usize,
     /// Current values of the metrics the plugin defined, by name.
     pub metrics: BTreeMap<String, i64>,
 }

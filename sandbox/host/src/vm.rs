@@ -10,58 +10,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use wasmtime::{
-    Engine, Instance, InstancePre, Linker, Module, Store, TypedFunc, WasmParams, WasmResults,
-};
+use wasmtime::{Instance, Store, TypedFunc, WasmParams, WasmResults};
 
 use crate::grpc::GrpcEvent;
+use crate::program::Program;
 use crate::state::{HttpContext, VmState};
-use crate::{HostError, LogInfo, Result, imports};
+use crate::{HostError, LogInfo, Result};
 
 /// The root context's id: Envoy's first context in a fresh VM.
 const ROOT_CONTEXT: u32 = 1;
-
-/// The module compiled and linked once, instantiated per VM.
-pub(crate) struct Program {
-    engine: Engine,
-    pre: InstancePre<VmState>,
-}
-
-impl Program {
-    pub(crate) fn compile(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| HostError::ReadModule {
-            path: path.into(),
-            source,
-        })?;
-        let engine = Engine::default();
-        let module = Module::new(&engine, &bytes).map_err(|e| HostError::Compile {
-            path: path.into(),
-            message: format!("{e:#}"),
-        })?;
-        let link_error = |e: wasmtime::Error| HostError::Link {
-            path: path.into(),
-            message: format!("{e:#}"),
-        };
-        let mut linker = Linker::new(&engine);
-        linker.allow_shadowing(true);
-        imports::link_unimplemented(&mut linker, &module).map_err(link_error)?;
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut VmState| &mut s.wasi)
-            .map_err(link_error)?;
-        imports::link(&mut linker).map_err(link_error)?;
-        let has_abi = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"]
-            .iter()
-            .any(|name| module.get_export(name).is_some());
-        if !has_abi {
-            return Err(HostError::Export {
-                path: path.into(),
-                export: "proxy_abi_version_0_2_1",
-                message: "missing: not a proxy-wasm ABI 0.2.x module".into(),
-            });
-        }
-        let pre = linker.instantiate_pre(&module).map_err(link_error)?;
-        Ok(Self { engine, pre })
-    }
-}
 
 type F<P, R> = Option<TypedFunc<P, R>>;
 
@@ -98,9 +55,9 @@ impl Vm {
                 message: format!("{e:#}"),
             }
         };
-        let mut store = Store::new(&program.engine, state);
+        let mut store = Store::new(program.engine(), state);
         let instance = program
-            .pre
+            .pre()
             .instantiate(&mut store)
             .map_err(trap("instantiation"))?;
         let export_error = |export: &'static str, message: String| HostError::Export {
@@ -233,6 +190,10 @@ impl Vm {
             (context, count, 0),
         )?;
         Ok(context)
+    }
+
+    pub(crate) fn open_contexts(&self) -> usize {
+        self.store.data().contexts.len()
     }
 
     pub(crate) fn context(&self, context: u32) -> Option<&HttpContext> {

@@ -38,7 +38,15 @@ async fn header_rule_routes_to_v2_and_clears_the_route_cache() {
     let handle = host.on_request_headers(&mut headers);
     assert_eq!(headers, before);
     assert!(!handle.route_cache_cleared());
+    assert_eq!(host.stats().open_contexts, 1);
+    drop(handle);
     let stats = host.stats();
+    assert_eq!(stats.open_contexts, 0);
+    assert_eq!(
+        stats.metrics.get("fledge_filter_requests_recorded"),
+        Some(&8)
+    );
+    assert_eq!(stats.unimplemented_calls, 0);
     assert_eq!((stats.requests, stats.traps, stats.vm_restarts), (9, 0, 0));
     assert_eq!(stats.metrics.get("fledge_filter_requests_routed"), Some(&8));
     host.shutdown().await;
@@ -60,6 +68,17 @@ async fn sticky_split_keeps_each_user_on_one_version() {
             drop(handle);
         }
     }
+    // Handles dropped without on_log end their contexts without recording anything.
+    let stats = host.stats();
+    assert_eq!(stats.open_contexts, 0);
+    assert_eq!(
+        stats.metrics.get("fledge_filter_requests_recorded"),
+        Some(&0)
+    );
+    assert_eq!(
+        stats.metrics.get("fledge_filter_requests_routed"),
+        Some(&1200)
+    );
     let canary = first.values().filter(|v| *v == "v2").count();
     // 30 % of 400 users: binomial sd ≈ 9, so 80..160 holds with overwhelming probability.
     assert!(
