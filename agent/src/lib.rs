@@ -3,7 +3,12 @@
 //! `cli` and the telemetry gRPC server are adapters around them.
 
 pub mod analysis;
+pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod rollout;
+pub mod routes;
 pub mod telemetry;

@@ -231,3 +231,48 @@ impl Scenario {
         (None, last, None)
     }
 }
+
+/// The printed answer of `fledge-agent simulate`.
+pub fn table(s: &Scenario, out: &Outcome) -> String {
+    let arm = |a: &Arm| {
+        format!(
+            "{} rps, errors {:.2}%, latency median {} ms, p99 {} ms",
+            a.rps,
+            a.error_rate * 100.0,
+            a.median_ms,
+            a.p99_ms
+        )
+    };
+    let secs = |v: Option<f64>| v.map_or("not reached".to_string(), |t| format!("{t:.0} s"));
+    let failed: Vec<String> = out
+        .failed_checks
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect();
+    format!(
+        "canary    {}\nbaseline  {}\nstep {:?}, a look every {:?}, {} runs, seed {}, false-alarm level {}\n\
+         rollbacks            {} of {} ({:.2}%)\n\
+         detection time       median {}, p95 {} (over all runs)\n\
+         first failing check  {}\n\
+         never failed         {} passed, {} not enough data\n",
+        arm(&s.canary),
+        arm(&s.baseline),
+        s.step,
+        s.spec.interval,
+        out.runs,
+        s.seed,
+        s.spec.false_alarm,
+        out.rollbacks,
+        out.runs,
+        out.rollback_rate() * 100.0,
+        secs(out.detection_quantile(0.5)),
+        secs(out.detection_quantile(0.95)),
+        if failed.is_empty() {
+            "-".to_string()
+        } else {
+            failed.join(", ")
+        },
+        out.passed,
+        out.not_enough_data
+    )
+}

@@ -1,0 +1,135 @@
+//! Every setting of the `fledge-agent` binary: clap flags, each with a `FLEDGE_…` environment
+//! variable where a deployment would set it. Parsing only; `main.rs` acts on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fledge-agent",
+    version,
+    about = "fledge: progressive delivery decided inside the service mesh"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate canary steps through the analysis: false-rollback rate and detection time.
+    Simulate(SimulateArgs),
+    /// Measure the agent's own speed.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Show rollouts (all, or one NAME / NAMESPACE/NAME).
+    Status {
+        name: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Pass the current gate of a rollout (a pause "until promoted").
+    Promote(NamedArgs),
+    /// Stop a rollout and send every request back to stable.
+    Abort(NamedArgs),
+    /// Hold a rollout at its current step.
+    Pause(NamedArgs),
+    /// Undo a pause.
+    Resume(NamedArgs),
+    /// Wait until a rollout finishes: exit 0 when it succeeded, 1 when rolled back, aborted or failed.
+    Wait {
+        #[command(flatten)]
+        named: NamedArgs,
+        /// Give up after this long (exit 2).
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The agent's HTTP address.
+    #[arg(long, env = "FLEDGE_API", default_value = "http://127.0.0.1:9091")]
+    pub api: String,
+    /// Namespace for names given without one.
+    #[arg(long, short = 'n', env = "FLEDGE_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NamedArgs {
+    /// NAME or NAMESPACE/NAME.
+    pub name: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Folder with Rollout and VirtualService YAML files; status is written back there.
+    #[arg(long, env = "FLEDGE_DIR")]
+    pub dir: PathBuf,
+    /// Address of the telemetry gRPC server the filters connect to.
+    #[arg(long, env = "FLEDGE_GRPC_ADDR", default_value = "127.0.0.1:9090")]
+    pub grpc: std::net::SocketAddr,
+    /// Address of the HTTP API, health and metrics.
+    #[arg(long, env = "FLEDGE_HTTP_ADDR", default_value = "127.0.0.1:9091")]
+    pub http: std::net::SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Reports decoded, validated and merged per second on one core.
+    Ingest {
+        #[arg(long, default_value_t = 200_000)]
+        reports: usize,
+        /// Requests per series per report (histogram size).
+        #[arg(long, default_value_t = 50)]
+        requests: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Canary requests per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub canary_rps: f64,
+    /// Baseline requests per second.
+    #[arg(long, default_value_t = 180.0)]
+    pub baseline_rps: f64,
+    /// Baseline error rate (0.005 = 0.5 %).
+    #[arg(long, default_value_t = 0.005)]
+    pub baseline_errors: f64,
+    /// Canary error rate; defaults to the baseline's.
+    #[arg(long)]
+    pub canary_errors: Option<f64>,
+    /// Baseline latency median, milliseconds (lognormal).
+    #[arg(long, default_value_t = 50.0)]
+    pub median_ms: f64,
+    /// Baseline latency p99, milliseconds.
+    #[arg(long, default_value_t = 200.0)]
+    pub p99_ms: f64,
+    /// Canary latency = baseline latency × this (1.5 = median and p99 +50 %).
+    #[arg(long, default_value_t = 1.0)]
+    pub latency_shift: f64,
+    /// Length of the simulated step.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub step: Duration,
+    /// Time between looks.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub look: Duration,
+    /// Probability of rolling back a good canary over a step.
+    #[arg(long, default_value_t = 0.01)]
+    pub false_alarm: f64,
+    #[arg(long, default_value_t = 1000)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the outcome as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

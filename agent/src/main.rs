@@ -1,0 +1,137 @@
+//! `fledge-agent`: the agent and its command-line client. Parses flags (`config.rs`) and hands
+//! each subcommand to the library; nothing is decided here.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use fledge_agent::analysis::{AnalysisSpec, simulate};
+use fledge_agent::cli::{ApiClient, ClientError, summary_line};
+use fledge_agent::config::{BenchCommand, Cli, Command, SimulateArgs};
+use fledge_agent::http::UserCommand;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    fledge_agent::logging::init();
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fledge-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Simulate(args) => simulate(args),
+        Command::Bench {
+            what: BenchCommand::Ingest { reports, requests },
+        } => {
+            let r = fledge_agent::bench::ingest(reports, requests);
+            println!(
+                "ingest: {} reports × {} series ({} requests, {} B histogram each) in {:.2?}\n  {:.0} reports/s, {:.0} series/s on one core",
+                r.reports,
+                r.series_per_report,
+                r.requests_per_series,
+                r.encoded_bytes_per_series,
+                r.elapsed,
+                r.reports_per_sec,
+                r.series_per_sec
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { name, api } => {
+            let client = ApiClient::new(&api.api)?;
+            let rollouts = match name {
+                Some(n) => vec![client.get(&n, &api.namespace).await?],
+                None => client.list().await?,
+            };
+            if rollouts.is_empty() {
+                println!("no rollouts");
+            }
+            for r in &rollouts {
+                println!("{}", summary_line(r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Promote(n) => command_one(n, UserCommand::Promote).await,
+        Command::Abort(n) => command_one(n, UserCommand::Abort).await,
+        Command::Pause(n) => command_one(n, UserCommand::Pause).await,
+        Command::Resume(n) => command_one(n, UserCommand::Resume).await,
+        Command::Wait { named, timeout } => {
+            let client = ApiClient::new(&named.api.api)?;
+            let every = std::time::Duration::from_secs(1);
+            match client
+                .wait(&named.name, &named.api.namespace, every, timeout, |line| {
+                    println!("{line}")
+                })
+                .await
+            {
+                Ok(outcome) if outcome.succeeded() => Ok(ExitCode::SUCCESS),
+                Ok(outcome) => {
+                    eprintln!("{}: {}", outcome.phase, outcome.reason);
+                    Ok(ExitCode::from(1))
+                }
+                Err(e @ ClientError::Timeout { .. }) => {
+                    eprintln!("fledge-agent: {e}");
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn command_one(
+    named: fledge_agent::config::NamedArgs,
+    command: UserCommand,
+) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::new(&named.api.api)?;
+    client
+        .command(&named.name, &named.api.namespace, command)
+        .await
+        .with_context(|| format!("{command} {}", named.name))?;
+    println!("{command}: sent to {}", named.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let baseline = simulate::Arm {
+        rps: args.baseline_rps,
+        error_rate: args.baseline_errors,
+        median_ms: args.median_ms,
+        p99_ms: args.p99_ms,
+    };
+    let canary = simulate::Arm {
+        rps: args.canary_rps,
+        error_rate: args.canary_errors.unwrap_or(args.baseline_errors),
+        median_ms: args.median_ms * args.latency_shift,
+        p99_ms: args.p99_ms * args.latency_shift,
+    };
+    let spec = AnalysisSpec {
+        interval: args.look,
+        false_alarm: args.false_alarm,
+        ..AnalysisSpec::default()
+    };
+    let scenario = simulate::Scenario {
+        baseline,
+        canary,
+        step: args.step,
+        runs: args.runs,
+        seed: args.seed,
+        spec,
+    };
+    scenario
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("invalid simulation flags")?;
+    let out = scenario.run();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", simulate::table(&scenario, &out));
+    Ok(ExitCode::SUCCESS)
+}
