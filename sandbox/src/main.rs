@@ -123,9 +123,9 @@ fn header(text: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The demo speaks in its own lines; logs only when something goes wrong.
+    // The demo speaks in its own lines; logs only errors.
     let level = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } => "error",
         _ => "info",
     };
     tracing_subscriber::fmt()
