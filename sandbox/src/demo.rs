@@ -104,6 +104,8 @@ impl DemoConfig {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub scenario: Scenario,
+    /// The rollout folder (Rollout, VirtualService, persisted status).
+    pub dir: PathBuf,
     /// The rollout's final phase (or the last one seen, on timeout).
     pub phase: String,
     pub reason: String,
@@ -282,6 +284,7 @@ pub fn outcome(stack: &Stack) -> Outcome {
     let rollout = stack.last_rollout().cloned().unwrap_or(Value::Null);
     Outcome {
         scenario: stack.scenario,
+        dir: stack.dir.clone(),
         phase: progress::phase(&rollout).unwrap_or("unknown").to_owned(),
         reason: rollout["status"]["reason"]
             .as_str()

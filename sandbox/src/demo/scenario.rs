@@ -23,6 +23,9 @@ pub const USER_HEADER: &str = "x-user-id";
 /// Both versions' error rate, and the erroring canary's.
 const BASE_ERROR_RATE: f64 = 0.005;
 const BAD_ERROR_RATE: f64 = 0.05;
+/// Error rates under this are acceptable whatever stable's: the analysis passes a canary at
+/// 0.5 % errors even when stable happens to be luckier, and still fails one at 5 %.
+const ERROR_FLOOR: f64 = 0.01;
 /// How much slower the slow canary is, everywhere in its distribution.
 const SLOW_FACTOR: f64 = 1.5;
 
@@ -134,7 +137,7 @@ impl Scenario {
             ),
         };
         format!(
-            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n",
+            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n    errors: {{floor: {ERROR_FLOOR}}}\n",
             interval.as_millis()
         )
     }
@@ -181,6 +184,28 @@ impl FromStr for Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rollout_files_carry_the_strategy_and_the_analysis_settings() {
+        let hold = Duration::from_secs(15);
+        let table = [
+            (Scenario::Healthy, "canary:"),
+            (
+                Scenario::Slow,
+                "- weight: 50\n          pause: {duration: 15000ms}",
+            ),
+            (Scenario::Ab, "header: {name: x-beta, exact: \"1\"}"),
+            (Scenario::Shadow, "mirrorPercent: 50"),
+        ];
+        for (s, wanted) in table {
+            let text = s.rollout_yaml(hold, Duration::from_secs(1));
+            assert!(text.contains(wanted), "{s}: {text}");
+            assert!(
+                text.contains("interval: 1000ms\n    errors: {floor: 0.01}"),
+                "{s}: {text}"
+            );
+        }
+    }
 
     #[test]
     fn names_round_trip_and_unknown_names_are_listed() {

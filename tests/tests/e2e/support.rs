@@ -25,9 +25,18 @@ pub fn config(scenario: Scenario) -> DemoConfig {
 /// Runs a scenario to its end, printing its lines (shown when a test fails).
 pub async fn run(scenario: Scenario) -> Outcome {
     let name = scenario.name();
-    demo::run(&config(scenario), |line| println!("[{name}] {line}"))
+    let outcome = demo::run(&config(scenario), |line| println!("[{name}] {line}"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    tidy(&outcome);
+    outcome
+}
+
+/// Removes the rollout folder of a scenario that ended as expected (others stay to be read).
+fn tidy(outcome: &Outcome) {
+    if outcome.as_expected() {
+        let _ = std::fs::remove_dir_all(&outcome.dir);
+    }
 }
 
 /// Drives `stack` (observing every second) until `until` says so or the rollout ends; true
@@ -61,6 +70,7 @@ pub async fn finish(mut stack: Stack, limit: Duration) -> Outcome {
     .await;
     stack.shutdown().await;
     let outcome = demo::outcome(&stack);
+    tidy(&outcome);
     for line in outcome.summary() {
         println!("[{}] {line}", stack.scenario.name());
     }
