@@ -34,6 +34,8 @@ pub enum Error {
     Agent(#[from] fledge_agent::local::Error),
     #[error("the agent's API: {0}")]
     Api(#[from] fledge_agent::cli::ClientError),
+    #[error("the agent's runtime: {source}")]
+    Runtime { source: std::io::Error },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,

@@ -2,7 +2,9 @@
 //! over a fresh folder holding the scenario's Rollout and VirtualService, the stable and canary
 //! backends, the mesh with the real filter (client role on the outbound proxy, server role on
 //! the canary's inbound listener when the scenario mirrors), and the open-loop load. The agent
-//! can be stopped (as a crash would) and started again on the same folder and ports.
+//! can be stopped (as a crash would) and started again on the same folder and ports: it runs on
+//! a runtime of its own, as it would in a process of its own, and stopping it ends that runtime
+//! with every task and connection on it, so the filters see their streams drop and reconnect.
 //!
 //! It observes; it never decides. Every rollout decision is the agent's.
 
@@ -44,7 +46,7 @@ pub struct Stack {
     pub dir: PathBuf,
     pub stable: Backend,
     pub canary: Backend,
-    agent: Option<LocalAgent>,
+    agent: Option<Agent>,
     options: Options,
     api: ApiClient,
     mesh: Option<Mesh>,
@@ -74,11 +76,11 @@ impl Stack {
             http: any,
             tick: config.tick,
         };
-        let agent = LocalAgent::start(options.clone()).await?;
+        let agent = Agent::start(options.clone()).await?;
+        let agent_addrs = (agent.local.grpc_addr, agent.local.http_addr);
         // A restarted agent comes back on the same ports, so the filters and API client find it.
-        options.grpc = agent.grpc_addr;
-        options.http = agent.http_addr;
-        let api = ApiClient::new(&format!("http://{}", agent.http_addr))?;
+        (options.grpc, options.http) = agent_addrs;
+        let api = ApiClient::new(&format!("http://{}", options.http))?;
 
         let backend = |version: &str, behaviour, seed| {
             let mut b = BackendConfig::new(version).behaviour(behaviour);
@@ -90,7 +92,7 @@ impl Stack {
 
         let mut mesh_config = SandboxConfig::new(any, dir.join(VIRTUAL_SERVICE_FILE));
         mesh_config.reload_interval_ms = 50;
-        mesh_config.agent = Some(agent.grpc_addr);
+        mesh_config.agent = Some(options.grpc);
         mesh_config.filter = Some(FilterSpec {
             module: config.module.clone(),
             config: json!({
@@ -151,7 +153,7 @@ impl Stack {
 
     /// The running agent, if any.
     pub fn agent(&self) -> Option<&LocalAgent> {
-        self.agent.as_ref()
+        self.agent.as_ref().map(|a| &a.local)
     }
 
     /// The mesh's outbound proxy address.
@@ -172,7 +174,7 @@ impl Stack {
             // The old listeners close as their tasks wind down; retry the bind briefly.
             let mut tries = 0;
             let agent = loop {
-                match LocalAgent::start(self.options.clone()).await {
+                match Agent::start(self.options.clone()).await {
                     Ok(agent) => break agent,
                     Err(e) if tries < 50 => {
                         tries += 1;
@@ -254,6 +256,36 @@ impl Stack {
             mesh.shutdown().await;
         }
         self.stop_agent();
+    }
+}
+
+/// The agent on a runtime of its own.
+struct Agent {
+    local: LocalAgent,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Agent {
+    async fn start(options: Options) -> Result<Agent> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fledge-agent")
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Runtime { source })?;
+        let local = runtime
+            .spawn(LocalAgent::start(options))
+            .await
+            .map_err(|e| Error::Runtime {
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        Ok(Agent { local, runtime })
+    }
+
+    /// Ends every task of the agent, open connections included.
+    fn stop(self) {
+        self.local.stop();
+        self.runtime.shutdown_background();
     }
 }
 

@@ -41,6 +41,17 @@ async fn an_agent_killed_mid_rollout_resumes_from_its_status_without_moving_back
         first >= before,
         "after the restart the rollout is at {first:?}, before it was at {before:?}"
     );
+    // The filters find the new agent: it receives reports again.
+    let metrics = format!("http://{}/metrics", stack.agent_addrs().1);
+    let mut received = 0;
+    for _ in 0..40 {
+        received = counter(&get(&metrics).await, "fledge_agent_reports_received_total");
+        if received > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(received > 0, "no report reached the restarted agent");
     let outcome = finish(stack, LIMIT).await;
     assert_eq!(outcome.phase, "Succeeded", "{}", outcome.reason);
     let steps: Vec<(u64, u64)> = outcome
@@ -53,6 +64,27 @@ async fn an_agent_killed_mid_rollout_resumes_from_its_status_without_moving_back
         "step and weight never went back: {steps:?}"
     );
     assert_eq!(outcome.unanswered(), 0);
+    assert!(
+        judged_canary_requests(&outcome.rollout) > 0,
+        "the restarted agent judged fresh canary data"
+    );
+}
+
+/// The value of an unlabelled counter in Prometheus text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The canary requests the last analysis counted.
+fn judged_canary_requests(rollout: &serde_json::Value) -> u64 {
+    rollout["status"]["lastAnalysis"]["evidence"]["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == "traffic"))
+        .and_then(|c| c["evidence"]["canaryRequests"].as_u64())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
