@@ -181,7 +181,7 @@ impl Stack {
                         tracing::debug!(error = %e, "agent restart: retrying the bind");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return Err(e),
                 }
             };
             self.agent = Some(agent);
