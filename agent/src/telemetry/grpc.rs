@@ -141,11 +141,11 @@ impl TelemetryService {
         let now = unix_ms();
         let valid = validate(report, now, self.max_skew_ms)?;
         self.hub
-            .reported(stream, valid.windows.iter().map(|(k, _)| k.host.as_str()));
+            .reported(stream, valid.series.iter().map(|(k, _)| k.host.as_str()));
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         store.merge(
             valid.second,
-            valid.windows,
+            valid.series,
             valid.dropped,
             now.div_euclid(1000),
         );
