@@ -10,5 +10,5 @@ pub mod validate;
 
 pub use grpc::TelemetryService;
 pub use hub::{Hub, StreamInfo};
-pub use store::{SeriesDelta, SeriesKey, Store, Traffic, Window};
+pub use store::{SeriesDelta, SeriesKey, Side, Store, Traffic, Window};
 pub use validate::{Rejection, ValidReport};

@@ -60,7 +60,12 @@ pub fn decode(bytes: &[u8]) -> Result<Counters, String> {
         ));
     }
 
-    let mut counters = Counters::default();
+    // Each non-zero counter takes at least one byte: reserve once rather than grow.
+    let capacity = payload.len().min(layout.counts_len as usize);
+    let mut counters = Counters {
+        values: Vec::with_capacity(capacity),
+        total: 0,
+    };
     let (mut at, mut index) = (0usize, 0u64);
     while at < payload.len() {
         let (encoded, read) = varint(&payload[at..])

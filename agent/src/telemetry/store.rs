@@ -1,4 +1,5 @@
-//! The merged telemetry: every filter's reports summed into per-(host, version, traffic) windows,
+//! The merged telemetry: every filter's reports summed into per-(host, version, traffic, side)
+//! windows,
 //! one per second, so any recent interval reads as one histogram plus counts. Memory is bounded:
 //! buckets older than the retention are dropped and the number of series is capped, with what
 //! does not fit counted as overflow rather than silently lost. Pure data; no clock, no I/O.
@@ -18,21 +19,41 @@ pub enum Traffic {
     Shadow,
 }
 
+/// Where a request was measured. Every request in a mesh passes two filters — the caller's
+/// sidecar (client role) and the callee's (server role) — so the two are kept apart, never
+/// summed: live traffic is judged from the callers' view, mirrored copies (which only the
+/// callee's filter sees) from the callees'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Side {
+    Client,
+    Server,
+}
+
 /// Which series a window belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct SeriesKey {
     pub host: String,
     pub version: String,
     pub traffic: Traffic,
+    pub side: Side,
 }
 
 impl SeriesKey {
+    /// A series as the callers' filters (client role) report it.
     pub fn new(host: &str, version: &str, traffic: Traffic) -> Self {
         Self {
             host: host.to_string(),
             version: version.to_string(),
             traffic,
+            side: Side::Client,
         }
+    }
+
+    /// The same series as measured on the other `side`.
+    pub fn on(mut self, side: Side) -> Self {
+        self.side = side;
+        self
     }
 }
 
@@ -42,7 +63,11 @@ impl std::fmt::Display for SeriesKey {
             Traffic::Live => "live",
             Traffic::Shadow => "shadow",
         };
-        write!(f, "{} {} ({traffic})", self.host, self.version)
+        let side = match self.side {
+            Side::Client => "client",
+            Side::Server => "server",
+        };
+        write!(f, "{} {} ({traffic}, {side} side)", self.host, self.version)
     }
 }
 

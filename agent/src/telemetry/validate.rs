@@ -133,14 +133,7 @@ pub fn validate(
             }
             delta.latency = counters.values;
         }
-        series.push((
-            SeriesKey {
-                host: s.host.clone(),
-                version: s.version.clone(),
-                traffic,
-            },
-            delta,
-        ));
+        series.push((SeriesKey::new(&s.host, &s.version, traffic), delta));
     }
     Ok(ValidReport {
         second: end.div_euclid(1000),
