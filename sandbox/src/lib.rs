@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod demo;
 mod error;
 pub mod filter;
 mod forward;

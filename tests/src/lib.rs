@@ -1,1 +1,3 @@
-//! End-to-end tests live in `tests/tests/`.
+//! fledge's end-to-end tests live in `tests/tests/e2e/`: each runs a whole rollout on this
+//! machine (the agent in-process, the mesh with the real filter `.wasm`, backends, load)
+//! through the same code as `fledge-sandbox demo`, and asserts what a user sees.

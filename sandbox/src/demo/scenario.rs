@@ -1,0 +1,212 @@
+//! The demo's scenarios as plain data: the Rollout and VirtualService files each one writes,
+//! how the two backends behave, which share of the load carries the A/B header, and the phase
+//! the rollout is expected to end in. Pure: no files, sockets or clocks.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::latency::{Behaviour, Latency};
+
+/// The service every scenario rolls out.
+pub const HOST: &str = "reviews.shop.svc.cluster.local";
+pub const NAMESPACE: &str = "shop";
+pub const NAME: &str = "reviews";
+pub const STABLE: &str = "v1";
+pub const CANARY: &str = "v2";
+/// The A/B cohort header and the value that puts a request in the cohort.
+pub const BETA_HEADER: &str = "x-beta";
+pub const BETA_VALUE: &str = "1";
+/// The sticky key the load sends (the Rollout's default sticky header).
+pub const USER_HEADER: &str = "x-user-id";
+
+/// Both versions' error rate, and the erroring canary's.
+const BASE_ERROR_RATE: f64 = 0.005;
+const BAD_ERROR_RATE: f64 = 0.05;
+/// How much slower the slow canary is, everywhere in its distribution.
+const SLOW_FACTOR: f64 = 1.5;
+
+/// What the canary does, and so how the rollout should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// As good as stable: promoted after the steps.
+    Healthy,
+    /// 5 % errors against stable's 0.5 %: rolled back.
+    Erroring,
+    /// Every latency × 1.5: rolled back.
+    Slow,
+    /// Requests with `x-beta: 1` (and only those) reach the canary; promoted.
+    Ab,
+    /// A copy of the traffic reaches the canary, whose answers are discarded; promoted.
+    Shadow,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Healthy,
+        Scenario::Erroring,
+        Scenario::Slow,
+        Scenario::Ab,
+        Scenario::Shadow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Healthy => "healthy",
+            Scenario::Erroring => "erroring",
+            Scenario::Slow => "slow",
+            Scenario::Ab => "ab",
+            Scenario::Shadow => "shadow",
+        }
+    }
+
+    /// What this scenario shows, for a person.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scenario::Healthy => "a healthy canary in two weighted steps: it should be promoted",
+            Scenario::Erroring => {
+                "a canary failing 5% of requests (stable 0.5%): it should be rolled back"
+            }
+            Scenario::Slow => "a canary 1.5x slower than stable: it should be rolled back",
+            Scenario::Ab => {
+                "an A/B test: only requests with x-beta: 1 reach the canary, which should be promoted"
+            }
+            Scenario::Shadow => {
+                "a shadow: half the requests are copied to the canary and judged, no client sees it; it should be promoted"
+            }
+        }
+    }
+
+    /// The phase the rollout should end in.
+    pub fn expected_phase(self) -> &'static str {
+        match self {
+            Scenario::Erroring | Scenario::Slow => "RolledBack",
+            Scenario::Healthy | Scenario::Ab | Scenario::Shadow => "Succeeded",
+        }
+    }
+
+    /// The stable backend's behaviour: lognormal latency (median 20 ms, p99 80 ms), 0.5 % errors.
+    pub fn stable_behaviour(self) -> Behaviour {
+        base_behaviour()
+    }
+
+    /// The canary backend's behaviour for this scenario.
+    pub fn canary_behaviour(self) -> Behaviour {
+        match self {
+            Scenario::Erroring => Behaviour::new(base_latency(), BAD_ERROR_RATE),
+            Scenario::Slow => Behaviour::new(
+                Latency::lognormal(
+                    base_latency().median().mul_f64(SLOW_FACTOR),
+                    base_latency().p99().mul_f64(SLOW_FACTOR),
+                ),
+                BASE_ERROR_RATE,
+            ),
+            Scenario::Healthy | Scenario::Ab | Scenario::Shadow => base_behaviour(),
+        }
+    }
+
+    /// The share of requests sent with the A/B header.
+    pub fn beta_share(self) -> f64 {
+        match self {
+            Scenario::Ab => 0.3,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether the canary sits behind an inbound listener running the filter in the server role
+    /// (where mirrored requests are recorded).
+    pub fn canary_inbound(self) -> bool {
+        self == Scenario::Shadow
+    }
+
+    /// The Rollout file: each stage held for `hold`, looked at every `interval`.
+    pub fn rollout_yaml(self, hold: Duration, interval: Duration) -> String {
+        let hold = format!("{}ms", hold.as_millis());
+        let strategy = match self {
+            Scenario::Healthy | Scenario::Erroring | Scenario::Slow => format!(
+                "    canary:\n      steps:\n        - weight: 10\n          pause: {{duration: {hold}}}\n        - weight: 50\n          pause: {{duration: {hold}}}\n"
+            ),
+            Scenario::Ab => format!(
+                "    abTest:\n      rules:\n        - header: {{name: {BETA_HEADER}, exact: \"{BETA_VALUE}\"}}\n      duration: {hold}\n      then: promote\n"
+            ),
+            Scenario::Shadow => format!(
+                "    shadow:\n      mirrorPercent: 50\n      duration: {hold}\n      then: promote\n"
+            ),
+        };
+        format!(
+            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n",
+            interval.as_millis()
+        )
+    }
+}
+
+/// The user's VirtualService: every request to stable. fledge adds its routes above this one.
+pub fn virtual_service_yaml() -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  hosts:\n    - {HOST}\n  http:\n    - name: default\n      route:\n        - destination:\n            host: {HOST}\n            subset: {STABLE}\n"
+    )
+}
+
+fn base_latency() -> Latency {
+    Latency::lognormal(Duration::from_millis(20), Duration::from_millis(80))
+}
+
+fn base_behaviour() -> Behaviour {
+    Behaviour::new(base_latency(), BASE_ERROR_RATE)
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Scenario, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|s| s.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<_> = Scenario::ALL.iter().map(|s| s.name()).collect();
+                format!(
+                    "unknown scenario {text:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_listed() {
+        for s in Scenario::ALL {
+            assert_eq!(s.name().parse::<Scenario>(), Ok(s));
+        }
+        let err = "fast".parse::<Scenario>().unwrap_err();
+        assert!(err.contains("\"fast\"") && err.contains("healthy, erroring, slow, ab, shadow"));
+    }
+
+    #[test]
+    fn canary_behaviour_differs_from_stable_only_where_the_scenario_says() {
+        let table = [
+            (Scenario::Healthy, 0.005, 20.0, 80.0),
+            (Scenario::Erroring, 0.05, 20.0, 80.0),
+            (Scenario::Slow, 0.005, 30.0, 120.0),
+            (Scenario::Ab, 0.005, 20.0, 80.0),
+            (Scenario::Shadow, 0.005, 20.0, 80.0),
+        ];
+        for (s, errors, median_ms, p99_ms) in table {
+            let b = s.canary_behaviour();
+            assert_eq!(b.error_rate, errors, "{s}");
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            assert!((ms(b.latency.median()) - median_ms).abs() < 0.01, "{s}");
+            assert!((ms(b.latency.p99()) - p99_ms).abs() < 0.01, "{s}");
+            assert_eq!(s.stable_behaviour(), base_behaviour(), "{s}");
+        }
+    }
+}

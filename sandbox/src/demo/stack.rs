@@ -1,0 +1,280 @@
+//! Everything a demo scenario runs, started in-process on free local ports: the fledge agent
+//! over a fresh folder holding the scenario's Rollout and VirtualService, the stable and canary
+//! backends, the mesh with the real filter (client role on the outbound proxy, server role on
+//! the canary's inbound listener when the scenario mirrors), and the open-loop load. The agent
+//! can be stopped (as a crash would) and started again on the same folder and ports.
+//!
+//! It observes; it never decides. Every rollout decision is the agent's.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fledge_agent::cli::ApiClient;
+use fledge_agent::local::{LocalAgent, Options};
+use serde_json::{Value, json};
+
+use super::progress::{self, Progress};
+use super::scenario::{CANARY, HOST, NAME, NAMESPACE, STABLE, Scenario, virtual_service_yaml};
+use super::traffic::{Slice, Traffic, TrafficConfig};
+use super::{DemoConfig, Error, Result};
+use crate::config::{DestinationSpec, FilterSpec, SubsetSpec};
+use crate::{Backend, BackendConfig, Mesh, SandboxConfig};
+
+/// The gRPC cluster the filter's plugin configuration names for the agent.
+const AGENT_CLUSTER: &str = "outbound|9090||fledge-agent.fledge-system.svc.cluster.local";
+/// The file names in the rollout folder.
+pub const ROLLOUT_FILE: &str = "rollout.yaml";
+pub const VIRTUAL_SERVICE_FILE: &str = "virtualservice.yaml";
+
+/// One observation of the rollout, made once per progress line.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub elapsed: Duration,
+    /// The rollout as the agent's API answered; None while it did not.
+    pub rollout: Option<Value>,
+}
+
+/// The running scenario.
+pub struct Stack {
+    pub scenario: Scenario,
+    /// The folder the agent reads and writes.
+    pub dir: PathBuf,
+    pub stable: Backend,
+    pub canary: Backend,
+    agent: Option<LocalAgent>,
+    options: Options,
+    api: ApiClient,
+    mesh: Option<Mesh>,
+    traffic: Option<Traffic>,
+    started: Instant,
+    /// Every observation so far.
+    pub observations: Vec<Observation>,
+    /// Every finished slice of load so far.
+    pub slices: Vec<Slice>,
+    answered: BTreeMap<String, u64>,
+}
+
+impl Stack {
+    /// Writes the scenario's files into a fresh folder and starts everything, load included.
+    pub async fn start(config: &DemoConfig) -> Result<Stack> {
+        let scenario = config.scenario;
+        let dir = fresh_dir(scenario)?;
+        write(&dir.join(VIRTUAL_SERVICE_FILE), &virtual_service_yaml())?;
+        write(
+            &dir.join(ROLLOUT_FILE),
+            &scenario.rollout_yaml(config.hold, config.interval),
+        )?;
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut options = Options {
+            dir: dir.clone(),
+            grpc: any,
+            http: any,
+            tick: config.tick,
+        };
+        let agent = LocalAgent::start(options.clone()).await?;
+        // A restarted agent comes back on the same ports, so the filters and API client find it.
+        options.grpc = agent.grpc_addr;
+        options.http = agent.http_addr;
+        let api = ApiClient::new(&format!("http://{}", agent.http_addr))?;
+
+        let backend = |version: &str, behaviour, seed| {
+            let mut b = BackendConfig::new(version).behaviour(behaviour);
+            b.seed = seed;
+            Backend::start(b)
+        };
+        let stable = backend(STABLE, scenario.stable_behaviour(), config.seed).await?;
+        let canary = backend(CANARY, scenario.canary_behaviour(), config.seed + 1).await?;
+
+        let mut mesh_config = SandboxConfig::new(any, dir.join(VIRTUAL_SERVICE_FILE));
+        mesh_config.reload_interval_ms = 50;
+        mesh_config.agent = Some(agent.grpc_addr);
+        mesh_config.filter = Some(FilterSpec {
+            module: config.module.clone(),
+            config: json!({
+                "agent": {"cluster": AGENT_CLUSTER},
+                "role": "auto",
+                "report_interval_ms": config.report_interval.as_millis() as u64,
+            }),
+            vm_config: String::new(),
+            workers: 2,
+            node: Default::default(),
+        });
+        let canary_spec = if scenario.canary_inbound() {
+            SubsetSpec::Full {
+                address: canary.addr(),
+                inbound: Some(any),
+            }
+        } else {
+            SubsetSpec::Address(canary.addr())
+        };
+        mesh_config.destinations.push(DestinationSpec {
+            host: HOST.into(),
+            port: 9080,
+            subsets: [
+                (STABLE.to_owned(), SubsetSpec::Address(stable.addr())),
+                (CANARY.to_owned(), canary_spec),
+            ]
+            .into(),
+        });
+        let mesh = Mesh::start(mesh_config).await?;
+        let traffic = Traffic::start(TrafficConfig {
+            target: mesh.addr(),
+            rate: config.rate,
+            beta_share: scenario.beta_share(),
+            users: config.users,
+            slice: Duration::from_secs(1),
+        });
+        Ok(Stack {
+            scenario,
+            dir,
+            stable,
+            canary,
+            agent: Some(agent),
+            options,
+            api,
+            mesh: Some(mesh),
+            traffic: Some(traffic),
+            started: Instant::now(),
+            observations: Vec::new(),
+            slices: Vec::new(),
+            answered: BTreeMap::new(),
+        })
+    }
+
+    /// The agent's gRPC and HTTP addresses (kept across restarts).
+    pub fn agent_addrs(&self) -> (SocketAddr, SocketAddr) {
+        (self.options.grpc, self.options.http)
+    }
+
+    /// The running agent, if any.
+    pub fn agent(&self) -> Option<&LocalAgent> {
+        self.agent.as_ref()
+    }
+
+    /// The mesh's outbound proxy address.
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.mesh.as_ref().map(Mesh::addr)
+    }
+
+    /// Stops the agent as a crash would: nothing is flushed.
+    pub fn stop_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.stop();
+        }
+    }
+
+    /// Starts the agent again on the same folder and ports.
+    pub async fn start_agent(&mut self) -> Result<()> {
+        if self.agent.is_none() {
+            // The old listeners close as their tasks wind down; retry the bind briefly.
+            let mut tries = 0;
+            let agent = loop {
+                match LocalAgent::start(self.options.clone()).await {
+                    Ok(agent) => break agent,
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        tracing::debug!(error = %e, "agent restart: retrying the bind");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            self.agent = Some(agent);
+        }
+        Ok(())
+    }
+
+    /// The rollout as the agent's API answers, None when the agent does not answer.
+    pub async fn rollout(&self) -> Option<Value> {
+        self.api.get(NAME, NAMESPACE).await.ok()
+    }
+
+    /// Takes the finished load, asks the agent, and returns the progress line.
+    pub async fn observe(&mut self) -> Progress {
+        let fresh = self
+            .traffic
+            .as_mut()
+            .map(Traffic::finished)
+            .unwrap_or_default();
+        self.take(fresh.clone());
+        let rollout = self.rollout().await;
+        let elapsed = self.started.elapsed();
+        let reports: Vec<_> = fresh.iter().map(|s| &s.report).collect();
+        let line = Progress::read(
+            elapsed,
+            rollout.as_ref(),
+            &self.answered,
+            self.canary.counts().shadow,
+            &reports,
+        );
+        self.observations.push(Observation { elapsed, rollout });
+        line
+    }
+
+    fn take(&mut self, slices: Vec<Slice>) {
+        for slice in &slices {
+            for (version, n) in &slice.report.versions {
+                *self.answered.entry(version.clone()).or_default() += n;
+            }
+        }
+        self.slices.extend(slices);
+    }
+
+    /// The last rollout the agent answered with.
+    pub fn last_rollout(&self) -> Option<&Value> {
+        self.observations
+            .iter()
+            .rev()
+            .find_map(|o| o.rollout.as_ref())
+    }
+
+    /// Whether the last observation saw a final phase.
+    pub fn finished(&self) -> bool {
+        self.observations
+            .last()
+            .and_then(|o| o.rollout.as_ref())
+            .is_some_and(progress::is_final)
+    }
+
+    /// Seconds since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops the load (waiting for its last answers), the mesh and the agent.
+    pub async fn shutdown(&mut self) {
+        if let Some(traffic) = self.traffic.take() {
+            let rest = traffic.stop().await;
+            self.take(rest);
+        }
+        if let Some(mesh) = self.mesh.take() {
+            mesh.shutdown().await;
+        }
+        self.stop_agent();
+    }
+}
+
+fn fresh_dir(scenario: Scenario) -> Result<PathBuf> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "fledge-demo-{scenario}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+fn write(path: &std::path::Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
