@@ -80,7 +80,7 @@ pub fn ingest(total: usize, requests: u64) -> IngestResult {
         let valid = validate(report, now_ms, 120_000).expect("sample reports are valid");
         store.merge(
             valid.second + (i / 2000) as i64 % 600,
-            valid.windows,
+            valid.series,
             valid.dropped,
             now_ms / 1000 + 600,
         );

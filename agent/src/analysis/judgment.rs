@@ -215,7 +215,13 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
     }
 
     let timeout = a.spec.no_traffic_timeout;
-    let starved = a.canary_silent >= timeout && a.baseline_during_silence > 0;
+    // A canary that had traffic before must miss clearly more than chance allows at its own
+    // share of requests: at least STARVED_EXPECTED requests (P(0) < 1e-8 for Poisson arrivals).
+    let before = (b.requests - a.baseline_during_silence).max(1) as f64;
+    let expected = a.baseline_during_silence as f64 * c.requests as f64 / before;
+    let starved = a.canary_silent >= timeout
+        && a.baseline_during_silence > 0
+        && (c.requests == 0 || expected >= STARVED_EXPECTED);
     let traffic = if starved {
         Verdict::Fail
     } else if c.requests > 0 {
@@ -262,6 +268,9 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
         checks,
     }
 }
+
+/// Requests a silent canary should have had, at its share so far, before silence fails it.
+const STARVED_EXPECTED: f64 = 20.0;
 
 /// Mixture variance of the rank test's boundary: tightest for a probability-index effect ≈ 0.1.
 const RANK_TAU2: f64 = 0.01;

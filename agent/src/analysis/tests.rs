@@ -280,3 +280,51 @@ fn settings_read_from_yaml_with_defaults() {
         .to_string();
     assert!(err.contains("unknown field `quantil`"), "{err}");
 }
+
+#[test]
+fn a_gap_in_a_trickle_is_not_starvation_but_a_cut_off_canary_is() {
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    // 0.2 canary rps against 1.8 baseline rps, then a 90 s gap: expected ~18 canary requests.
+    for s in 0..100 {
+        let canary = if s % 5 == 0 {
+            Hand(1, 0, vec![1000])
+        } else {
+            Hand(0, 0, vec![])
+        };
+        a.observe(Duration::from_secs(1), &canary, &Hand(2, 0, vec![1000; 2]));
+    }
+    for _ in 0..90 {
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(0, 0, vec![]),
+            &Hand(2, 0, vec![1000; 2]),
+        );
+    }
+    assert_ne!(
+        a.look().verdict,
+        Verdict::Fail,
+        "a 90 s gap at 0.2 rps is chance"
+    );
+    // At 20 canary rps the same gap is a canary cut off from its traffic.
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    for _ in 0..100 {
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(20, 0, vec![1000; 20]),
+            &Hand(180, 0, vec![1000; 180]),
+        );
+    }
+    for _ in 0..60 {
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(0, 0, vec![]),
+            &Hand(180, 0, vec![1000; 180]),
+        );
+    }
+    let j = a.look();
+    assert_eq!(j.verdict, Verdict::Fail);
+    assert_eq!(
+        j.reasons(Verdict::Fail),
+        ["traffic: canary received no requests for 60s while baseline received 10800"]
+    );
+}

@@ -1,7 +1,7 @@
 //! The analysis adapter: keeps one [`StepAnalysis`] per rollout step and feeds it, second by
 //! second, the canary's and the baseline's windows from the telemetry store, then looks at every
 //! analysis interval. Which series are compared: the canary subset's (live, or shadow during a
-//! shadow stage) against the stable subset's live traffic on the same host.
+//! shadow stage) against the stable subset's live traffic on the same host (see [`Arms::new`]).
 //!
 //! A second is fed once it is `SETTLE_SECS` old, so reports from every filter (sent each second)
 //! have arrived; a later straggler is still merged into the store but not into this analysis.
@@ -10,7 +10,7 @@ use jiff::Timestamp;
 
 use crate::analysis::{AnalysisSpec, Judgment, StepAnalysis, Verdict};
 use crate::rollout::{AnalysisOutcome, AnalysisWindow, Verdict as StatusVerdict};
-use crate::telemetry::{SeriesKey, Store, Traffic, Window};
+use crate::telemetry::{SeriesKey, Side, Store, Traffic, Window};
 
 /// A second `s` (the window [s, s + 1)) is analysed once `now - s >= SETTLE_SECS`, i.e. a
 /// second after it ended.
@@ -24,10 +24,17 @@ pub struct Arms {
 }
 
 impl Arms {
+    /// Live canary traffic is compared as the callers saw it (client-side filters); mirrored
+    /// copies, which only the callee's filter sees, against the stable's live traffic measured
+    /// at the same place (server-side), so both arms include the same hops.
     pub fn new(host: &str, stable: &str, canary: &str, canary_traffic: Traffic) -> Self {
+        let side = match canary_traffic {
+            Traffic::Live => Side::Client,
+            Traffic::Shadow => Side::Server,
+        };
         Self {
-            canary: SeriesKey::new(host, canary, canary_traffic),
-            baseline: SeriesKey::new(host, stable, Traffic::Live),
+            canary: SeriesKey::new(host, canary, canary_traffic).on(side),
+            baseline: SeriesKey::new(host, stable, Traffic::Live).on(side),
         }
     }
 }
@@ -129,16 +136,16 @@ pub fn outcome(judgment: &Judgment) -> AnalysisOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::SeriesDelta;
 
-    fn window(requests: u64, failures: u64) -> Window {
-        let mut w = Window {
+    fn window(requests: u64, failures: u64) -> SeriesDelta {
+        SeriesDelta {
             requests,
             failures,
             errors_5xx: failures,
-            ..Window::default()
-        };
-        w.latency.record_n(20_000, requests).unwrap();
-        w
+            latency: vec![(20_000, requests)],
+            ..SeriesDelta::default()
+        }
     }
 
     #[test]

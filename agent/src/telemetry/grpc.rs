@@ -16,7 +16,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::Hub;
-use super::store::Store;
+use super::store::{Side, Store};
 use super::validate::{Rejection, validate};
 use crate::metrics::Metrics;
 
@@ -77,6 +77,7 @@ impl TelemetryService {
         self.metrics.streams_connected.inc();
         let mut tables = self.hub.subscribe();
         let mut id: Option<u64> = None;
+        let mut side = Side::Client;
         let mut held = 0u64;
         let closing = loop {
             tokio::select! {
@@ -84,6 +85,10 @@ impl TelemetryService {
                     Ok(Some(FilterMessage { msg: Some(filter_message::Msg::Hello(hello)) })) => {
                         if id.is_none() {
                             id = Some(self.hub.register(&hello));
+                            // A filter in the server role measures the callee's side.
+                            if hello.role == v1::Role::Server as i32 {
+                                side = Side::Server;
+                            }
                             held = hello.table_revision;
                             tracing::info!(proxy = %hello.proxy_id, worker = hello.worker, revision = held, "filter connected");
                             tables.mark_changed(); // send the current table if it is newer
@@ -93,7 +98,7 @@ impl TelemetryService {
                         let Some(stream) = id else {
                             break Some(Rejection::new("before_hello", format!("report {} came before Hello; send Hello first", report.seq)));
                         };
-                        if let Err(rejection) = self.merge(stream, &report) {
+                        if let Err(rejection) = self.merge(stream, side, &report) {
                             break Some(rejection);
                         }
                     }
@@ -137,15 +142,18 @@ impl TelemetryService {
         self.metrics.streams_connected.dec();
     }
 
-    fn merge(&self, stream: u64, report: &v1::Report) -> Result<(), Rejection> {
+    fn merge(&self, stream: u64, side: Side, report: &v1::Report) -> Result<(), Rejection> {
         let now = unix_ms();
-        let valid = validate(report, now, self.max_skew_ms)?;
+        let mut valid = validate(report, now, self.max_skew_ms)?;
+        for (key, _) in &mut valid.series {
+            key.side = side;
+        }
         self.hub
-            .reported(stream, valid.windows.iter().map(|(k, _)| k.host.as_str()));
+            .reported(stream, valid.series.iter().map(|(k, _)| k.host.as_str()));
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
         store.merge(
             valid.second,
-            valid.windows,
+            valid.series,
             valid.dropped,
             now.div_euclid(1000),
         );

@@ -1,4 +1,5 @@
-//! The merged telemetry: every filter's reports summed into per-(host, version, traffic) windows,
+//! The merged telemetry: every filter's reports summed into per-(host, version, traffic, side)
+//! windows,
 //! one per second, so any recent interval reads as one histogram plus counts. Memory is bounded:
 //! buckets older than the retention are dropped and the number of series is capped, with what
 //! does not fit counted as overflow rather than silently lost. Pure data; no clock, no I/O.
@@ -18,21 +19,41 @@ pub enum Traffic {
     Shadow,
 }
 
+/// Where a request was measured. Every request in a mesh passes two filters — the caller's
+/// sidecar (client role) and the callee's (server role) — so the two are kept apart, never
+/// summed: live traffic is judged from the callers' view, mirrored copies (which only the
+/// callee's filter sees) from the callees'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Side {
+    Client,
+    Server,
+}
+
 /// Which series a window belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct SeriesKey {
     pub host: String,
     pub version: String,
     pub traffic: Traffic,
+    pub side: Side,
 }
 
 impl SeriesKey {
+    /// A series as the callers' filters (client role) report it.
     pub fn new(host: &str, version: &str, traffic: Traffic) -> Self {
         Self {
             host: host.to_string(),
             version: version.to_string(),
             traffic,
+            side: Side::Client,
         }
+    }
+
+    /// The same series as measured on the other `side`.
+    pub fn on(mut self, side: Side) -> Self {
+        self.side = side;
+        self
     }
 }
 
@@ -42,7 +63,11 @@ impl std::fmt::Display for SeriesKey {
             Traffic::Live => "live",
             Traffic::Shadow => "shadow",
         };
-        write!(f, "{} {} ({traffic})", self.host, self.version)
+        let side = match self.side {
+            Side::Client => "client",
+            Side::Server => "server",
+        };
+        write!(f, "{} {} ({traffic}, {side} side)", self.host, self.version)
     }
 }
 
@@ -76,7 +101,37 @@ impl Default for Window {
     }
 }
 
+/// One series' share of one validated report: its counts, and its latency histogram as the
+/// non-zero counters (value in microseconds, count), each value within fledge's range.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeriesDelta {
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub errors_4xx: u64,
+    pub grpc_errors: u64,
+    pub resets: u64,
+    pub timeouts: u64,
+    pub failures: u64,
+    pub latency: Vec<(u64, u64)>,
+}
+
 impl Window {
+    /// Adds one report's delta: O(its non-zero counters), not O(the histogram's range).
+    pub fn add(&mut self, delta: &SeriesDelta) {
+        self.requests += delta.requests;
+        self.errors_5xx += delta.errors_5xx;
+        self.errors_4xx += delta.errors_4xx;
+        self.grpc_errors += delta.grpc_errors;
+        self.resets += delta.resets;
+        self.timeouts += delta.timeouts;
+        self.failures += delta.failures;
+        for &(value, count) in &delta.latency {
+            // Validation keeps values within fledge's range; anything beyond would be clamped
+            // to the range's end, still counted.
+            self.latency.saturating_record_n(value, count);
+        }
+    }
+
     pub fn merge(&mut self, other: &Window) {
         self.requests += other.requests;
         self.errors_5xx += other.errors_5xx;
@@ -143,29 +198,32 @@ impl Store {
         }
     }
 
-    /// Adds windows ending in second `second` (unix seconds), then drops what is older than the
-    /// retention counted back from `now_secs`.
+    /// Adds the deltas of windows ending in second `second` (unix seconds), then drops what is
+    /// older than the retention counted back from `now_secs`. A window is allocated only for a
+    /// (second, series) not held yet.
     pub fn merge(
         &mut self,
         second: i64,
-        windows: Vec<(SeriesKey, Window)>,
+        deltas: Vec<(SeriesKey, SeriesDelta)>,
         filter_dropped: u64,
         now_secs: i64,
     ) {
         self.filter_dropped += filter_dropped;
-        for (key, window) in windows {
-            if !self.series.contains_key(&key) && self.series.len() >= self.max_series {
-                self.overflow_requests += window.requests;
+        for (key, delta) in deltas {
+            if let Some(newest) = self.series.get_mut(&key) {
+                *newest = (*newest).max(second);
+            } else if self.series.len() >= self.max_series {
+                self.overflow_requests += delta.requests;
                 continue;
+            } else {
+                self.series.insert(key.clone(), second);
             }
-            let newest = self.series.entry(key.clone()).or_insert(second);
-            *newest = (*newest).max(second);
             self.buckets
                 .entry(second)
                 .or_default()
                 .entry(key)
                 .or_default()
-                .merge(&window);
+                .add(&delta);
         }
         self.expire(now_secs);
     }
@@ -173,6 +231,15 @@ impl Store {
     /// Drops buckets older than the retention and forgets series that no longer hold any.
     pub fn expire(&mut self, now_secs: i64) {
         let oldest = now_secs - self.retention_secs;
+        // A series' newest second always has its bucket, so when no bucket is older than the
+        // retention, no series is either.
+        if self
+            .buckets
+            .first_key_value()
+            .is_none_or(|(s, _)| *s >= oldest)
+        {
+            return;
+        }
         self.buckets = self.buckets.split_off(&oldest);
         self.series.retain(|_, newest| *newest >= oldest);
     }
@@ -213,26 +280,23 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn window(requests: u64, failures: u64, latency_us: u64) -> Window {
-        let mut w = Window {
+    fn delta(requests: u64, failures: u64, latency_us: u64) -> SeriesDelta {
+        SeriesDelta {
             requests,
             failures,
             errors_5xx: failures,
-            ..Window::default()
-        };
-        for _ in 0..requests {
-            w.latency.record(latency_us).unwrap();
+            latency: vec![(latency_us, requests)],
+            ..SeriesDelta::default()
         }
-        w
     }
 
     #[test]
     fn merges_per_second_and_reads_intervals() {
         let v2 = SeriesKey::new("reviews", "v2", Traffic::Live);
         let mut store = Store::new(60, 16);
-        store.merge(100, vec![(v2.clone(), window(10, 1, 1000))], 0, 100);
-        store.merge(100, vec![(v2.clone(), window(5, 0, 3000))], 0, 100);
-        store.merge(101, vec![(v2.clone(), window(7, 2, 2000))], 0, 101);
+        store.merge(100, vec![(v2.clone(), delta(10, 1, 1000))], 0, 100);
+        store.merge(100, vec![(v2.clone(), delta(5, 0, 3000))], 0, 100);
+        store.merge(101, vec![(v2.clone(), delta(7, 2, 2000))], 0, 101);
         assert_eq!(store.second(&v2, 100).map(|w| w.requests), Some(15));
         let all = store.window(&v2, 100, 102);
         assert_eq!((all.requests, all.failures, all.latency.len()), (22, 3, 22));
@@ -252,8 +316,8 @@ mod tests {
             SeriesKey::new("h", "b", Traffic::Shadow),
         );
         let mut store = Store::new(10, 16);
-        store.merge(100, vec![(a.clone(), window(1, 0, 10))], 0, 100);
-        store.merge(105, vec![(b.clone(), window(1, 0, 10))], 0, 105);
+        store.merge(100, vec![(a.clone(), delta(1, 0, 10))], 0, 100);
+        store.merge(105, vec![(b.clone(), delta(1, 0, 10))], 0, 105);
         store.expire(112);
         assert_eq!(store.window(&a, 0, 200).requests, 0);
         assert_eq!(store.window(&b, 0, 200).requests, 1);
@@ -266,13 +330,13 @@ mod tests {
         let keys: Vec<_> = (0..4)
             .map(|i| SeriesKey::new("h", &format!("v{i}"), Traffic::Live))
             .collect();
-        let windows = keys.iter().map(|k| (k.clone(), window(3, 0, 10))).collect();
+        let windows = keys.iter().map(|k| (k.clone(), delta(3, 0, 10))).collect();
         store.merge(100, windows, 5, 100);
         assert_eq!(store.series().len(), 2);
         assert_eq!(store.overflow_requests(), 6);
         assert_eq!(store.filter_dropped(), 5);
         // A series already held keeps merging at the cap.
-        store.merge(101, vec![(keys[0].clone(), window(1, 0, 10))], 0, 101);
+        store.merge(101, vec![(keys[0].clone(), delta(1, 0, 10))], 0, 101);
         assert_eq!(store.window(&keys[0], 0, 200).requests, 4);
     }
 }

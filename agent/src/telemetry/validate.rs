@@ -3,9 +3,9 @@
 //! the problem (for the filter's log and the agent's). Pure.
 
 use fledge_proto::v1;
-use hdrhistogram::serialization::Deserializer;
 
-use super::store::{SeriesKey, Traffic, Window};
+use super::hdr_wire::{self, Layout};
+use super::store::{SeriesDelta, SeriesKey, Traffic};
 
 /// Why a report was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +30,7 @@ impl Rejection {
 pub struct ValidReport {
     /// The unix second its window ends in: the bucket it is merged into.
     pub second: i64,
-    pub windows: Vec<(SeriesKey, Window)>,
+    pub series: Vec<(SeriesKey, SeriesDelta)>,
     pub dropped: u64,
 }
 
@@ -59,8 +59,8 @@ pub fn validate(
             ),
         ));
     }
-    let mut windows = Vec::with_capacity(report.series.len());
-    let mut deserializer = Deserializer::new();
+    let mut series = Vec::with_capacity(report.series.len());
+    let highest_us = Layout::fledge().highest_value();
     for (i, s) in report.series.iter().enumerate() {
         let name = |s: &v1::Series| format!("report {seq}: series[{i}] {} {}", s.host, s.version);
         if s.host.is_empty() {
@@ -94,7 +94,7 @@ pub fn validate(
                 ));
             }
         }
-        let mut window = Window {
+        let mut delta = SeriesDelta {
             requests: s.requests,
             errors_5xx: s.errors_5xx,
             errors_4xx: s.errors_4xx,
@@ -102,47 +102,42 @@ pub fn validate(
             resets: s.resets,
             timeouts: s.timeouts,
             failures: s.failures,
-            ..Window::default()
+            latency: Vec::new(),
         };
         if s.requests > 0 || !s.latency_us_hdr.is_empty() {
-            let hist: hdrhistogram::Histogram<u64> = deserializer
-                .deserialize(&mut s.latency_us_hdr.as_slice())
-                .map_err(|e| {
-                    Rejection::new(
-                        "histogram",
-                        format!("{}: latency_us_hdr does not decode: {e:?}", name(s)),
-                    )
-                })?;
-            if hist.len() != s.requests {
+            let counters = hdr_wire::decode(&s.latency_us_hdr).map_err(|e| {
+                Rejection::new(
+                    "histogram",
+                    format!("{}: latency_us_hdr does not decode: {e}", name(s)),
+                )
+            })?;
+            if counters.total != s.requests {
                 return Err(Rejection::new(
                     "counts",
                     format!(
                         "{}: latency histogram holds {} samples but requests is {}",
                         name(s),
-                        hist.len(),
+                        counters.total,
                         s.requests
                     ),
                 ));
             }
-            window.latency.add(&hist).map_err(|e| {
-                Rejection::new(
+            if let Some(&(us, _)) = counters.values.last().filter(|(us, _)| *us > highest_us) {
+                return Err(Rejection::new(
                     "histogram",
-                    format!("{}: latency_us_hdr out of fledge's range: {e:?}", name(s)),
-                )
-            })?;
+                    format!(
+                        "{}: latency_us_hdr out of fledge's range: {us} µs is above {highest_us} µs",
+                        name(s)
+                    ),
+                ));
+            }
+            delta.latency = counters.values;
         }
-        windows.push((
-            SeriesKey {
-                host: s.host.clone(),
-                version: s.version.clone(),
-                traffic,
-            },
-            window,
-        ));
+        series.push((SeriesKey::new(&s.host, &s.version, traffic), delta));
     }
     Ok(ValidReport {
         second: end.div_euclid(1000),
-        windows,
+        series,
         dropped: report.dropped,
     })
 }
@@ -187,11 +182,12 @@ mod tests {
     #[test]
     fn a_good_report_decodes_whole() {
         let r = validate(&report(vec![series(10, 1)]), 100_500, 60_000).unwrap();
-        assert_eq!((r.second, r.dropped, r.windows.len()), (100, 2, 1));
-        let (key, w) = &r.windows[0];
+        assert_eq!((r.second, r.dropped, r.series.len()), (100, 2, 1));
+        let (key, d) = &r.series[0];
         assert_eq!(key, &SeriesKey::new("reviews", "v2", Traffic::Live));
-        assert_eq!((w.requests, w.failures, w.latency.len()), (10, 1, 10));
-        assert_eq!(w.quantile_ms(0.5).map(|v| v.round()), Some(2.0));
+        assert_eq!((d.requests, d.failures, d.errors_5xx), (10, 1, 1));
+        // 1500 µs falls in the counter for 1496..=1503 µs (2 significant digits).
+        assert_eq!(d.latency, vec![(1496, 10)]);
     }
 
     #[test]
@@ -202,6 +198,14 @@ mod tests {
         garbage.latency_us_hdr = vec![1, 2, 3, 4];
         let mut short = series(10, 0);
         short.latency_us_hdr = hdr(&[1500; 9]);
+        let mut beyond = series(2, 0);
+        beyond.latency_us_hdr = {
+            let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1 << 40, 2).unwrap();
+            h.record_n(5_000_000_000, 2).unwrap();
+            let mut out = Vec::new();
+            V2Serializer::new().serialize(&h, &mut out).unwrap();
+            out
+        };
         let mut hostless = series(1, 0);
         hostless.host.clear();
         let mut traffic = series(1, 0);
@@ -226,6 +230,12 @@ mod tests {
                 100_000,
                 "counts",
                 "latency histogram holds 9 samples but requests is 10",
+            ),
+            (
+                report(vec![beyond]),
+                100_000,
+                "histogram",
+                "report 7: series[0] reviews v2: latency_us_hdr out of fledge's range: 4999610368 µs",
             ),
             (
                 report(vec![hostless]),
