@@ -116,12 +116,6 @@ impl Scenario {
         }
     }
 
-    /// Whether the canary sits behind an inbound listener running the filter in the server role
-    /// (where mirrored requests are recorded).
-    pub fn canary_inbound(self) -> bool {
-        self == Scenario::Shadow
-    }
-
     /// The Rollout file: each stage held for `hold`, looked at every `interval`.
     pub fn rollout_yaml(self, hold: Duration, interval: Duration) -> String {
         let hold = format!("{}ms", hold.as_millis());

@@ -1,7 +1,7 @@
 //! Everything a demo scenario runs, started in-process on free local ports: the fledge agent
 //! over a fresh folder holding the scenario's Rollout and VirtualService, the stable and canary
 //! backends, the mesh with the real filter (client role on the outbound proxy, server role on
-//! the canary's inbound listener when the scenario mirrors), and the open-loop load. The agent
+//! an inbound listener in front of each backend), and the open-loop load. The agent
 //! can be stopped (as a crash would) and started again on the same folder and ports: it runs on
 //! a runtime of its own, as it would in a process of its own, and stopping it ends that runtime
 //! with every task and connection on it, so the filters see their streams drop and reconnect.
@@ -104,20 +104,18 @@ impl Stack {
             workers: 2,
             node: Default::default(),
         });
-        let canary_spec = if scenario.canary_inbound() {
-            SubsetSpec::Full {
-                address: canary.addr(),
-                inbound: Some(any),
-            }
-        } else {
-            SubsetSpec::Address(canary.addr())
+        // Every backend sits behind its own sidecar (the filter in the server role): mirrored
+        // copies are recorded there, and so is the live traffic they are judged against.
+        let behind_sidecar = |backend: &Backend| SubsetSpec::Full {
+            address: backend.addr(),
+            inbound: Some(any),
         };
         mesh_config.destinations.push(DestinationSpec {
             host: HOST.into(),
             port: 9080,
             subsets: [
-                (STABLE.to_owned(), SubsetSpec::Address(stable.addr())),
-                (CANARY.to_owned(), canary_spec),
+                (STABLE.to_owned(), behind_sidecar(&stable)),
+                (CANARY.to_owned(), behind_sidecar(&canary)),
             ]
             .into(),
         });
