@@ -5,7 +5,10 @@ use serde::Serialize;
 
 use super::{StepAnalysis, latency};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// A check's answer; the rollout status records the same type.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub enum Verdict {
     Pass,
     Fail,

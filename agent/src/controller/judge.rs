@@ -9,7 +9,7 @@
 use jiff::Timestamp;
 
 use crate::analysis::{AnalysisSpec, Judgment, StepAnalysis, Verdict};
-use crate::rollout::{AnalysisOutcome, AnalysisWindow, Verdict as StatusVerdict};
+use crate::rollout::{AnalysisOutcome, AnalysisWindow};
 use crate::telemetry::{SeriesKey, Side, Store, Traffic, Window};
 
 /// A second `s` (the window [s, s + 1)) is analysed once `now - s >= SETTLE_SECS`, i.e. a
@@ -113,11 +113,7 @@ impl Judge {
 
 /// The state machine's view of a judgment: verdict, one line of reasons, and the evidence.
 pub fn outcome(judgment: &Judgment) -> AnalysisOutcome {
-    let verdict = match judgment.verdict {
-        Verdict::Pass => StatusVerdict::Pass,
-        Verdict::Fail => StatusVerdict::Fail,
-        Verdict::NotEnoughData => StatusVerdict::NotEnoughData,
-    };
+    let verdict = judgment.verdict;
     let reasons = judgment.reasons(judgment.verdict);
     let reason = match judgment.verdict {
         Verdict::Pass => format!("all checks pass after {:.0}s", judgment.elapsed_secs),
@@ -185,7 +181,7 @@ mod tests {
         assert_eq!(judgment.elapsed_secs, 11.0);
         assert_eq!(judgment.verdict, Verdict::Fail);
         let o = outcome(&judgment);
-        assert_eq!(o.verdict, StatusVerdict::Fail);
+        assert_eq!(o.verdict, Verdict::Fail);
         assert!(
             o.reason
                 .starts_with("error-rate: canary 50.00% vs baseline 0.56%"),

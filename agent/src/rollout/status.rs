@@ -62,13 +62,8 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// An analysis verdict as the status records it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    NotEnoughData,
-}
+/// An analysis verdict as the status records it: the analysis's own type.
+pub use crate::analysis::Verdict;
 
 /// What the analysis said at the last tick, with its evidence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
