@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use crate::http::{ApiError, ControlPlane, UserCommand};
 use crate::metrics::Metrics;
-use crate::rollout::{self, Action, EventKind, Rollout, RoutingIntent};
+use crate::rollout::{self, Action, EventKind, Rollout, RoutingIntent, Shape};
 use crate::routes;
 use crate::store::{ObjectKey, RolloutStore};
 use crate::telemetry::{Hub, Store as Telemetry};
@@ -158,17 +158,24 @@ impl<S: RolloutStore + 'static> Controller<S> {
                 return;
             }
             let rollout = entry.rollout.clone();
-            let judgment = rollout::analysis_window(&rollout).and_then(|window| {
-                let spec = &rollout.spec;
-                let status = rollout.status.as_ref()?;
-                let stable = status.stable_subset.as_deref().unwrap_or(&spec.stable);
-                let canary = status.canary_subset.as_deref().unwrap_or(&spec.canary);
-                let arms = Arms::new(&spec.host, stable, canary, window.canary_traffic);
-                let telemetry = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-                entry
-                    .judge
-                    .tick(&window, arms, &spec.analysis, &telemetry, now)
+            // A stage that sends the canary nothing (a blue/green preview without a mirror) has
+            // nothing to judge; judging it would only find the canary starved.
+            let starved_by_design = rollout::routing(&rollout).is_some_and(|i| {
+                matches!(&i.shape, Shape::Managed { canary_weight: 0, cohort, mirror_percent: None } if cohort.is_empty())
             });
+            let judgment = rollout::analysis_window(&rollout)
+                .filter(|_| !starved_by_design)
+                .and_then(|window| {
+                    let spec = &rollout.spec;
+                    let status = rollout.status.as_ref()?;
+                    let stable = status.stable_subset.as_deref().unwrap_or(&spec.stable);
+                    let canary = status.canary_subset.as_deref().unwrap_or(&spec.canary);
+                    let arms = Arms::new(&spec.host, stable, canary, window.canary_traffic);
+                    let telemetry = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+                    entry
+                        .judge
+                        .tick(&window, arms, &spec.analysis, &telemetry, now)
+                });
             let restore = (!entry.routing_applied)
                 .then(|| rollout::routing(&rollout))
                 .flatten();
