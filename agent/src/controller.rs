@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use crate::http::{ApiError, ControlPlane, UserCommand};
 use crate::metrics::Metrics;
-use crate::rollout::{self, Action, EventKind, Rollout, RoutingIntent, Shape};
+use crate::rollout::{self, Action, EventKind, Rollout, RoutingIntent};
 use crate::routes;
 use crate::store::{ObjectKey, RolloutStore};
 use crate::telemetry::{Hub, Store as Telemetry};
@@ -160,9 +160,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
             let rollout = entry.rollout.clone();
             // A stage that sends the canary nothing (a blue/green preview without a mirror) has
             // nothing to judge; judging it would only find the canary starved.
-            let starved_by_design = rollout::routing(&rollout).is_some_and(|i| {
-                matches!(&i.shape, Shape::Managed { canary_weight: 0, cohort, mirror_percent: None } if cohort.is_empty())
-            });
+            let starved_by_design = rollout::routing(&rollout).is_some_and(|i| i.starves_canary());
             let judgment = rollout::analysis_window(&rollout)
                 .filter(|_| !starved_by_design)
                 .and_then(|window| {

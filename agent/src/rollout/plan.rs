@@ -195,6 +195,12 @@ pub enum Shape {
 }
 
 impl RoutingIntent {
+    /// Whether this routing sends the canary no request at all (no live share, no cohort, no
+    /// mirror), as a blue/green preview without a mirror does: there is nothing to judge then.
+    pub fn starves_canary(&self) -> bool {
+        matches!(&self.shape, Shape::Managed { canary_weight: 0, cohort, mirror_percent: None } if cohort.is_empty())
+    }
+
     /// The canary's share of live requests outside any cohort.
     pub fn canary_weight(&self) -> u32 {
         match &self.shape {
