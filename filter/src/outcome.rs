@@ -48,7 +48,9 @@ pub struct Facts {
     pub response_code: Option<u16>,
     /// `response.flags`.
     pub response_flags: u64,
-    /// `response.grpc_status`; `None` when the response was not gRPC.
+    /// `response.grpc_status`, read only for gRPC requests ([`is_grpc`]): Envoy answers it for
+    /// every request, inferring a status from the HTTP code when there is no `grpc-status`
+    /// (200 becomes Unknown), so for plain HTTP it would count every request as a gRPC error.
     pub grpc_status: Option<i32>,
 }
 
@@ -82,6 +84,19 @@ impl Outcome {
     }
 }
 
+/// Whether a request is gRPC, from its `content-type` (`application/grpc`, `application/grpc+proto`,
+/// `application/grpc-web…`), as Envoy's own gRPC checks tell.
+pub fn is_grpc(content_type: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    content_type
+        .get(..GRPC.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(GRPC))
+        && matches!(
+            content_type.get(GRPC.len()),
+            None | Some(b'+' | b'-' | b';')
+        )
+}
+
 /// The subset of an Envoy cluster name `outbound|80|v2|reviews.shop.svc.cluster.local`: `v2`.
 /// `None` for clusters without one (`inbound|9080||`, `outbound|80||host`, `PassthroughCluster`).
 pub fn cluster_subset(cluster_name: &str) -> Option<&str> {
@@ -113,6 +128,28 @@ pub fn version_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_requests_are_told_by_content_type() {
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc-web+proto",
+            "Application/GRPC",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(is_grpc(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "",
+            "application/json",
+            "application/grpcx",
+            "application/gr",
+            "text/application/grpc",
+        ] {
+            assert!(!is_grpc(no.as_bytes()), "{no}");
+        }
+    }
 
     #[test]
     fn outcomes_are_classified_from_code_grpc_status_and_flags() {

@@ -9,23 +9,23 @@
 //! call's error is absorbed, and host calls go through `hostcalls` (which return `Result`)
 //! rather than the trait helpers (which unwrap).
 
-use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, RandomState};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
 use fledge_proto::v1;
 
 use crate::config::{Config, Role};
-use crate::routing::{self, Rng, Table};
+use crate::routing::{Rng, Table};
 use crate::stats::Stats;
 use crate::stream::{self, Link, Node, Received, Step};
 
+mod reads;
 mod request;
 
 use request::Request;
@@ -45,7 +45,23 @@ struct Shared {
     rng: RefCell<Rng>,
     /// The workload's own `version` label, for series recorded in the server role.
     own_version: Option<String>,
-    metrics: Rc<Metrics>,
+    /// Per-request counts, added to the host's metrics on the next tick rather than with one
+    /// host call per request.
+    counts: Counts,
+}
+
+/// Per-request metric counts not yet handed to the host.
+#[derive(Default)]
+struct Counts {
+    routed: Cell<u64>,
+    recorded: Cell<u64>,
+}
+
+impl Counts {
+    fn flush(&self, metrics: &Metrics) {
+        Metrics::add(metrics.routed, self.routed.take());
+        Metrics::add(metrics.recorded, self.recorded.take());
+    }
 }
 
 /// Metric ids, defined once per VM in `on_vm_start`. A host without metrics leaves them `None`.
@@ -108,48 +124,39 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
-}
-
-/// An integer property: 8 bytes, little endian.
-fn property_i64(path: &[&str]) -> Option<i64> {
-    let bytes = property(path)?;
+/// An integer property: 8 bytes, little endian. `path` is serialized (tokens joined by NUL).
+fn property_i64(path: &[u8]) -> Option<i64> {
+    let bytes = reads::property(path)?;
     let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
     Some(i64::from_le_bytes(raw))
 }
 
-fn property_string(path: &[&str]) -> Option<String> {
-    String::from_utf8(property(path)?)
+fn property_string(path: &[u8]) -> Option<String> {
+    String::from_utf8(reads::property(path)?)
         .ok()
         .filter(|s| !s.is_empty())
 }
 
 /// A node property under `xds.node`, falling back to the older top-level `node`.
 fn node_property(path: &[&str]) -> Option<String> {
-    let xds: Vec<&str> = ["xds", "node"].iter().chain(path).copied().collect();
-    let old: Vec<&str> = ["node"].iter().chain(path).copied().collect();
-    property_string(&xds).or_else(|| property_string(&old))
+    let serialize = |prefix: &[&str]| {
+        prefix
+            .iter()
+            .chain(path)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\0")
+    };
+    property_string(serialize(&["xds", "node"]).as_bytes())
+        .or_else(|| property_string(serialize(&["node"]).as_bytes()))
 }
 
 /// `listener_direction`: 1 inbound, 2 outbound.
 fn inbound() -> Option<bool> {
-    match property_i64(&["listener_direction"])? {
+    match property_i64(b"listener_direction")? {
         1 => Some(true),
         2 => Some(false),
         _ => None,
-    }
-}
-
-/// The request's headers, read one by one from the host as the routing rules ask for them.
-struct HostHeaders;
-
-impl routing::Request for HostHeaders {
-    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
-        let bytes = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()?;
-        Some(Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
 
@@ -162,7 +169,7 @@ fn random_u64() -> u64 {
 
 struct Root {
     shared: Option<Rc<Shared>>,
-    metrics: Rc<Metrics>,
+    metrics: Metrics,
     link: Link,
     upstream: String,
     node: Node,
@@ -174,7 +181,7 @@ impl Root {
     fn new() -> Root {
         Root {
             shared: None,
-            metrics: Rc::new(Metrics::default()),
+            metrics: Metrics::default(),
             link: Link::new(1000),
             upstream: String::new(),
             node: Node::default(),
@@ -294,7 +301,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        self.metrics = Rc::new(Metrics::define());
+        self.metrics = Metrics::define();
         true
     }
 
@@ -347,10 +354,11 @@ impl RootContext for Root {
         let now = i64::try_from(now_ms()).unwrap_or(0);
         // What the previous configuration recorded and has not reported yet carries over.
         let mut stats = Stats::new(config.max_series, now);
-        if let Some(old) = &self.shared
-            && let Ok(mut old) = old.stats.try_borrow_mut()
-        {
-            stats.restore(old.take(now));
+        if let Some(old) = &self.shared {
+            old.counts.flush(&self.metrics);
+            if let Ok(mut old) = old.stats.try_borrow_mut() {
+                stats.restore(old.take(now));
+            }
         }
         Metrics::set(self.metrics.table_revision, config.table.revision);
         self.shared = Some(Rc::new(Shared {
@@ -358,7 +366,7 @@ impl RootContext for Root {
             stats: RefCell::new(stats),
             rng: RefCell::new(Rng::new(random_u64())),
             own_version,
-            metrics: Rc::clone(&self.metrics),
+            counts: Counts::default(),
             config,
         }));
         log(
@@ -376,6 +384,7 @@ impl RootContext for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
+        shared.counts.flush(&self.metrics);
         let now = now_ms();
         match self.link.poll(now) {
             Step::Connect => self.connect(&shared, now),

@@ -159,11 +159,16 @@ impl Table {
     /// short name such as `reviews` or `reviews.shop` matches the first route whose host extends
     /// it at a dot (`reviews.shop.svc.cluster.local`), as the mesh's DNS search path would.
     pub fn route_for(&self, host: &str) -> Option<&Route> {
+        self.routes.get(self.route_index(host)?)
+    }
+
+    /// [`Table::route_for`]'s route, as an index into `routes`.
+    pub fn route_index(&self, host: &str) -> Option<usize> {
         if host.is_empty() {
             return None;
         }
-        self.routes.iter().find(|r| r.host == host).or_else(|| {
-            self.routes.iter().find(|r| {
+        self.routes.iter().position(|r| r.host == host).or_else(|| {
+            self.routes.iter().position(|r| {
                 r.host
                     .strip_prefix(host)
                     .is_some_and(|rest| rest.starts_with('.'))
@@ -222,6 +227,16 @@ impl Route {
     }
 
     /// The decision for one request to this route's host.
+    /// The version a decision with this cause writes (`None`: the header is removed).
+    pub fn version(&self, cause: Cause) -> Option<&str> {
+        match cause {
+            Cause::Rule(i) => self.rules.get(i).map(|rule| rule.version.as_str()),
+            Cause::Canary => self.split.as_ref().map(|split| split.canary.as_str()),
+            Cause::Stable => self.split.as_ref().map(|split| split.stable.as_str()),
+            Cause::NoSplit => None,
+        }
+    }
+
     pub fn decide<R: Request + ?Sized>(&self, request: &R, rng: &mut Rng) -> Decision<'_> {
         for (i, rule) in self.rules.iter().enumerate() {
             if rule.matcher.matches(request) {
@@ -426,25 +441,72 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn from_authority(authority: &str) -> Destination {
-        let authority = authority.trim();
-        let host = if let Some(rest) = authority.strip_prefix('[') {
-            // [v6]:port
-            rest.split(']').next().unwrap_or(rest)
-        } else {
-            authority.split(':').next().unwrap_or(authority)
-        };
-        let host = host.to_ascii_lowercase();
-        match host.strip_suffix("-shadow") {
-            Some(base) => Destination {
-                host: base.to_owned(),
-                shadow: true,
-            },
-            None => Destination {
-                host,
-                shadow: false,
-            },
+    /// [`Destination::from_authority`] on the header's bytes as the host handed them over,
+    /// reusing their buffer: the host (before `:port`, or inside `[…]`) is cut out of the
+    /// trimmed authority and lower-cased in place. Bytes that are not UTF-8 are read lossily.
+    pub fn from_authority_bytes(mut authority: Vec<u8>) -> Destination {
+        // The common case in one pass: `host[:port]`, nothing to trim, no brackets.
+        let mut end = authority.len();
+        let mut plain = true;
+        for (i, b) in authority.iter_mut().enumerate() {
+            match *b {
+                b':' => {
+                    end = i;
+                    break;
+                }
+                b'A'..=b'Z' => *b = b.to_ascii_lowercase(),
+                b'[' | b' ' | b'\t' | b'\n' | b'\r' | 0x0c => {
+                    plain = false;
+                    break;
+                }
+                _ => {}
+            }
         }
+        if !plain {
+            return Destination::from_general_authority(authority);
+        }
+        authority.truncate(end);
+        Destination::from_host(authority)
+    }
+
+    /// [`Destination::from_authority_bytes`] for authorities with whitespace or brackets.
+    fn from_general_authority(mut authority: Vec<u8>) -> Destination {
+        let start = authority
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .unwrap_or(authority.len());
+        let stop = authority
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(start, |last| last + 1);
+        let rest = authority.get(start..stop).unwrap_or_default();
+        let (from, end) = if rest.first() == Some(&b'[') {
+            // [v6]:port
+            let end = rest.iter().position(|&b| b == b']').unwrap_or(rest.len());
+            (start + 1, start + end.max(1))
+        } else {
+            let end = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
+            (start, start + end)
+        };
+        authority.truncate(end);
+        authority.drain(..from.min(end));
+        authority.make_ascii_lowercase();
+        Destination::from_host(authority)
+    }
+
+    /// The lower-case host, with Envoy's `-shadow` suffix taken off and noted.
+    fn from_host(mut host: Vec<u8>) -> Destination {
+        let shadow = host.ends_with(b"-shadow");
+        if shadow {
+            host.truncate(host.len() - b"-shadow".len());
+        }
+        let host = String::from_utf8(host)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Destination { host, shadow }
+    }
+
+    pub fn from_authority(authority: &str) -> Destination {
+        Destination::from_authority_bytes(authority.as_bytes().to_vec())
     }
 }
 

@@ -42,7 +42,8 @@ pub struct Series {
 
 impl Series {
     fn is(&self, host: &str, version: &str, traffic: Traffic) -> bool {
-        self.traffic == traffic && self.host == host && self.version == version
+        // The version first: series of one host differ there, and it is short.
+        self.traffic == traffic && self.version == version && self.host == host
     }
 
     fn empty(host: &str, version: &str, traffic: Traffic) -> Option<Series> {

@@ -219,11 +219,22 @@ async fn main() -> Result<()> {
             };
             let report = bench::run(&config).await?;
             println!(
-                "fledge filter: {:.0} ns/request; minimal module: {:.0} ns/request; ratio {:.2} ({} requests, {} traps)",
-                report.filter_ns, report.minimal_ns, report.ratio, report.requests, report.traps
+                "fledge filter: {:.0} ns/request; minimal module: {:.0} ns/request; ratio {:.2} ({} requests, {} traps, {} property misses)",
+                report.filter_ns,
+                report.minimal_ns,
+                report.ratio,
+                report.requests,
+                report.traps,
+                report.property_misses
             );
             if report.traps > 0 {
                 bail!("{} callbacks trapped during the benchmark", report.traps);
+            }
+            if report.property_misses > 0 {
+                bail!(
+                    "{} property reads went unanswered: the filter did not measure what it does in Envoy",
+                    report.property_misses
+                );
             }
         }
     }

@@ -12,18 +12,36 @@ use proxy_wasm::types::{Action, MapType};
 
 use fledge_proto::v1::Traffic;
 
-use super::{HostHeaders, Metrics, Shared, inbound, property_i64, property_string};
+use super::reads::{self, RequestHeaders};
+use super::{Shared, inbound, property_i64, property_string};
 use crate::config::Role;
 use crate::outcome::{self, Facts, Outcome};
-use crate::routing::Destination;
+use crate::routing::{Cause, Destination, Table};
 
 /// One request: what was decided for it, kept until `on_log`.
 pub(super) struct Request {
     shared: Option<Rc<Shared>>,
     destination: Option<Destination>,
-    /// The routed host and the version written to the request (`None`: header removed).
-    decided: Option<(String, Option<String>)>,
+    decided: Option<Decided>,
     server: bool,
+    /// A gRPC request (by `content-type`): only then does `response.grpc_status` count.
+    grpc: bool,
+}
+
+/// A routing decision, kept as the table it was made from, the route's index and why, so that
+/// nothing is copied per request (a newer table may arrive before `on_log`; this one stays).
+struct Decided {
+    table: Rc<Table>,
+    route: usize,
+    cause: Cause,
+}
+
+impl Decided {
+    /// The routed host and the version written to the request (`None`: header removed).
+    fn host_and_version(&self) -> Option<(&str, Option<&str>)> {
+        let route = self.table.routes.get(self.route)?;
+        Some((route.host.as_str(), route.version(self.cause)))
+    }
 }
 
 impl Request {
@@ -33,6 +51,7 @@ impl Request {
             destination: None,
             decided: None,
             server: false,
+            grpc: false,
         }
     }
 
@@ -47,9 +66,13 @@ impl Request {
         let Ok(mut rng) = shared.rng.try_borrow_mut() else {
             return;
         };
-        let Some(decision) = table.decide(&destination.host, &HostHeaders, &mut rng) else {
+        let Some(index) = table.route_index(&destination.host) else {
             return;
         };
+        let Some(route) = table.routes.get(index) else {
+            return;
+        };
+        let decision = route.decide(&RequestHeaders, &mut rng);
         let header = decision.route.version_header.as_str();
         let _ = hostcalls::set_map_value_bytes(
             MapType::HttpRequestHeaders,
@@ -58,17 +81,18 @@ impl Request {
         );
         // The router picked its route before this filter ran; make it look again.
         let _ = hostcalls::call_foreign_function("clear_route_cache", None);
-        Metrics::add(shared.metrics.routed, 1);
-        self.decided = Some((
-            decision.route.host.clone(),
-            decision.version.map(str::to_owned),
-        ));
+        shared.counts.routed.set(shared.counts.routed.get() + 1);
+        self.decided = Some(Decided {
+            route: index,
+            cause: decision.cause,
+            table: Rc::clone(&table),
+        });
     }
 
-    fn facts() -> Facts {
-        let duration_ns = property_i64(&["request", "duration"])
+    fn facts(&self) -> Facts {
+        let duration_ns = property_i64(b"request\0duration")
             .or_else(|| {
-                let start = property_i64(&["request", "time"])?;
+                let start = property_i64(b"request\0time")?;
                 let now = hostcalls::get_current_time().ok()?;
                 let now = i64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()?;
                 Some(now - start)
@@ -76,13 +100,16 @@ impl Request {
             .and_then(|ns| u64::try_from(ns).ok());
         Facts {
             duration_ns,
-            response_code: property_i64(&["response", "code"])
+            response_code: property_i64(b"response\0code")
                 .and_then(|c| u16::try_from(c).ok())
                 .filter(|&c| c != 0),
-            response_flags: property_i64(&["response", "flags"])
+            response_flags: property_i64(b"response\0flags")
                 .map_or(0, |f| u64::from_le_bytes(f.to_le_bytes())),
-            grpc_status: property_i64(&["response", "grpc_status"])
-                .and_then(|s| i32::try_from(s).ok()),
+            grpc_status: if self.grpc {
+                property_i64(b"response\0grpc_status").and_then(|s| i32::try_from(s).ok())
+            } else {
+                None
+            },
         }
     }
 }
@@ -99,13 +126,10 @@ impl HttpContext for Request {
             Role::Server => true,
             Role::Auto => inbound().unwrap_or(false),
         };
-        let authority = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, ":authority")
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        self.destination = Some(Destination::from_authority(&String::from_utf8_lossy(
-            &authority,
-        )));
+        let authority = reads::request_header(":authority").unwrap_or_default();
+        self.destination = Some(Destination::from_authority_bytes(authority));
+        self.grpc = reads::request_header("content-type")
+            .is_some_and(|content_type| outcome::is_grpc(&content_type));
         if !self.server {
             self.route(&shared);
         }
@@ -120,11 +144,15 @@ impl HttpContext for Request {
             // Headers never arrived (e.g. a reset before them): nothing to attribute.
             return;
         };
-        let outcome = Outcome::of(&Self::facts());
-        let cluster = property_string(&["xds", "cluster_name"]);
-        let (host, decided) = match &self.decided {
-            Some((host, version)) => (host.as_str(), version.as_deref()),
+        let outcome = Outcome::of(&self.facts());
+        let (host, decided) = match self.decided.as_ref().and_then(Decided::host_and_version) {
+            Some((host, version)) => (host, version),
             None => (destination.host.as_str(), None),
+        };
+        // The upstream cluster only matters when the filter did not pick the version itself.
+        let cluster = match decided {
+            Some(version) if !version.is_empty() => None,
+            _ => property_string(b"xds\0cluster_name"),
         };
         let own = if self.server {
             shared.own_version.as_deref()
@@ -140,7 +168,7 @@ impl HttpContext for Request {
         };
         if let Ok(mut stats) = shared.stats.try_borrow_mut() {
             stats.record(host, version, traffic, &outcome);
-            Metrics::add(shared.metrics.recorded, 1);
+            shared.counts.recorded.set(shared.counts.recorded.get() + 1);
         }
     }
 }

@@ -149,6 +149,11 @@ fn rules_cookies_and_split_decide_in_order() {
     for (host, headers, version, cause) in cases {
         let d = table.decide(host, headers.as_slice(), &mut rng).unwrap();
         assert_eq!((d.version, d.cause), (version, cause), "{host} {headers:?}");
+        // The cause alone tells the version again (the filter keeps only the cause till on_log),
+        // and the route's index leads back to the same route.
+        assert_eq!(d.route.version(d.cause), version, "{host}");
+        let index = table.route_index(host).unwrap();
+        assert_eq!(table.routes.get(index), Some(d.route), "{host}");
     }
 }
 
@@ -301,9 +306,22 @@ fn authorities_become_destinations() {
         ("reviews-shadow:9080", "reviews", true),
         ("[::1]:8080", "::1", false),
         ("", "", false),
+        (" reviews ", "reviews", false),
+        ("REVIEWS-shadow", "reviews", true),
+        ("[::1", "::1", false),
+        ("[]", "", false),
+        ("[", "", false),
+        (" ", "", false),
+        (":80", "", false),
+        ("a b:1", "a b", false),
+        ("-shadow", "", true),
+        ("Ä:1", "Ä", false),
+        ("[V6]-shadow:80", "v6", false),
     ];
     for (authority, host, shadow) in cases {
         let d = Destination::from_authority(authority);
         assert_eq!((d.host.as_str(), d.shadow), (host, shadow), "{authority}");
     }
+    let d = Destination::from_authority_bytes(b"Revi\xffews:80".to_vec());
+    assert_eq!((d.host.as_str(), d.shadow), ("revi\u{fffd}ews", false));
 }

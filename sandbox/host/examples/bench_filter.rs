@@ -1,14 +1,31 @@
 //! Runs the filter benchmark (fledge's filter against the minimal fixture in one host) and
 //! prints per-request times. `cargo run --release -p fledge-sandbox-host --example bench_filter
-//! [REQUESTS]`; the modules come from FLEDGE_FILTER_WASM / FLEDGE_MINIMAL_WASM or `./dev wasm`.
+//! [REQUESTS] [filter|minimal]`; the modules come from FLEDGE_FILTER_WASM / FLEDGE_MINIMAL_WASM
+//! or `./dev wasm`. With a module named, only that module runs, once, for profiling:
+//! `valgrind --tool=callgrind --toggle-collect='*bench::requests*' …/bench_filter 4000 filter`
+//! counts the instructions of its request loop alone.
 
-use fledge_sandbox_host::bench::{self, BenchConfig};
+use fledge_sandbox_host::bench::{self, BenchConfig, Module};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut config = BenchConfig::from_env()?;
-    if let Some(requests) = std::env::args().nth(1) {
+    let mut args = std::env::args().skip(1);
+    if let Some(requests) = args.next() {
         config.requests = requests.parse()?;
+    }
+    if let Some(module) = args.next() {
+        let module = match module.as_str() {
+            "filter" => Module::Filter,
+            "minimal" => Module::Minimal,
+            other => anyhow::bail!("unknown module '{other}' (filter or minimal)"),
+        };
+        let ns = bench::profile(&config, module, config.requests).await?;
+        println!(
+            "{module:?}: {} requests, {ns:.0} ns/request",
+            config.requests
+        );
+        return Ok(());
     }
     let report = bench::run(&config).await?;
     println!(
@@ -19,5 +36,6 @@ async fn main() -> anyhow::Result<()> {
     println!("  minimal module  {:>8.0} ns/request", report.minimal_ns);
     println!("  ratio           {:>8.2}", report.ratio);
     println!("  traps           {:>8}", report.traps);
+    println!("  property misses {:>8}", report.property_misses);
     Ok(())
 }

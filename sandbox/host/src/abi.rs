@@ -110,24 +110,33 @@ pub(crate) fn buffer_slice(buffer: &[u8], start: u32, max_size: u32) -> &[u8] {
 
 /// Serializes header pairs as the ABI does: a u32 count, then per pair the u32 key and value
 /// lengths, then per pair the key, a NUL, the value, a NUL (all integers little endian).
-pub(crate) fn encode_pairs<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Vec<u8> {
-    let body: usize = pairs
-        .iter()
-        .map(|(k, v)| k.as_ref().len() + v.as_ref().len() + 2)
-        .sum();
-    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + body);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_ref().as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_ref().as_bytes());
-        out.push(0);
-    }
+#[cfg(test)]
+pub(crate) fn encode_pairs(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut out = vec![0; map_serialized_size(pairs)];
+    encode_pairs_into(pairs, &mut out);
     out
+}
+
+/// [`encode_pairs`] into a buffer of exactly [`map_serialized_size`] bytes.
+pub(crate) fn encode_pairs_into(pairs: &[(String, String)], out: &mut [u8]) {
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        if let Some(dst) = out.get_mut(at..at + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+        at += bytes.len();
+    };
+    put(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        put(&(k.len() as u32).to_le_bytes());
+        put(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        put(k.as_bytes());
+        put(&[0]);
+        put(v.as_bytes());
+        put(&[0]);
+    }
 }
 
 /// Parses the format `encode_pairs` writes; `None` when the bytes do not hold it exactly.
@@ -167,11 +176,10 @@ pub(crate) fn lossy(bytes: &[u8]) -> String {
 
 // === header-map edits (Envoy: keys are lower case; get returns the first value) ===
 
-/// `map_get` for a key given as the guest's bytes.
-pub(crate) fn map_get_bytes<'a>(map: &'a [(String, String)], key: &[u8]) -> Option<&'a [u8]> {
+/// Where the first entry of a key given as the guest's bytes is.
+pub(crate) fn map_position(map: &[(String, String)], key: &[u8]) -> Option<usize> {
     map.iter()
-        .find(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
-        .map(|(_, v)| v.as_bytes())
+        .position(|(k, _)| k.as_bytes().eq_ignore_ascii_case(key))
 }
 
 pub(crate) fn map_get<'a>(map: &'a [(String, String)], key: &str) -> Option<&'a str> {

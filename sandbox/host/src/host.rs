@@ -141,6 +141,7 @@ impl FilterHost {
             traps: shared.traps.load(Ordering::Relaxed),
             vm_restarts: shared.vm_restarts.load(Ordering::Relaxed),
             unimplemented_calls: shared.unimplemented_calls.load(Ordering::Relaxed),
+            property_misses: shared.property_misses.load(Ordering::Relaxed),
             unimplemented_imports: shared
                 .unimplemented_imports
                 .lock()

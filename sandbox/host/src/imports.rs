@@ -177,13 +177,18 @@ pub(crate) fn link_unimplemented(
 // === memory ===
 
 fn bytes(c: &Ctx, ptr: u32, len: u32) -> Result<Vec<u8>, Status> {
+    guest(c, ptr, len).map(<[u8]>::to_vec)
+}
+
+/// The guest's bytes at `ptr..ptr + len`, borrowed (no copy).
+fn guest<'c>(c: &'c Ctx, ptr: u32, len: u32) -> Result<&'c [u8], Status> {
     let memory = c.data().memory.ok_or(Status::InvalidMemoryAccess)?;
+    slice(memory.data(c), ptr, len)
+}
+
+fn slice(memory: &[u8], ptr: u32, len: u32) -> Result<&[u8], Status> {
     let (start, end) = (ptr as usize, ptr as usize + len as usize);
-    memory
-        .data(c)
-        .get(start..end)
-        .map(<[u8]>::to_vec)
-        .ok_or(Status::InvalidMemoryAccess)
+    memory.get(start..end).ok_or(Status::InvalidMemoryAccess)
 }
 
 fn text(c: &Ctx, ptr: u32, len: u32) -> Result<String, Status> {
@@ -208,20 +213,58 @@ fn write_u32(c: &mut Ctx, ptr: u32, value: u32) -> Result<(), Status> {
 /// Copies `data` into memory the module allocates and stores its address and size at the two
 /// return pointers (address 0 and size 0 for empty data, as Envoy does).
 fn copy_out(c: &mut Ctx, data: &[u8], ptr_ptr: u32, size_ptr: u32) -> Call<Result<(), Status>> {
+    copy_out_with(c, data.len(), ptr_ptr, size_ptr, |out, _| {
+        out.copy_from_slice(data);
+        Ok(())
+    })
+}
+
+/// [`copy_out`] for data that lives in the VM's state: the module allocates `len` bytes, then
+/// `fill` writes them straight from the state into its memory (no copy on the host's heap).
+/// `fill` must fill exactly `out` (it fails with InternalFailure when the data changed size
+/// while the module was allocating).
+fn copy_out_with(
+    c: &mut Ctx,
+    len: usize,
+    ptr_ptr: u32,
+    size_ptr: u32,
+    fill: impl FnOnce(&mut [u8], &VmState) -> Result<(), Status>,
+) -> Call<Result<(), Status>> {
     let mut address = 0;
-    if !data.is_empty() {
+    if len > 0 {
         let Some(malloc) = c.data().malloc.clone() else {
             return Ok(Err(Status::InvalidMemoryAccess));
         };
-        address = malloc.call(&mut *c, data.len() as u32)?;
+        address = malloc.call(&mut *c, len as u32)?;
         if address == 0 {
             return Ok(Err(Status::InvalidMemoryAccess));
         }
-        if let Err(e) = write(c, address, data) {
+        let Some(memory) = c.data().memory else {
+            return Ok(Err(Status::InvalidMemoryAccess));
+        };
+        let (memory, state) = memory.data_and_store_mut(&mut *c);
+        let start = address as usize;
+        let Some(out) = memory.get_mut(start..start + len) else {
+            return Ok(Err(Status::InvalidMemoryAccess));
+        };
+        if let Err(e) = fill(out, state) {
             return Ok(Err(e));
         }
     }
-    Ok(write_u32(c, ptr_ptr, address).and_then(|()| write_u32(c, size_ptr, data.len() as u32)))
+    let Some(memory) = c.data().memory else {
+        return Ok(Err(Status::InvalidMemoryAccess));
+    };
+    let memory = memory.data_mut(&mut *c);
+    Ok(put_u32(memory, ptr_ptr, address).and_then(|()| put_u32(memory, size_ptr, len as u32)))
+}
+
+fn put_u32(memory: &mut [u8], ptr: u32, value: u32) -> Result<(), Status> {
+    let start = ptr as usize;
+    memory
+        .get_mut(start..start + 4)
+        .ok_or(Status::InvalidMemoryAccess)?
+        .copy_from_slice(&value.to_le_bytes());
+    Ok(())
 }
 
 fn status(result: Result<(), Status>) -> u32 {
@@ -294,24 +337,38 @@ fn get_buffer_status(mut c: Ctx, kind: u32, len_ptr: u32, flags_ptr: u32) -> u32
 }
 
 fn get_property(mut c: Ctx, ptr: u32, len: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
-    let path = match bytes(&c, ptr, len) {
-        Ok(path) => path,
-        Err(e) => return Ok(e.code()),
+    let value = {
+        let path = match guest(&c, ptr, len) {
+            Ok(path) => path,
+            Err(e) => return Ok(e.code()),
+        };
+        let state = c.data();
+        let proxy = ProxyFacts {
+            node: &state.shared.config.node,
+            direction: state.shared.config.direction,
+        };
+        let request = state.contexts.get(&state.current).map(|h| RequestFacts {
+            start_unix_ns: h.start_unix_ns,
+            request_headers: &h.request_headers,
+            response_headers: &h.response_headers,
+            log: h.log.as_ref(),
+        });
+        properties::lookup(path, &proxy, request.as_ref())
     };
-    let state = c.data();
-    let proxy = ProxyFacts {
-        node: &state.shared.config.node,
-        direction: state.shared.config.direction,
-    };
-    let request = state.contexts.get(&state.current).map(|h| RequestFacts {
-        start_unix_ns: h.start_unix_ns,
-        request_headers: &h.request_headers,
-        response_headers: &h.response_headers,
-        log: h.log.as_ref(),
-    });
-    match properties::lookup(&path, &proxy, request.as_ref()) {
-        Some(value) => Ok(status(copy_out(&mut c, &value, ptr_ptr, size_ptr)?)),
-        None => Ok(Status::NotFound.code()),
+    match value {
+        Some(value) => Ok(status(copy_out(
+            &mut c,
+            value.as_bytes(),
+            ptr_ptr,
+            size_ptr,
+        )?)),
+        None => {
+            c.data()
+                .shared
+                .property_misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Status::NotFound.code())
+        }
     }
 }
 

@@ -100,7 +100,8 @@ pub struct LogInfo {
     pub response_code: Option<u16>,
     /// `response.flags`: Envoy's legacy ResponseFlag bits (0x4 UT, 0x20 UF, 0x10 UR, ...).
     pub response_flags: u64,
-    /// `response.grpc_status`; `None` when the response is not gRPC.
+    /// The `grpc-status` the response carried (trailers, else headers); `None` when it had none.
+    /// `response.grpc_status` answers this, else (as Envoy) a status inferred from the HTTP code.
     pub grpc_status: Option<i32>,
     /// `xds.cluster_name`: `outbound|port|subset|host` or `inbound|port||`.
     pub cluster_name: String,
@@ -119,6 +120,9 @@ pub struct HostStats {
     pub unimplemented_calls: u64,
     /// Names of those imports, each logged once.
     pub unimplemented_imports: Vec<String>,
+    /// `proxy_get_property` calls answered NotFound (a path this host does not have, or a value
+    /// the request does not have, such as `response.code` of a reset).
+    pub property_misses: u64,
     /// HTTP contexts alive in the VMs: requests handed out and not yet logged or dropped.
     pub open_contexts: usize,
     /// Current values of the metrics the plugin defined, by name.

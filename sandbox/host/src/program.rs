@@ -30,7 +30,18 @@ type Slot = Arc<Mutex<Option<Module>>>;
 /// One engine per process (compiled code belongs to an engine), and each file's compiled module.
 fn compiled() -> &'static (Engine, Mutex<HashMap<FileKey, Slot>>) {
     static COMPILED: OnceLock<(Engine, Mutex<HashMap<FileKey, Slot>>)> = OnceLock::new();
-    COMPILED.get_or_init(|| (Engine::default(), Mutex::default()))
+    COMPILED.get_or_init(|| (engine(), Mutex::default()))
+}
+
+/// Wasmtime's defaults, and with `FLEDGE_WASM_PERFMAP=1` a `/tmp/perf-<pid>.map` naming the
+/// compiled functions, so profilers (perf, or callgrind's addresses by hand) can tell the
+/// module's functions apart.
+fn engine() -> Engine {
+    let mut config = wasmtime::Config::new();
+    if std::env::var_os("FLEDGE_WASM_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    Engine::new(&config).unwrap_or_default()
 }
 
 impl Program {

@@ -27,23 +27,50 @@ pub(crate) struct RequestFacts<'a> {
     pub log: Option<&'a LogInfo>,
 }
 
+/// A property's value: integers (8 bytes) stay on the stack, strings are copied once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Value {
+    Int([u8; 8]),
+    Bytes(Vec<u8>),
+}
+
+impl Value {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Value::Int(bytes) => bytes,
+            Value::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// The longest path any property here has (`xds.node.metadata.LABELS.<label>`).
+const MAX_TOKENS: usize = 5;
+
 /// The value of the property at `path` (tokens joined by NUL), or `None` when there is none.
 pub(crate) fn lookup(
     path: &[u8],
     proxy: &ProxyFacts,
     request: Option<&RequestFacts>,
-) -> Option<Vec<u8>> {
+) -> Option<Value> {
     let path = std::str::from_utf8(path).ok()?;
-    let tokens: Vec<&str> = path.split('\0').collect();
-    match tokens.as_slice() {
+    let mut tokens = [""; MAX_TOKENS];
+    let mut count = 0;
+    for token in path.split('\0') {
+        *tokens.get_mut(count)? = token;
+        count += 1;
+    }
+    let tokens = tokens.get(..count)?;
+    match tokens {
         ["xds", "node", rest @ ..] | ["node", rest @ ..] => node(proxy.node, rest),
         ["listener_direction"] => Some(int(proxy.direction.envoy_code())),
-        ["plugin_name"] | ["plugin_root_id"] | ["plugin_vm_id"] => Some(PLUGIN_NAME.into()),
-        _ => request_property(&tokens, request?),
+        ["plugin_name"] | ["plugin_root_id"] | ["plugin_vm_id"] => {
+            Some(Value::Bytes(PLUGIN_NAME.into()))
+        }
+        _ => request_property(tokens, request?),
     }
 }
 
-fn node(node: &NodeInfo, rest: &[&str]) -> Option<Vec<u8>> {
+fn node(node: &NodeInfo, rest: &[&str]) -> Option<Value> {
     let text = match rest {
         ["id"] => node.id.as_str(),
         ["metadata", "WORKLOAD_NAME"] => node.workload.as_str(),
@@ -51,11 +78,12 @@ fn node(node: &NodeInfo, rest: &[&str]) -> Option<Vec<u8>> {
         ["metadata", "LABELS", label] => node.labels.get(*label)?.as_str(),
         _ => return None,
     };
-    Some(text.as_bytes().to_vec())
+    Some(Value::Bytes(text.as_bytes().to_vec()))
 }
 
-fn request_property(tokens: &[&str], req: &RequestFacts) -> Option<Vec<u8>> {
-    let header = |name: &str| map_get(req.request_headers, name).map(|v| v.as_bytes().to_vec());
+fn request_property(tokens: &[&str], req: &RequestFacts) -> Option<Value> {
+    let header =
+        |name: &str| map_get(req.request_headers, name).map(|v| Value::Bytes(v.as_bytes().into()));
     match tokens {
         ["request", "time"] => Some(int(req.start_unix_ns)),
         ["request", "duration"] => Some(int(nanos(req.log?.duration))),
@@ -71,21 +99,41 @@ fn request_property(tokens: &[&str], req: &RequestFacts) -> Option<Vec<u8>> {
                 .parse()
                 .ok()?)),
         },
-        ["response", "flags"] => Some(req.log?.response_flags.to_le_bytes().to_vec()),
-        ["response", "grpc_status"] => Some(int(i64::from(req.log?.grpc_status?))),
+        ["response", "flags"] => Some(Value::Int(req.log?.response_flags.to_le_bytes())),
+        ["response", "grpc_status"] => {
+            // As Envoy: the `grpc-status` of trailers or headers, else one inferred from the
+            // HTTP status for any request, gRPC or not (so 200 without one is Unknown).
+            let log = req.log?;
+            let status = log
+                .grpc_status
+                .or_else(|| log.response_code.map(http_to_grpc_status))?;
+            Some(int(i64::from(status)))
+        }
         ["response", "headers", name] => {
-            map_get(req.response_headers, name).map(|v| v.as_bytes().to_vec())
+            map_get(req.response_headers, name).map(|v| Value::Bytes(v.as_bytes().into()))
         }
         ["xds", "cluster_name"] => {
             let log = req.log?;
-            (!log.cluster_name.is_empty()).then(|| log.cluster_name.as_bytes().to_vec())
+            (!log.cluster_name.is_empty()).then(|| Value::Bytes(log.cluster_name.as_bytes().into()))
         }
         _ => None,
     }
 }
 
-fn int(value: i64) -> Vec<u8> {
-    value.to_le_bytes().to_vec()
+/// Envoy's `Grpc::Utility::httpToGrpcStatus` (gRPC's HTTP-to-status mapping).
+fn http_to_grpc_status(code: u16) -> i32 {
+    match code {
+        400 => 13,                   // Internal
+        401 => 16,                   // Unauthenticated
+        403 => 7,                    // PermissionDenied
+        404 => 12,                   // Unimplemented
+        429 | 502 | 503 | 504 => 14, // Unavailable
+        _ => 2,                      // Unknown
+    }
+}
+
+fn int(value: i64) -> Value {
+    Value::Int(value.to_le_bytes())
 }
 
 fn nanos(duration: std::time::Duration) -> i64 {
@@ -183,7 +231,7 @@ mod tests {
         ];
         for (tokens, request, expected) in cases {
             assert_eq!(
-                lookup(&path(tokens), &proxy, request),
+                lookup(&path(tokens), &proxy, request).map(|v| v.as_bytes().to_vec()),
                 expected,
                 "{tokens:?}"
             );
@@ -205,5 +253,23 @@ mod tests {
             lookup(&path(&["response", "grpc_status"]), &proxy, Some(&reset)),
             None
         );
+        // Without a grpc-status, Envoy infers one from the HTTP status, for any request.
+        for (code, inferred) in [(200, 2), (404, 12), (503, 14), (400, 13)] {
+            let plain = LogInfo {
+                response_code: Some(code),
+                grpc_status: None,
+                ..log.clone()
+            };
+            let facts = RequestFacts {
+                log: Some(&plain),
+                ..before_log
+            };
+            assert_eq!(
+                lookup(&path(&["response", "grpc_status"]), &proxy, Some(&facts))
+                    .map(|v| v.as_bytes().to_vec()),
+                i(inferred),
+                "{code}"
+            );
+        }
     }
 }

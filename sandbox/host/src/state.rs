@@ -34,6 +34,7 @@ pub(crate) struct Shared {
     pub vm_restarts: AtomicU64,
     pub unimplemented_calls: AtomicU64,
     pub unimplemented_imports: Mutex<BTreeSet<String>>,
+    pub property_misses: AtomicU64,
 }
 
 impl Shared {
@@ -49,6 +50,7 @@ impl Shared {
             vm_restarts: AtomicU64::new(0),
             unimplemented_calls: AtomicU64::new(0),
             unimplemented_imports: Mutex::default(),
+            property_misses: AtomicU64::new(0),
         }
     }
 
@@ -158,11 +160,12 @@ pub(crate) struct VmState {
     pub shared: std::sync::Arc<Shared>,
     pub vm: usize,
     pub memory: Option<Memory>,
-    pub malloc: Option<TypedFunc<u32, u32>>,
+    /// `proxy_on_memory_allocate` (or `malloc`); shared so a host call can call it cheaply.
+    pub malloc: Option<std::sync::Arc<TypedFunc<u32, u32>>>,
     pub root_id: u32,
     /// The context whose callback is running (`proxy_set_effective_context` may change it).
     pub current: u32,
-    pub contexts: HashMap<u32, HttpContext>,
+    pub contexts: rustc_hash::FxHashMap<u32, HttpContext>,
     pub grpc: GrpcState,
     pub deliver: Deliver,
     pub tick: tokio::sync::watch::Sender<Duration>,

@@ -83,7 +83,7 @@ impl Vm {
         }
         let data = store.data_mut();
         data.memory = Some(memory);
-        data.malloc = malloc;
+        data.malloc = malloc.map(Arc::new);
         data.root_id = ROOT_CONTEXT;
         data.current = ROOT_CONTEXT;
         macro_rules! export {

@@ -4,13 +4,15 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
 use fledge_sandbox_host::{FilterHost, HostConfig, HostError};
 
 #[tokio::test]
 async fn header_rule_routes_to_v2_and_clears_the_route_cache() {
-    let host = FilterHost::start(HostConfig::new(filter_wasm(), client_config(0, 60_000)))
+    // Reports (and the metric counts, added on each tick) every 100 ms.
+    let host = FilterHost::start(HostConfig::new(filter_wasm(), client_config(0, 100)))
         .await
         .unwrap();
     let cases: [(&[(&str, &str)], &str); 4] = [
@@ -42,19 +44,22 @@ async fn header_rule_routes_to_v2_and_clears_the_route_cache() {
     drop(handle);
     let stats = host.stats();
     assert_eq!(stats.open_contexts, 0);
-    assert_eq!(
-        stats.metrics.get("fledge_filter_requests_recorded"),
-        Some(&8)
-    );
     assert_eq!(stats.unimplemented_calls, 0);
     assert_eq!((stats.requests, stats.traps, stats.vm_restarts), (9, 0, 0));
-    assert_eq!(stats.metrics.get("fledge_filter_requests_routed"), Some(&8));
+    // The filter counts per request and hands the counts to the host's metrics on its tick.
+    let counted = eventually(Duration::from_secs(5), || {
+        let metrics = host.stats().metrics;
+        metrics.get("fledge_filter_requests_recorded") == Some(&8)
+            && metrics.get("fledge_filter_requests_routed") == Some(&8)
+    })
+    .await;
+    assert!(counted, "metrics: {:?}", host.stats().metrics);
     host.shutdown().await;
 }
 
 #[tokio::test]
 async fn sticky_split_keeps_each_user_on_one_version() {
-    let host = FilterHost::start(HostConfig::new(filter_wasm(), client_config(3000, 60_000)))
+    let host = FilterHost::start(HostConfig::new(filter_wasm(), client_config(3000, 100)))
         .await
         .unwrap();
     let mut first: HashMap<String, String> = HashMap::new();
@@ -69,15 +74,15 @@ async fn sticky_split_keeps_each_user_on_one_version() {
         }
     }
     // Handles dropped without on_log end their contexts without recording anything.
-    let stats = host.stats();
-    assert_eq!(stats.open_contexts, 0);
+    assert_eq!(host.stats().open_contexts, 0);
+    let counted = eventually(Duration::from_secs(5), || {
+        host.stats().metrics.get("fledge_filter_requests_routed") == Some(&1200)
+    })
+    .await;
+    assert!(counted, "metrics: {:?}", host.stats().metrics);
     assert_eq!(
-        stats.metrics.get("fledge_filter_requests_recorded"),
+        host.stats().metrics.get("fledge_filter_requests_recorded"),
         Some(&0)
-    );
-    assert_eq!(
-        stats.metrics.get("fledge_filter_requests_routed"),
-        Some(&1200)
     );
     let canary = first.values().filter(|v| *v == "v2").count();
     // 30 % of 400 users: binomial sd ≈ 9, so 80..160 holds with overwhelming probability.

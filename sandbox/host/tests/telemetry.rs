@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fledge_proto::v1::{HostRoute, RoutingTable, Split, filter_message};
-use fledge_sandbox_host::{FilterHost, HostConfig, NodeInfo};
+use fledge_sandbox_host::{FilterHost, HostConfig, LogInfo, NodeInfo};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 
@@ -233,6 +233,63 @@ async fn agent_down_loses_no_request_and_totals_are_exact_after_restart() {
     );
     tokio::time::sleep(Duration::from_millis(3 * REPORT_MS)).await;
     assert_eq!(reported_total(&agent), expected, "no request counted twice");
+    host.shutdown().await;
+    server.stop(&agent).await;
+}
+
+/// Envoy answers `response.grpc_status` for every request (200 without a `grpc-status` is
+/// Unknown), so the filter must count gRPC errors only for gRPC requests: plain HTTP 200s are not
+/// failures, while a gRPC request's `grpc-status`, or the status inferred from its HTTP code, is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_errors_count_only_for_grpc_requests() {
+    let agent = Agent::default();
+    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let host = FilterHost::start(host_config(server.addr, 0))
+        .await
+        .unwrap();
+    // (content-type, HTTP status, grpc-status, how many)
+    let cases: [(&str, u16, Option<i32>, u64); 5] = [
+        ("text/html", 200, None, 40),
+        ("text/html", 404, None, 3),
+        ("application/grpc", 200, Some(0), 20),
+        ("application/grpc+proto", 200, Some(14), 5),
+        ("application/grpc", 503, None, 2),
+    ];
+    for (content_type, status, grpc_status, n) in cases {
+        for _ in 0..n {
+            let (version, mut handle) = route(&host, &[("content-type", content_type)]);
+            assert_eq!(version.as_deref(), Some("v1"));
+            let mut response = vec![(":status".to_string(), status.to_string())];
+            handle.on_response_headers(&mut response);
+            handle.on_log(LogInfo {
+                duration: Duration::from_millis(2),
+                response_code: Some(status),
+                response_flags: 0,
+                grpc_status,
+                cluster_name: format!("outbound|9080|v1|{REVIEWS}"),
+            });
+        }
+    }
+    let total: u64 = cases.iter().map(|c| c.3).sum();
+    assert!(
+        eventually(Duration::from_secs(10), || reported_total(&agent) == total).await,
+        "reports did not arrive"
+    );
+    let sums = {
+        let seen = agent.seen.lock().unwrap();
+        let series: Vec<_> = seen.reports().into_iter().flat_map(|r| &r.series).collect();
+        let sum =
+            |f: fn(&fledge_proto::v1::Series) -> u64| series.iter().map(|s| f(s)).sum::<u64>();
+        [
+            sum(|s| s.grpc_errors),
+            sum(|s| s.errors_5xx),
+            sum(|s| s.errors_4xx),
+            sum(|s| s.failures),
+        ]
+    };
+    // [gRPC errors, 5xx, 4xx, failures]: 5 with grpc-status 14 and 2 inferred Unavailable from
+    // 503; none of the plain HTTP ones, whose 200s Envoy would call Unknown.
+    assert_eq!(sums, [7, 2, 3, 7]);
     host.shutdown().await;
     server.stop(&agent).await;
 }

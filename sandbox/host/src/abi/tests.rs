@@ -17,7 +17,10 @@ fn pairs_round_trip_in_the_abi_layout() {
     expected.extend_from_slice(b":path\0/a\0x-user-id\0\0");
     assert_eq!(bytes, expected);
     assert_eq!(bytes.len(), map_serialized_size(&headers));
-    assert_eq!(decode_pairs(&bytes), Some(headers));
+    assert_eq!(decode_pairs(&bytes), Some(headers.clone()));
+    let mut direct = vec![0xaa; map_serialized_size(&headers)];
+    encode_pairs_into(&headers, &mut direct);
+    assert_eq!(direct, bytes);
 }
 
 #[test]

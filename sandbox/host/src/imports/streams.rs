@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::{Call, Ctx, bytes, copy_out, status, text, write_u32};
+use super::{Call, Ctx, bytes, copy_out, guest, status, text, write_u32};
 use crate::abi::{self, Status};
 use crate::grpc;
 
@@ -19,12 +19,10 @@ pub(super) fn call_foreign_function(
     ptr_ptr: u32,
     size_ptr: u32,
 ) -> u32 {
-    let name = match bytes(&c, np, nl) {
-        Ok(name) => name,
+    match guest(&c, np, nl) {
+        Ok(b"clear_route_cache") => {}
+        Ok(_) => return Status::NotFound.code(),
         Err(e) => return e.code(),
-    };
-    if name != b"clear_route_cache" {
-        return Status::NotFound.code();
     }
     if let Some(http) = c.data_mut().http() {
         http.route_cache_cleared = true;
