@@ -52,11 +52,10 @@ pub(crate) fn lookup(
     proxy: &ProxyFacts,
     request: Option<&RequestFacts>,
 ) -> Option<Value> {
-    let path = std::str::from_utf8(path).ok()?;
     let mut tokens = [""; MAX_TOKENS];
     let mut count = 0;
-    for token in path.split('\0') {
-        *tokens.get_mut(count)? = token;
+    for token in path.split(|&b| b == 0) {
+        *tokens.get_mut(count)? = std::str::from_utf8(token).ok()?;
         count += 1;
     }
     let tokens = tokens.get(..count)?;
