@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent with rollouts and VirtualServices kept as YAML files in a folder (no cluster).
     Local(LocalArgs),
+    /// Print the Rollout CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
     /// Simulate canary steps through the analysis: false-rollback rate and detection time.
     Simulate(SimulateArgs),
     /// Measure the agent's own speed.

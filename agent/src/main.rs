@@ -38,6 +38,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Crd => {
+            print!("{}", fledge_agent::rollout::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Simulate(args) => simulate(args),
         Command::Bench {
             what: BenchCommand::Ingest { reports, requests },

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use kube::CustomResourceExt;
+use serde::Deserialize;
 
 use super::plan::{End, Plan, StageKind};
 use super::*;
@@ -206,6 +207,48 @@ fn misspelt_fields_are_refused_when_read() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("untilAnalysisPass"), "{err}");
+}
+
+/// `manifests/crd.yaml` is what `fledge-agent crd` prints today.
+#[test]
+fn the_committed_crd_manifest_is_current() {
+    let path = examples_dir().join("../crd.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    assert!(
+        committed == crd_yaml(),
+        "{path:?} is stale: regenerate it with `cargo run -p fledge-agent -- crd > manifests/crd.yaml`"
+    );
+}
+
+/// Every example Rollout is accepted by the CRD's own schema, as the API server would check it
+/// on `kubectl apply` (not only by the agent's parser).
+#[test]
+fn every_example_passes_the_crd_schema() {
+    let crd = serde_json::to_value(Rollout::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let validator = jsonschema::validator_for(schema).expect("a usable schema");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc).unwrap();
+            if value["kind"] != "Rollout" {
+                continue;
+            }
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{path:?}: {errors:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} example Rollouts found");
+    // The schema is not a rubber stamp: a misspelt strategy field is refused.
+    let mut bad = serde_json::to_value(example("canary.yaml")).unwrap();
+    bad["spec"]["strategy"]["canary"]["steps"] = serde_json::json!("all at once");
+    assert!(!validator.is_valid(&bad));
 }
 
 #[test]

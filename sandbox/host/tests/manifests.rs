@@ -1,0 +1,80 @@
+//! The install manifest `manifests/wasmplugin.yaml` works as shipped: every WasmPlugin in it is
+//! valid against Istio's own WasmPlugin CRD schema (`/work/shared/istio/crds.gen.yaml`), and the
+//! real filter module, loaded in the host, accepts its `pluginConfig` (Istio hands it to the
+//! filter as JSON). A manifest the filter would refuse would leave every sidecar unfiltered.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::filter_wasm;
+use fledge_sandbox_host::{FilterHost, HostConfig, HostError};
+use serde::Deserialize;
+use serde_json::Value;
+
+const ISTIO_CRDS: &str = "/work/shared/istio/crds.gen.yaml";
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+        .collect()
+}
+
+fn wasmplugin_schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(ISTIO_CRDS).unwrap_or_else(|e| panic!("{ISTIO_CRDS}: {e}"));
+    let crd = yaml_documents(&text)
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "wasmplugins.extensions.istio.io")
+        .expect("the WasmPlugin CRD");
+    let version = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "v1alpha1")
+        .expect("version v1alpha1")
+        .clone();
+    jsonschema::validator_for(&version["schema"]["openAPIV3Schema"]).expect("a usable schema")
+}
+
+#[tokio::test]
+async fn every_wasmplugin_in_the_install_manifest_is_valid_and_accepted_by_the_filter() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/wasmplugin.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    let plugins: Vec<Value> = yaml_documents(&text)
+        .into_iter()
+        .filter(|d| d["kind"] == "WasmPlugin")
+        .collect();
+    assert!(
+        plugins.len() >= 2,
+        "{path:?}: {} WasmPlugins",
+        plugins.len()
+    );
+    let schema = wasmplugin_schema();
+    for plugin in &plugins {
+        let name = plugin["metadata"]["name"].as_str().unwrap_or("?");
+        let errors: Vec<String> = schema.iter_errors(plugin).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        let config = serde_json::to_string(&plugin["spec"]["pluginConfig"]).unwrap();
+        let host = FilterHost::start(HostConfig::new(filter_wasm(), config))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: the filter refused its pluginConfig: {e}"));
+        host.shutdown().await;
+    }
+    // The check can fail: the same manifest with a misspelt field is refused by the filter, and a
+    // bad phase by Istio's schema.
+    let mut misspelt = plugins[0]["spec"]["pluginConfig"].clone();
+    misspelt["report_intervall_ms"] = Value::from(1000);
+    let refused = FilterHost::start(HostConfig::new(
+        filter_wasm(),
+        serde_json::to_string(&misspelt).unwrap(),
+    ))
+    .await;
+    assert!(
+        matches!(&refused, Err(HostError::Refused { log, .. }) if log.contains("report_intervall_ms")),
+        "{:?}",
+        refused.err()
+    );
+    let mut bad_phase = plugins[0].clone();
+    bad_phase["spec"]["phase"] = Value::from("SOMEWHERE");
+    assert!(!schema.is_valid(&bad_phase));
+}
