@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 use crate::store::LocalStore;
 use crate::telemetry::{Hub, Store, TelemetryService};
 
+/// How long a stopping agent's telemetry server may take to close its connections.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Telemetry kept for reading: long enough for the longest step a person would analyse.
 const RETENTION_SECS: i64 = 30 * 60;
 const MAX_SERIES: usize = 4096;
@@ -81,11 +84,14 @@ impl LocalAgent {
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone()).into_server();
         let api = router(Arc::new(controller.clone()), metrics.clone());
 
+        let closed = hub.closed();
         let tasks = vec![
             tokio::spawn(async move {
+                // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
+                // so no filter stays attached to a stopped agent.
                 let served = tonic::transport::Server::builder()
                     .add_service(service)
-                    .serve_with_incoming(TcpListenerStream::new(grpc))
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), closed)
                     .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "telemetry server stopped");
@@ -108,10 +114,30 @@ impl LocalAgent {
         })
     }
 
-    /// Stops serving and reconciling (as a killed process would: nothing is flushed).
+    /// Stops serving and reconciling (as a killed process would: nothing is flushed). Filter
+    /// streams end with UNAVAILABLE and their connections close; the telemetry server gets
+    /// [`STOP_GRACE`] to let them go before it is aborted too.
     pub fn stop(self) {
-        for task in self.tasks {
+        self.hub.close();
+        let mut tasks = self.tasks.into_iter();
+        let grpc = tasks.next();
+        for task in tasks {
             task.abort();
+        }
+        let Some(grpc) = grpc else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let abort = grpc.abort_handle();
+                runtime.spawn(async move {
+                    if tokio::time::timeout(STOP_GRACE, grpc).await.is_err() {
+                        abort.abort();
+                    }
+                });
+            }
+            // Outside a runtime there is nothing to wait with: end it now.
+            Err(_) => grpc.abort(),
         }
     }
 

@@ -20,6 +20,9 @@ use super::store::{Side, Store};
 use super::validate::{Rejection, validate};
 use crate::metrics::Metrics;
 
+/// What a filter's stream ends with when the agent stops.
+const STOPPING: &str = "the agent is stopping";
+
 /// Reports whose window ends further than this from the agent's clock are refused.
 pub const DEFAULT_MAX_SKEW_MS: i64 = 120_000;
 
@@ -56,6 +59,9 @@ impl Telemetry for TelemetryService {
         &self,
         request: Request<Streaming<FilterMessage>>,
     ) -> Result<Response<AgentStream>, Status> {
+        if self.hub.is_closed() {
+            return Err(Status::unavailable(STOPPING));
+        }
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(self.clone().session(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -76,11 +82,18 @@ impl TelemetryService {
     ) {
         self.metrics.streams_connected.inc();
         let mut tables = self.hub.subscribe();
+        let closed = self.hub.closed();
+        tokio::pin!(closed);
+        let mut stopping = false;
         let mut id: Option<u64> = None;
         let mut side = Side::Client;
         let mut held = 0u64;
         let closing = loop {
             tokio::select! {
+                () = &mut closed => {
+                    stopping = true;
+                    break None;
+                }
                 message = inbound.message() => match message {
                     Ok(Some(FilterMessage { msg: Some(filter_message::Msg::Hello(hello)) })) => {
                         if id.is_none() {
@@ -129,6 +142,9 @@ impl TelemetryService {
                 }
             }
         };
+        if stopping {
+            let _ = tx.send(Err(Status::unavailable(STOPPING))).await;
+        }
         if let Some(rejection) = closing {
             self.metrics.rejected(rejection.reason);
             tracing::warn!(stream = ?id, reason = rejection.reason, "rejected a report: {}", rejection.message);

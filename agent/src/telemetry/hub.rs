@@ -47,6 +47,8 @@ struct State {
 pub struct Hub {
     state: Mutex<State>,
     table: watch::Sender<Arc<v1::RoutingTable>>,
+    /// Set once by [`Hub::close`]: every stream ends and no new one is served.
+    closing: watch::Sender<bool>,
 }
 
 fn now_ms() -> u64 {
@@ -68,7 +70,27 @@ impl Hub {
                 ..State::default()
             }),
             table,
+            closing: watch::channel(false).0,
         })
+    }
+
+    /// Ends every filter stream (they see UNAVAILABLE and reconnect elsewhere or later) and
+    /// refuses new ones: for an agent that stops.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Resolves once [`Hub::close`] was called (at once if it already was).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            // An error means the hub is gone, which also ends everything.
+            let _ = closing.wait_for(|closed| *closed).await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
