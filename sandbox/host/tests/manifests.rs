@@ -54,6 +54,22 @@ async fn every_wasmplugin_in_the_install_manifest_is_valid_and_accepted_by_the_f
         let name = plugin["metadata"]["name"].as_str().unwrap_or("?");
         let errors: Vec<String> = schema.iter_errors(plugin).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{name}: {errors:?}");
+        // Each plugin declares its role: the agent keeps caller-side and callee-side series apart
+        // by the role a stream declares, and one CLIENT_AND_SERVER plugin with `role: auto` may
+        // share a root context (and so a stream) between both directions in Envoy.
+        let role = plugin["spec"]["pluginConfig"]["role"]
+            .as_str()
+            .unwrap_or("auto");
+        let modes: Vec<&str> = plugin["spec"]["match"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|m| m["mode"].as_str()).collect())
+            .unwrap_or_default();
+        let expected = match modes.as_slice() {
+            ["SERVER"] => "server",
+            ["CLIENT"] | [] => "client",
+            other => panic!("{name}: match modes {other:?}: one direction per plugin"),
+        };
+        assert_eq!(role, expected, "{name}: role for match {modes:?}");
         let config = serde_json::to_string(&plugin["spec"]["pluginConfig"]).unwrap();
         let host = FilterHost::start(HostConfig::new(filter_wasm(), config))
             .await
