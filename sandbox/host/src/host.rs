@@ -92,8 +92,11 @@ impl FilterHost {
     }
 
     /// Runs `proxy_on_request_headers` on the next VM with `headers` (pseudo headers first) and
-    /// leaves the plugin's edits in them. Never fails the request: on a trap the headers stay as
-    /// they were, and the VM is recreated.
+    /// leaves the plugin's edits in them. The headers move into the request's context (where the
+    /// plugin reads and edits them, and later callbacks still find them) and are copied back
+    /// once. Never fails the request: on a trap the headers come back as the plugin left them
+    /// (Envoy's plugins edit the live header map, so edits made before a trap stay there too),
+    /// and the VM is recreated.
     pub fn on_request_headers(&self, headers: &mut Vec<(String, String)>) -> RequestHandle {
         let inner = &self.inner;
         inner.shared.requests.fetch_add(1, Ordering::Relaxed);
@@ -110,10 +113,10 @@ impl FilterHost {
         let Some(vm) = slot.vm.as_mut() else {
             return handle;
         };
-        match vm.request_headers(headers.clone()) {
-            Ok(context) => {
+        let (context, result) = vm.request_headers(headers);
+        match result {
+            Ok(()) => {
                 if let Some(http) = vm.context(context) {
-                    headers.clone_from(&http.request_headers);
                     handle.route_cache_cleared = http.route_cache_cleared;
                     handle.context = context;
                 }
@@ -320,12 +323,8 @@ impl RequestHandle {
             self.context = 0;
             return;
         };
-        match vm.response_headers(self.context, headers.clone()) {
-            Ok(()) => {
-                if let Some(http) = vm.context(self.context) {
-                    headers.clone_from(&http.response_headers);
-                }
-            }
+        match vm.response_headers(self.context, headers) {
+            Ok(()) => {}
             Err(e) => {
                 self.context = 0;
                 inner.trapped(&mut slot, self.vm, "proxy_on_response_headers", &e);

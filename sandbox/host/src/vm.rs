@@ -157,11 +157,39 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Creates a request context holding `headers` and runs `proxy_on_request_headers`.
+    /// Creates a request context, moves `headers` into it and runs `proxy_on_request_headers`;
+    /// `headers` then holds what the plugin left (the context keeps its copy for later
+    /// callbacks). After a trap they come back as the plugin left them, without a copy.
     pub(crate) fn request_headers(
         &mut self,
-        headers: Vec<(String, String)>,
-    ) -> wasmtime::Result<u32> {
+        headers: &mut Vec<(String, String)>,
+    ) -> (u32, wasmtime::Result<()>) {
+        let context = self.next_context;
+        let result = self.run_request_headers(std::mem::take(headers));
+        self.give_back(context, headers, result.is_ok(), |h| &mut h.request_headers);
+        (context, result)
+    }
+
+    /// Hands a context's header map back to the caller: a copy when the context lives on, the
+    /// map itself after a trap (the VM is about to go).
+    fn give_back(
+        &mut self,
+        context: u32,
+        headers: &mut Vec<(String, String)>,
+        lives_on: bool,
+        map: impl FnOnce(&mut HttpContext) -> &mut Vec<(String, String)>,
+    ) {
+        if let Some(http) = self.store.data_mut().contexts.get_mut(&context) {
+            let held = map(http);
+            if lives_on {
+                headers.clone_from(held);
+            } else {
+                *headers = std::mem::take(held);
+            }
+        }
+    }
+
+    fn run_request_headers(&mut self, headers: Vec<(String, String)>) -> wasmtime::Result<()> {
         let context = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
         let count = headers.len() as u32;
@@ -189,7 +217,7 @@ impl Vm {
             &self.on.request_headers,
             (context, count, 0),
         )?;
-        Ok(context)
+        Ok(())
     }
 
     pub(crate) fn open_contexts(&self) -> usize {
@@ -200,25 +228,31 @@ impl Vm {
         self.store.data().contexts.get(&context)
     }
 
-    /// Runs `proxy_on_response_headers` on `headers`; they are left in the context.
+    /// Runs `proxy_on_response_headers` on `headers` (moved into the context, handed back as
+    /// the plugin left them, as for request headers). A context that is gone leaves them as
+    /// they are.
     pub(crate) fn response_headers(
         &mut self,
         context: u32,
-        headers: Vec<(String, String)>,
+        headers: &mut Vec<(String, String)>,
     ) -> wasmtime::Result<()> {
         let count = headers.len() as u32;
         let state = self.store.data_mut();
         let Some(http) = state.contexts.get_mut(&context) else {
             return Ok(());
         };
-        http.response_headers = headers;
+        http.response_headers = std::mem::take(headers);
         state.current = context;
-        call(
+        let result = call(
             &mut self.store,
             &self.on.response_headers,
             (context, count, 0),
         )
-        .map(drop)
+        .map(drop);
+        self.give_back(context, headers, result.is_ok(), |h| {
+            &mut h.response_headers
+        });
+        result
     }
 
     /// Ends a request context in the ABI's order: `proxy_on_done`, `proxy_on_log` (when the
