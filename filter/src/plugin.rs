@@ -7,7 +7,8 @@
 //! tick) and shares the parsed state with per-request contexts through an `Rc`. A request context
 //! keeps only what it decided until `on_log`. Nothing here pauses or fails a request: every host
 //! call's error is absorbed, and host calls go through `hostcalls` (which return `Result`)
-//! rather than the trait helpers (which unwrap).
+//! rather than the trait helpers (which unwrap), or, for the property and header reads every
+//! request makes, through `reads` (the ABI directly, without per-call allocations).
 
 use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, RandomState};

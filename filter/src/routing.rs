@@ -155,14 +155,10 @@ impl Table {
         })
     }
 
-    /// The route for a destination host (lower case, no port). An exact match wins; otherwise a
-    /// short name such as `reviews` or `reviews.shop` matches the first route whose host extends
-    /// it at a dot (`reviews.shop.svc.cluster.local`), as the mesh's DNS search path would.
-    pub fn route_for(&self, host: &str) -> Option<&Route> {
-        self.routes.get(self.route_index(host)?)
-    }
-
-    /// [`Table::route_for`]'s route, as an index into `routes`.
+    /// Which route (an index into `routes`) serves a destination host (lower case, no port). An
+    /// exact match wins; otherwise a short name such as `reviews` or `reviews.shop` matches the
+    /// first route whose host extends it at a dot (`reviews.shop.svc.cluster.local`), as the
+    /// mesh's DNS search path would.
     pub fn route_index(&self, host: &str) -> Option<usize> {
         if host.is_empty() {
             return None;
@@ -176,16 +172,19 @@ impl Table {
         })
     }
 
-    /// Picks the version for a request to `host`; `None` when the host has no route (the request
-    /// passes untouched). `rng` is drawn from only when the split needs a key the request lacks.
+    /// Picks the version for a request to `host`, with the index of the route that decided (so
+    /// a caller can keep `(index, cause)` instead of copies of the strings); `None` when the host
+    /// has no route (the request passes untouched). `rng` is drawn from only when the split needs
+    /// a key the request lacks.
     pub fn decide<R: Request + ?Sized>(
         &self,
         host: &str,
         request: &R,
         rng: &mut Rng,
-    ) -> Option<Decision<'_>> {
-        let route = self.route_for(host)?;
-        Some(route.decide(request, rng))
+    ) -> Option<(usize, Decision<'_>)> {
+        let index = self.route_index(host)?;
+        let route = self.routes.get(index)?;
+        Some((index, route.decide(request, rng)))
     }
 }
 

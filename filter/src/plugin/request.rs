@@ -66,13 +66,10 @@ impl Request {
         let Ok(mut rng) = shared.rng.try_borrow_mut() else {
             return;
         };
-        let Some(index) = table.route_index(&destination.host) else {
+        let Some((index, decision)) = table.decide(&destination.host, &RequestHeaders, &mut rng)
+        else {
             return;
         };
-        let Some(route) = table.routes.get(index) else {
-            return;
-        };
-        let decision = route.decide(&RequestHeaders, &mut rng);
         let header = decision.route.version_header.as_str();
         let _ = hostcalls::set_map_value_bytes(
             MapType::HttpRequestHeaders,

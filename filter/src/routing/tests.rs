@@ -147,12 +147,11 @@ fn rules_cookies_and_split_decide_in_order() {
     ];
     let mut rng = Rng::new(7);
     for (host, headers, version, cause) in cases {
-        let d = table.decide(host, headers.as_slice(), &mut rng).unwrap();
+        let (index, d) = table.decide(host, headers.as_slice(), &mut rng).unwrap();
         assert_eq!((d.version, d.cause), (version, cause), "{host} {headers:?}");
         // The cause alone tells the version again (the filter keeps only the cause till on_log),
         // and the route's index leads back to the same route.
         assert_eq!(d.route.version(d.cause), version, "{host}");
-        let index = table.route_index(host).unwrap();
         assert_eq!(table.routes.get(index), Some(d.route), "{host}");
     }
 }
@@ -181,9 +180,9 @@ fn routes_name_the_header_to_replace() {
     let table = table();
     let mut rng = Rng::new(1);
     let none: [(&str, &str); 0] = [];
-    let reviews = table.decide("reviews", &none[..], &mut rng).unwrap();
+    let (_, reviews) = table.decide("reviews", &none[..], &mut rng).unwrap();
     assert_eq!(reviews.route.version_header, "x-fledge-version");
-    let ratings = table
+    let (_, ratings) = table
         .decide("ratings.shop.svc.cluster.local", &none[..], &mut rng)
         .unwrap();
     assert_eq!(ratings.route.version_header, "x-ratings-version");
@@ -200,6 +199,7 @@ fn a_missing_key_draws_a_random_bucket() {
             table
                 .decide("reviews", &no_key[..], &mut rng)
                 .unwrap()
+                .1
                 .cause
                 == Cause::Canary
         })
@@ -209,7 +209,13 @@ fn a_missing_key_draws_a_random_bucket() {
     // An empty key is no key.
     let empty: [(&str, &str); 1] = [("x-user-id", "")];
     let causes: HashSet<_> = (0..200)
-        .map(|_| table.decide("reviews", &empty[..], &mut rng).unwrap().cause)
+        .map(|_| {
+            table
+                .decide("reviews", &empty[..], &mut rng)
+                .unwrap()
+                .1
+                .cause
+        })
         .collect();
     assert_eq!(causes, HashSet::from([Cause::Canary, Cause::Stable]));
 }
