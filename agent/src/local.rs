@@ -52,7 +52,10 @@ pub struct LocalAgent {
     pub http_addr: SocketAddr,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The telemetry gRPC server.
+    grpc: JoinHandle<()>,
+    /// The HTTP API and the reconcile loop.
+    others: Vec<JoinHandle<()>>,
 }
 
 impl LocalAgent {
@@ -85,18 +88,18 @@ impl LocalAgent {
         let api = router(Arc::new(controller.clone()), metrics.clone());
 
         let closed = hub.closed();
-        let tasks = vec![
-            tokio::spawn(async move {
-                // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
-                // so no filter stays attached to a stopped agent.
-                let served = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), closed)
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "telemetry server stopped");
-                }
-            }),
+        let grpc = tokio::spawn(async move {
+            // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
+            // so no filter stays attached to a stopped agent.
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), closed)
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "telemetry server stopped");
+            }
+        });
+        let others = vec![
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(http, api).await {
                     tracing::error!(error = %e, "HTTP API stopped");
@@ -110,7 +113,8 @@ impl LocalAgent {
             http_addr,
             hub,
             metrics,
-            tasks,
+            grpc,
+            others,
         })
     }
 
@@ -119,14 +123,10 @@ impl LocalAgent {
     /// [`STOP_GRACE`] to let them go before it is aborted too.
     pub fn stop(self) {
         self.hub.close();
-        let mut tasks = self.tasks.into_iter();
-        let grpc = tasks.next();
-        for task in tasks {
+        for task in self.others {
             task.abort();
         }
-        let Some(grpc) = grpc else {
-            return;
-        };
+        let grpc = self.grpc;
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let abort = grpc.abort_handle();
@@ -141,11 +141,9 @@ impl LocalAgent {
         }
     }
 
-    /// Waits until one of the servers stops (they run until the process ends).
-    pub async fn wait(mut self) {
-        if let Some(first) = self.tasks.first_mut() {
-            let _ = first.await;
-        }
+    /// Waits until the telemetry server stops (it runs until the process ends or `stop`).
+    pub async fn wait(self) {
+        let _ = self.grpc.await;
     }
 }
 
