@@ -13,6 +13,7 @@
 //! the applied one", which is what the real server does when the agent is the only manager of
 //! status fields (it is: people write the spec).
 
+mod answers;
 mod checks;
 mod handlers;
 
