@@ -1,7 +1,8 @@
 //! The install manifest `manifests/wasmplugin.yaml` works as shipped: every WasmPlugin in it is
 //! valid against Istio's own WasmPlugin CRD schema (`/work/shared/istio/crds.gen.yaml`), and the
 //! real filter module, loaded in the host, accepts its `pluginConfig` (Istio hands it to the
-//! filter as JSON). A manifest the filter would refuse would leave every sidecar unfiltered.
+//! filter as JSON). A manifest the filter would refuse would leave every sidecar unfiltered. Each
+//! kind of listener (a sidecar's outbound and inbound, the ingress gateway) runs exactly one.
 
 mod common;
 
@@ -36,6 +37,78 @@ fn wasmplugin_schema() -> jsonschema::Validator {
     jsonschema::validator_for(&version["schema"]["openAPIV3Schema"]).expect("a usable schema")
 }
 
+/// Where Istio puts a WasmPlugin: a sidecar's outbound and inbound listeners, and a gateway's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Direction {
+    Outbound,
+    Inbound,
+    Gateway,
+}
+
+/// The listeners the install must cover, each with its workload's labels.
+const LISTENERS: &[(&str, &[(&str, &str)], Direction)] = &[
+    (
+        "a sidecar's outbound",
+        &[("app", "reviews")],
+        Direction::Outbound,
+    ),
+    (
+        "a sidecar's inbound",
+        &[("app", "reviews")],
+        Direction::Inbound,
+    ),
+    (
+        "the ingress gateway",
+        &[("istio", "ingressgateway")],
+        Direction::Gateway,
+    ),
+];
+
+/// Whether Istio applies `plugin` (installed in the root namespace) to a listener: its selector
+/// matches the workload's labels (no selector: every workload), and one of its `match` modes
+/// selects the direction (none: all). CLIENT also selects gateways (Istio's WorkloadMode).
+fn applies(plugin: &Value, labels: &[(&str, &str)], direction: Direction) -> bool {
+    let selected = match plugin["spec"]["selector"]["matchLabels"].as_object() {
+        None => true,
+        Some(wanted) => wanted.iter().all(|(k, v)| {
+            labels
+                .iter()
+                .any(|(label, value)| label == k && v.as_str() == Some(value))
+        }),
+    };
+    let modes: Vec<&str> = match plugin["spec"]["match"].as_array() {
+        None => vec![],
+        Some(m) => m
+            .iter()
+            .map(|m| m["mode"].as_str().unwrap_or("UNDEFINED"))
+            .collect(),
+    };
+    let mode_selects = |mode: &str| match mode {
+        "UNDEFINED" | "CLIENT_AND_SERVER" => true,
+        "CLIENT" => direction != Direction::Inbound,
+        "SERVER" => direction == Direction::Inbound,
+        other => panic!("unknown match mode {other}"),
+    };
+    selected && (modes.is_empty() || modes.into_iter().any(mode_selects))
+}
+
+#[test]
+fn the_listener_coverage_check_can_fail() {
+    let plugin = |selector: Value, modes: Value| serde_json::json!({"spec": {"selector": selector, "match": modes}});
+    let gateway_only = plugin(
+        serde_json::json!({"matchLabels": {"istio": "ingressgateway"}}),
+        Value::Null,
+    );
+    let client = plugin(Value::Null, serde_json::json!([{"mode": "CLIENT"}]));
+    let gateway = LISTENERS[2].1;
+    let sidecar = LISTENERS[0].1;
+    // The layout this manifest used to ship: a gateway plugin beside a mesh-wide CLIENT one.
+    assert!(applies(&gateway_only, gateway, Direction::Gateway));
+    assert!(applies(&client, gateway, Direction::Gateway));
+    assert!(!applies(&gateway_only, sidecar, Direction::Outbound));
+    assert!(!applies(&client, sidecar, Direction::Inbound));
+}
+
 #[tokio::test]
 async fn every_wasmplugin_in_the_install_manifest_is_valid_and_accepted_by_the_filter() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/wasmplugin.yaml");
@@ -49,6 +122,16 @@ async fn every_wasmplugin_in_the_install_manifest_is_valid_and_accepted_by_the_f
         "{path:?}: {} WasmPlugins",
         plugins.len()
     );
+    // Every kind of listener runs the filter exactly once: twice would route and count each
+    // request twice, never would leave that traffic unmeasured.
+    for (listener, labels, direction) in LISTENERS {
+        let applying: Vec<&str> = plugins
+            .iter()
+            .filter(|p| applies(p, labels, *direction))
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or("?"))
+            .collect();
+        assert_eq!(applying.len(), 1, "{listener}: plugins {applying:?}");
+    }
     let schema = wasmplugin_schema();
     for plugin in &plugins {
         let name = plugin["metadata"]["name"].as_str().unwrap_or("?");
