@@ -166,7 +166,10 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
     );
     let cluster = format!("outbound|{}||{host}", grpc["port"]);
     let plugins = docs_of_kind("wasmplugin.yaml", "WasmPlugin");
-    assert!(plugins.len() >= 3);
+    assert!(
+        !plugins.is_empty(),
+        "no WasmPlugin in manifests/wasmplugin.yaml"
+    );
     for plugin in plugins {
         let agent = &plugin["spec"]["pluginConfig"]["agent"];
         assert_eq!(
