@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent with rollouts and VirtualServices kept as YAML files in a folder (no cluster).
     Local(LocalArgs),
+    /// Run the agent in a Kubernetes cluster: Rollouts, VirtualServices and Events through the
+    /// API server (in-cluster ServiceAccount, else KUBECONFIG).
+    Kube(KubeArgs),
     /// Print the Rollout CustomResourceDefinition (YAML) for `kubectl apply -f -`.
     Crd,
     /// Simulate canary steps through the analysis: false-rollback rate and detection time.
@@ -83,6 +86,22 @@ pub struct LocalArgs {
     /// Address of the HTTP API, health and metrics.
     #[arg(long, env = "FLEDGE_HTTP_ADDR", default_value = "127.0.0.1:9091")]
     pub http: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// Reconcile the Rollouts of this namespace only (default: every namespace).
+    #[arg(long, env = "FLEDGE_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Address of the telemetry gRPC server the filters connect to.
+    #[arg(long, env = "FLEDGE_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    pub grpc: std::net::SocketAddr,
+    /// Address of the HTTP API, health, readiness and metrics.
+    #[arg(long, env = "FLEDGE_HTTP_ADDR", default_value = "0.0.0.0:9091")]
+    pub http: std::net::SocketAddr,
+    /// This agent's name in the Events it records (set from the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,8 +1,8 @@
 //! The reconcile loop: every tick, for every Rollout in the store, judge the current step from
 //! the merged telemetry, run the state machine with the people's commands, carry out its actions
-//! (VirtualService write, routing-table push, events), and persist the status. It holds no
-//! policy: the machine decides, `routes` builds, the store writes. Also the HTTP API's view of
-//! the rollouts (`ControlPlane`).
+//! (VirtualService write, routing-table push, events recorded through the store), and persist
+//! the status. It holds no policy: the machine decides, `routes` builds, the store writes. Also
+//! the HTTP API's view of the rollouts (`ControlPlane`).
 //!
 //! A routing write that fails leaves the status unpersisted, so the next tick tries the same
 //! transition again, after a backoff that doubles per failure (1 s … 30 s).
@@ -19,7 +19,7 @@ use crate::http::{ApiError, ControlPlane, UserCommand};
 use crate::metrics::Metrics;
 use crate::rollout::{self, Action, EventKind, Rollout, RoutingIntent};
 use crate::routes;
-use crate::store::{ObjectKey, RolloutStore};
+use crate::store::{ObjectKey, RolloutEvent, RolloutStore};
 use crate::telemetry::{Hub, Store as Telemetry};
 
 pub use judge::{Arms, Judge, SETTLE_SECS, outcome};
@@ -222,6 +222,19 @@ impl<S: RolloutStore + 'static> Controller<S> {
                     EventKind::Warning => {
                         tracing::warn!(reason = event.reason, phase = %status.phase, step = ?status.current_step, weight = status.canary_weight, evidence, "{}", event.message)
                     }
+                }
+                let note = match evidence {
+                    "" => event.message.clone(),
+                    e => format!("{} ({e})", event.message),
+                };
+                let recorded = RolloutEvent {
+                    kind: event.kind,
+                    reason: event.reason,
+                    action: status.phase.to_string(),
+                    note,
+                };
+                if let Err(e) = self.store.record_event(&rollout, &recorded).await {
+                    tracing::warn!(error = %e, reason = event.reason, "cannot record event");
                 }
             }
         }

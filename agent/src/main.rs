@@ -38,6 +38,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Kube(args) => {
+            let scope = match args.namespace {
+                Some(ns) => fledge_agent::store::Scope::Namespace(ns),
+                None => fledge_agent::store::Scope::AllNamespaces,
+            };
+            let options = fledge_agent::cluster::Options {
+                scope,
+                grpc: args.grpc,
+                http: args.http,
+                tick: std::time::Duration::from_secs(1),
+                instance: args.pod_name,
+            };
+            fledge_agent::cluster::start(options).await?.wait().await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd => {
             print!("{}", fledge_agent::rollout::crd_yaml());
             Ok(ExitCode::SUCCESS)

@@ -1,17 +1,19 @@
 //! Where Rollouts and VirtualServices live: the [`RolloutStore`] trait the reconcile loop talks
-//! to, and its local implementation (`local`), a folder of YAML files for the embedded default.
-//! A Kubernetes implementation (Rollouts as custom resources with a status subresource,
-//! VirtualServices through the API server) implements the same trait.
+//! to, its local implementation (`local`), a folder of YAML files for the embedded default, and
+//! its Kubernetes implementation (`kube`): Rollouts as custom resources with a status
+//! subresource, VirtualServices and Events through the API server.
 //!
 //! The trait speaks of objects only — no paths, files or API calls — so the loop cannot tell the
 //! two apart. What it is not: it decides nothing; what to write comes from `rollout` and `routes`.
 
 use serde_json::Value;
 
-use crate::rollout::{Rollout, RolloutStatus};
+use crate::rollout::{EventKind, Rollout, RolloutStatus};
 
+mod kube;
 mod local;
 
+pub use self::kube::{FIELD_MANAGER, KubeStore, Scope};
 pub use local::LocalStore;
 
 /// A namespaced object's name.
@@ -80,6 +82,19 @@ pub enum Error {
         first: String,
         second: String,
     },
+    /// An API server call that failed; `why` says what it means and what to do about it.
+    #[error("cannot {action} {kind} {key}: {why}")]
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        key: String,
+        why: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The Rollouts have not been listed yet since the agent started.
+    #[error("Rollouts not listed yet: {0}")]
+    NotSynced(String),
     #[error("cannot {action} {at}: {source}")]
     Io {
         action: &'static str,
@@ -101,6 +116,19 @@ pub struct Listing {
     pub problems: Vec<Error>,
 }
 
+/// A decision of the rollout worth telling a person about, as the reconcile loop hands it to the
+/// store (Kubernetes Events, or the local store's event log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolloutEvent {
+    pub kind: EventKind,
+    /// A short CamelCase token: `Started`, `StepAdvanced`, `RolledBack`, …
+    pub reason: &'static str,
+    /// The phase the decision moved the rollout to (`Progressing`, `RolledBack`, …).
+    pub action: String,
+    /// What happened and why, for a person, with the analysis's evidence when there was one.
+    pub note: String,
+}
+
 /// Rollouts and the VirtualServices they manage.
 pub trait RolloutStore: Send + Sync {
     /// Every Rollout with its last persisted status.
@@ -119,6 +147,14 @@ pub trait RolloutStore: Send + Sync {
 
     /// Replaces the VirtualService named by `vs.metadata` with `vs`, whole or not at all.
     fn write_virtual_service(&self, vs: &Value) -> impl Future<Output = Result<()>> + Send;
+
+    /// Records a decision about `rollout` where people look for them. Failing to record one
+    /// never undoes the decision; the caller logs the error.
+    fn record_event(
+        &self,
+        rollout: &Rollout,
+        event: &RolloutEvent,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 #[cfg(test)]

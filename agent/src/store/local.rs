@@ -9,6 +9,11 @@
 //!   old file or the new one, never a half. Other documents in the same file are kept as values
 //!   (YAML comments in that file are not).
 //!
+//! - Events (the decisions a cluster would show as Kubernetes Events) are appended, one JSON
+//!   object a line, to `DIR/status/<namespace>_<name>.events.jsonl`, so `tail -f` shows what the
+//!   rollout decided and why. Only decisions are logged, so the file grows by a few lines per
+//!   step, not per tick.
+//!
 //! Other kinds in the folder (DestinationRules, …) are left alone.
 
 use std::collections::BTreeMap;
@@ -20,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Error, Listing, ObjectKey, Result, RolloutStore};
-use crate::rollout::{Rollout, RolloutStatus};
+use super::{Error, Listing, ObjectKey, Result, RolloutEvent, RolloutStore};
+use crate::rollout::{EventKind, Rollout, RolloutStatus};
 
 const ROLLOUT_API: &str = "fledge.dev/v1alpha1";
 
@@ -67,6 +72,46 @@ impl LocalStore {
         self.dir
             .join("status")
             .join(format!("{}_{}.yaml", key.namespace, key.name))
+    }
+
+    /// Where a Rollout's events are appended.
+    pub fn events_path(&self, key: &ObjectKey) -> PathBuf {
+        self.dir
+            .join("status")
+            .join(format!("{}_{}.events.jsonl", key.namespace, key.name))
+    }
+
+    /// Appends one event line (`at`, `type`, `reason`, `action`, `note`, `generation`).
+    pub fn append_event(&self, rollout: &Rollout, event: &RolloutEvent) -> Result<()> {
+        let key = ObjectKey::of(rollout);
+        let path = self.events_path(&key);
+        let kind = match event.kind {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        };
+        let line = serde_json::json!({
+            "at": jiff::Timestamp::now(),
+            "type": kind,
+            "reason": event.reason,
+            "action": event.action,
+            "note": event.note,
+            "generation": rollout.metadata.generation,
+        });
+        let io = |action, at: &Path| {
+            let at = at.display().to_string();
+            move |source| Error::Io { action, at, source }
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io("create", dir))?;
+        }
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        // One write per line, so concurrent readers never see half a line.
+        file.write_all(format!("{line}\n").as_bytes())
+            .map_err(io("append to", &path))
     }
 
     /// Every document of every YAML file, files in name order; unreadable files as problems.
@@ -299,6 +344,14 @@ impl RolloutStore for LocalStore {
 
     fn write_virtual_service(&self, vs: &Value) -> impl Future<Output = Result<()>> + Send {
         std::future::ready(self.replace_virtual_service(vs))
+    }
+
+    fn record_event(
+        &self,
+        rollout: &Rollout,
+        event: &RolloutEvent,
+    ) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(self.append_event(rollout, event))
     }
 }
 

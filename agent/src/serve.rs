@@ -1,0 +1,146 @@
+//! The running agent over any [`RolloutStore`]: binds the telemetry gRPC and HTTP listeners,
+//! then runs the telemetry server (tonic), the HTTP API (axum) and the reconcile loop as tasks.
+//! `local` runs it over a folder of YAML files, `cluster` over the Kubernetes API.
+//!
+//! What it is not: it reads no settings and decides nothing; the store, controller and routes do.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::controller::Controller;
+use crate::http::router;
+use crate::metrics::Metrics;
+use crate::store::RolloutStore;
+use crate::telemetry::{Hub, Store, TelemetryService};
+
+/// How long a stopping agent's telemetry server may take to close its connections.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Telemetry kept for reading: long enough for the longest step a person would analyse.
+const RETENTION_SECS: i64 = 30 * 60;
+const MAX_SERIES: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for {what}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub what: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Where to listen and how often to reconcile.
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    /// The telemetry gRPC server the filters connect to.
+    pub grpc: SocketAddr,
+    /// The HTTP API, health, readiness and metrics.
+    pub http: SocketAddr,
+    /// Time between reconcile ticks.
+    pub tick: Duration,
+}
+
+/// A running agent. Dropping it leaves it running; `stop` ends it.
+pub struct Agent {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// The telemetry gRPC server.
+    grpc: JoinHandle<()>,
+    /// The HTTP API and the reconcile loop.
+    others: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Binds both listeners (port 0 picks a free one) and starts serving `store`.
+    pub async fn serve<S: RolloutStore + 'static>(
+        store: S,
+        listen: Listen,
+    ) -> Result<Self, BindError> {
+        let bind = |addr, what| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, what, source })
+        };
+        let grpc = bind(listen.grpc, "telemetry (gRPC)").await?;
+        let http = bind(listen.http, "the HTTP API").await?;
+        let (grpc_addr, http_addr) = (
+            local_addr(&grpc, listen.grpc),
+            local_addr(&http, listen.http),
+        );
+
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new();
+        let telemetry = Arc::new(Mutex::new(Store::new(RETENTION_SECS, MAX_SERIES)));
+        let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
+        let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone()).into_server();
+        let api = router(Arc::new(controller.clone()), metrics.clone());
+
+        let closed = hub.closed();
+        let grpc = tokio::spawn(async move {
+            // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
+            // so no filter stays attached to a stopped agent.
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), closed)
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "telemetry server stopped");
+            }
+        });
+        let others = vec![
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(http, api).await {
+                    tracing::error!(error = %e, "HTTP API stopped");
+                }
+            }),
+            tokio::spawn(controller.run(listen.tick)),
+        ];
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            hub,
+            metrics,
+            grpc,
+            others,
+        })
+    }
+
+    /// Stops serving and reconciling (as a killed process would: nothing is flushed). Filter
+    /// streams end with UNAVAILABLE and their connections close; the telemetry server gets
+    /// [`STOP_GRACE`] to let them go before it is aborted too.
+    pub fn stop(self) {
+        self.hub.close();
+        for task in self.others {
+            task.abort();
+        }
+        let grpc = self.grpc;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let abort = grpc.abort_handle();
+                runtime.spawn(async move {
+                    if tokio::time::timeout(STOP_GRACE, grpc).await.is_err() {
+                        abort.abort();
+                    }
+                });
+            }
+            // Outside a runtime there is nothing to wait with: end it now.
+            Err(_) => grpc.abort(),
+        }
+    }
+
+    /// Waits until the telemetry server stops (it runs until the process ends or `stop`).
+    pub async fn wait(self) {
+        let _ = self.grpc.await;
+    }
+}
+
+fn local_addr(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(asked)
+}

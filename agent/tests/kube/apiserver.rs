@@ -1,0 +1,314 @@
+//! A stand-in for the Kubernetes API server (axum over real HTTP), serving exactly the calls the
+//! agent's Kubernetes store makes, and checking each one as the real server would: method, path,
+//! query, content type and body. Rollouts (status subresource) are checked against our own CRD
+//! schema, VirtualServices against Istio's (/work/shared/istio/crds.gen.yaml), Events against
+//! the events.k8s.io/v1 validation rules. Objects get uids, resourceVersions from one counter,
+//! generations bumped on spec changes only; a replace at a stale resourceVersion gets 409;
+//! absent objects 404; watches stream real watch events (`{"type":…,"object":…}` lines).
+//!
+//! Any call it does not expect, or that breaks a rule, is refused with the status the real server
+//! would give (or 400) and recorded in `violations()`, which every test asserts empty.
+//!
+//! Simplification, said plainly: server-side apply of the status is taken as "the status becomes
+//! the applied one", which is what the real server does when the agent is the only manager of
+//! status fields (it is: people write the spec).
+
+mod answers;
+mod checks;
+mod handlers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+pub const CRDS: &str = "/work/shared/istio/crds.gen.yaml";
+
+/// What RBAC would check for one call.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Access {
+    pub verb: String,
+    pub group: String,
+    /// `resource` or `resource/subresource`.
+    pub resource: String,
+}
+
+impl Access {
+    pub fn new(verb: &str, group: &str, resource: &str) -> Self {
+        Self {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+        }
+    }
+}
+
+type Key = (String, String);
+type Edit = Box<dyn FnOnce(&mut Value) + Send>;
+
+#[derive(Default)]
+pub struct World {
+    revision: u64,
+    uids: u64,
+    pub rollouts: BTreeMap<Key, Value>,
+    pub virtual_services: BTreeMap<Key, Value>,
+    pub events: BTreeMap<Key, Value>,
+    /// Every change to a Rollout, for watches: (resourceVersion, type, object).
+    rollout_log: Vec<(u64, &'static str, Value)>,
+    accesses: BTreeSet<Access>,
+    calls: Vec<String>,
+    violations: Vec<String>,
+    /// Applied to a VirtualService right after the agent has read it: someone else's edit.
+    edit_after_read: BTreeMap<Key, Edit>,
+    /// Calls refused with 403, as a ServiceAccount without the permission would be.
+    forbidden: BTreeSet<Access>,
+    /// Rollout calls answered 404, as without the CRD.
+    pub crd_missing: bool,
+}
+
+impl World {
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn stamp_new(&mut self, object: &mut Value) {
+        self.uids += 1;
+        let rv = self.next_revision();
+        let meta = &mut object["metadata"];
+        meta["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", self.uids));
+        meta["resourceVersion"] = json!(rv.to_string());
+        meta["generation"] = json!(1);
+        meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+
+    /// Stores `object` as the next version of `old`: same uid, next resourceVersion, the
+    /// generation bumped when the spec changed.
+    fn stamp_update(&mut self, old: &Value, object: &mut Value) {
+        let rv = self.next_revision();
+        let generation = old["metadata"]["generation"].as_i64().unwrap_or(1)
+            + i64::from(old["spec"] != object["spec"]);
+        let meta = &mut object["metadata"];
+        for field in ["uid", "creationTimestamp"] {
+            meta[field] = old["metadata"][field].clone();
+        }
+        meta["resourceVersion"] = json!(rv.to_string());
+        meta["generation"] = json!(generation);
+    }
+
+    fn log_rollout(&mut self, kind: &'static str, object: &Value) {
+        let rv = self.revision;
+        self.rollout_log.push((rv, kind, object.clone()));
+    }
+
+    pub fn violation(&mut self, message: String) {
+        eprintln!("stand-in API server: {message}");
+        self.violations.push(message);
+    }
+}
+
+/// The stand-in, listening on 127.0.0.1.
+pub struct ApiServer {
+    pub url: String,
+    world: Arc<Mutex<World>>,
+    changed: watch::Sender<u64>,
+    lists_open: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+pub struct Shared {
+    pub world: Arc<Mutex<World>>,
+    pub changed: watch::Sender<u64>,
+    /// While false, the watcher's lists of Rollouts wait (a slow API server).
+    pub lists_open: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ApiServer {
+    pub async fn start() -> Self {
+        let world = Arc::new(Mutex::new(World::default()));
+        let (changed, _) = watch::channel(0);
+        let (lists_open, _) = watch::channel(true);
+        let shared = Shared {
+            world: world.clone(),
+            changed: changed.clone(),
+            lists_open: lists_open.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(handlers::handle)
+            .with_state(shared);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            url,
+            world,
+            changed,
+            lists_open,
+            task,
+        }
+    }
+
+    /// A kube client pointed at the stand-in.
+    pub fn client(&self) -> kube::Client {
+        let config = kube::Config::new(self.url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates or updates a Rollout's spec, as `kubectl apply` would; the status is kept.
+    pub fn apply_rollout(&self, mut object: Value) {
+        let errors = checks::rollout_errors(&object);
+        assert!(
+            errors.is_empty(),
+            "a test Rollout the API server would refuse: {errors:?}"
+        );
+        let key = key_of(&object);
+        let mut world = self.lock();
+        let kind = match world.rollouts.get(&key).cloned() {
+            Some(old) => {
+                object["status"] = old["status"].clone();
+                if object["status"].is_null() {
+                    object.as_object_mut().unwrap().remove("status");
+                }
+                world.stamp_update(&old, &mut object);
+                "MODIFIED"
+            }
+            None => {
+                world.stamp_new(&mut object);
+                "ADDED"
+            }
+        };
+        world.log_rollout(kind, &object);
+        world.rollouts.insert(key, object);
+        let rv = world.revision;
+        drop(world);
+        self.changed.send_replace(rv);
+    }
+
+    pub fn create_virtual_service(&self, mut object: Value) {
+        let errors = checks::virtual_service_errors(&object);
+        assert!(
+            errors.is_empty(),
+            "a test VirtualService Istio would refuse: {errors:?}"
+        );
+        let mut world = self.lock();
+        world.stamp_new(&mut object);
+        world.virtual_services.insert(key_of(&object), object);
+    }
+
+    pub fn rollout(&self, ns: &str, name: &str) -> Option<Value> {
+        self.lock().rollouts.get(&(ns.into(), name.into())).cloned()
+    }
+
+    pub fn virtual_service(&self, ns: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .virtual_services
+            .get(&(ns.into(), name.into()))
+            .cloned()
+    }
+
+    /// Every Event, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let mut events: Vec<Value> = self.lock().events.values().cloned().collect();
+        events.sort_by_key(|e| e["eventTime"].as_str().unwrap_or_default().to_owned());
+        events
+    }
+
+    /// Someone else edits the VirtualService right after the agent's next read of it.
+    pub fn edit_after_next_read(
+        &self,
+        ns: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value) + Send + 'static,
+    ) {
+        self.lock()
+            .edit_after_read
+            .insert((ns.into(), name.into()), Box::new(edit));
+    }
+
+    /// Answers every Rollout call with 404 from now on, as a cluster without the CRD.
+    pub fn uninstall_crd(&self) {
+        self.lock().crd_missing = true;
+    }
+
+    /// Holds (false) or lets through (true) the watcher's lists of Rollouts.
+    pub fn open_lists(&self, open: bool) {
+        self.lists_open.send_replace(open);
+    }
+
+    /// Refuses `access` with 403 from now on.
+    pub fn forbid(&self, access: Access) {
+        self.lock().forbidden.insert(access);
+    }
+
+    pub fn accesses(&self) -> BTreeSet<Access> {
+        self.lock().accesses.clone()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+}
+
+pub fn key_of(object: &Value) -> Key {
+    let m = &object["metadata"];
+    (
+        m["namespace"].as_str().unwrap_or("default").to_owned(),
+        m["name"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The `openAPIV3Schema` of VirtualService `networking.istio.io/v1`, compiled once.
+pub fn istio_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(CRDS).unwrap_or_else(|e| panic!("{CRDS}: {e}"));
+        let crd = serde_norway::Deserializer::from_str(&text)
+            .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+            .find(|d| d["metadata"]["name"] == "virtualservices.networking.istio.io")
+            .expect("the VirtualService CRD");
+        let v1 = crd["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "v1")
+            .expect("version v1")
+            .clone();
+        jsonschema::validator_for(&v1["schema"]["openAPIV3Schema"]).expect("a usable schema")
+    })
+}
+
+/// The `openAPIV3Schema` of our own Rollout CRD, compiled once.
+pub fn rollout_schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(fledge_agent::rollout::Rollout::crd()).unwrap();
+        jsonschema::validator_for(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+            .expect("a usable schema")
+    })
+}

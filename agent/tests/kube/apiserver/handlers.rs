@@ -1,0 +1,363 @@
+//! The stand-in's one handler: recognises each call the Kubernetes store makes by method and
+//! path, checks it (`checks`), and answers as the API server would.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::answers::{
+    apply_body_errors, apply_status, create_event, get_virtual_service, list, patch_event,
+    replace_virtual_service, stream,
+};
+use super::checks::query_errors;
+use super::{Access, Shared};
+
+const ROLLOUTS: &[&str] = &["apis", "fledge.dev", "v1alpha1"];
+const ISTIO: &[&str] = &["apis", "networking.istio.io", "v1"];
+const EVENTS: &[&str] = &["apis", "events.k8s.io", "v1"];
+
+/// One call the Kubernetes store makes.
+#[derive(Debug)]
+enum Call {
+    ListRollouts { ns: Option<String> },
+    WatchRollouts { ns: Option<String> },
+    ApplyStatus { ns: String, name: String },
+    GetVirtualService { ns: String, name: String },
+    ReplaceVirtualService { ns: String, name: String },
+    CreateEvent { ns: String },
+    PatchEvent { ns: String, name: String },
+}
+
+impl Call {
+    fn recognise(method: &Method, path: &[&str], watch: bool) -> Option<Self> {
+        let s = |i: usize| path[i].to_owned();
+        let under = |prefix: &[&str]| path.len() > prefix.len() && path.starts_with(prefix);
+        let rest = |prefix: &[&str]| path[prefix.len()..].to_vec();
+        if under(ROLLOUTS) {
+            let r = rest(ROLLOUTS);
+            return match (method.as_str(), r.as_slice()) {
+                ("GET", ["rollouts"]) if watch => Some(Self::WatchRollouts { ns: None }),
+                ("GET", ["rollouts"]) => Some(Self::ListRollouts { ns: None }),
+                ("GET", ["namespaces", ns, "rollouts"]) if watch => Some(Self::WatchRollouts {
+                    ns: Some(ns.to_string()),
+                }),
+                ("GET", ["namespaces", ns, "rollouts"]) => Some(Self::ListRollouts {
+                    ns: Some(ns.to_string()),
+                }),
+                ("PATCH", ["namespaces", _, "rollouts", _, "status"]) => Some(Self::ApplyStatus {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                _ => None,
+            };
+        }
+        if under(ISTIO) {
+            return match (method.as_str(), rest(ISTIO).as_slice()) {
+                ("GET", ["namespaces", _, "virtualservices", _]) => Some(Self::GetVirtualService {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                ("PUT", ["namespaces", _, "virtualservices", _]) => {
+                    Some(Self::ReplaceVirtualService {
+                        ns: s(4),
+                        name: s(6),
+                    })
+                }
+                _ => None,
+            };
+        }
+        if under(EVENTS) {
+            return match (method.as_str(), rest(EVENTS).as_slice()) {
+                ("POST", ["namespaces", _, "events"]) => Some(Self::CreateEvent { ns: s(4) }),
+                ("PATCH", ["namespaces", _, "events", _]) => Some(Self::PatchEvent {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                _ => None,
+            };
+        }
+        None
+    }
+
+    fn access(&self) -> Access {
+        match self {
+            Self::ListRollouts { .. } => Access::new("list", "fledge.dev", "rollouts"),
+            Self::WatchRollouts { .. } => Access::new("watch", "fledge.dev", "rollouts"),
+            Self::ApplyStatus { .. } => Access::new("patch", "fledge.dev", "rollouts/status"),
+            Self::GetVirtualService { .. } => {
+                Access::new("get", "networking.istio.io", "virtualservices")
+            }
+            Self::ReplaceVirtualService { .. } => {
+                Access::new("update", "networking.istio.io", "virtualservices")
+            }
+            Self::CreateEvent { .. } => Access::new("create", "events.k8s.io", "events"),
+            Self::PatchEvent { .. } => Access::new("patch", "events.k8s.io", "events"),
+        }
+    }
+
+    /// The content type the body must have, or None for no body.
+    fn content_type(&self) -> Option<&'static str> {
+        match self {
+            Self::ListRollouts { .. } | Self::WatchRollouts { .. } => None,
+            Self::GetVirtualService { .. } => None,
+            Self::ApplyStatus { .. } => Some("application/apply-patch+yaml"),
+            Self::ReplaceVirtualService { .. } | Self::CreateEvent { .. } => {
+                Some("application/json")
+            }
+            Self::PatchEvent { .. } => Some("application/merge-patch+json"),
+        }
+    }
+}
+
+pub async fn handle(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+    let query = uri.query().map(query_pairs).unwrap_or_default();
+    shared.lock().calls.push(format!("{method} {uri}"));
+    let watch = query.get("watch").is_some_and(|w| w == "true");
+    let Some(call) = Call::recognise(&method, &path, watch) else {
+        return refuse(
+            &shared,
+            StatusCode::NOT_FOUND,
+            format!("unexpected call {method} {uri}"),
+        );
+    };
+    let access = call.access();
+    let rollouts = matches!(
+        call,
+        Call::ListRollouts { .. } | Call::WatchRollouts { .. } | Call::ApplyStatus { .. }
+    );
+    if rollouts && shared.lock().crd_missing {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        );
+    }
+    {
+        let mut world = shared.lock();
+        world.accesses.insert(access.clone());
+        if world.forbidden.contains(&access) {
+            drop(world);
+            return status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{} is forbidden: User \"system:serviceaccount:fledge-system:fledge-agent\" cannot {} resource \"{}\" in API group \"{}\"",
+                    access.resource, access.verb, access.resource, access.group
+                ),
+            );
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    match call.content_type() {
+        None if !body.is_empty() => {
+            return refuse(
+                &shared,
+                StatusCode::BAD_REQUEST,
+                format!("{method} {uri} has a body"),
+            );
+        }
+        Some(want) if content_type != want => {
+            return refuse(
+                &shared,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{method} {uri}: content-type {content_type:?}, expected {want}"),
+            );
+        }
+        _ => {}
+    }
+    let body: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return refuse(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    format!("{method} {uri}: body is not JSON: {e}"),
+                );
+            }
+        }
+    };
+    let wrong = |errors: Vec<String>| format!("{method} {uri}: {}", errors.join("; "));
+    match call {
+        Call::ListRollouts { ns } => {
+            let errors = if query.contains_key("resourceVersion") {
+                query_errors(
+                    &query,
+                    &[
+                        ("limit", None),
+                        ("resourceVersion", Some("0")),
+                        ("resourceVersionMatch", Some("NotOlderThan")),
+                    ],
+                )
+            } else {
+                query_errors(&query, &[("limit", None)])
+            };
+            let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
+            if !errors.is_empty() || limit.is_none_or(|l| l == 0) {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            // The store's first check lists one object; the watcher lists pages.
+            if limit != Some(1) {
+                let mut open = shared.lists_open.subscribe();
+                let _ = open.wait_for(|open| *open).await;
+            }
+            list(&shared, ns.as_deref(), limit.unwrap_or(500))
+        }
+        Call::WatchRollouts { ns } => {
+            let errors = query_errors(
+                &query,
+                &[
+                    ("watch", Some("true")),
+                    ("resourceVersion", None),
+                    ("allowWatchBookmarks", Some("true")),
+                    ("timeoutSeconds", None),
+                ],
+            );
+            let from = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse::<u64>().ok());
+            let timeout = query
+                .get("timeoutSeconds")
+                .and_then(|v| v.parse::<u64>().ok());
+            match (errors.is_empty(), from, timeout) {
+                (true, Some(from), Some(timeout)) => {
+                    stream(shared, ns, from, Duration::from_secs(timeout))
+                }
+                _ => refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors)),
+            }
+        }
+        Call::ApplyStatus { ns, name } => {
+            let mut errors = query_errors(
+                &query,
+                &[
+                    ("fieldManager", Some("fledge-agent")),
+                    ("force", Some("true")),
+                ],
+            );
+            errors.extend(apply_body_errors(&body, &name));
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            apply_status(&shared, (ns, name), &body, &wrong)
+        }
+        Call::GetVirtualService { ns, name } => {
+            if !query.is_empty() {
+                return refuse(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    wrong(vec!["a query".into()]),
+                );
+            }
+            get_virtual_service(&shared, (ns, name))
+        }
+        Call::ReplaceVirtualService { ns, name } => {
+            let errors = query_errors(&query, &[("fieldManager", Some("fledge-agent"))]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            replace_virtual_service(&shared, (ns, name), body, &wrong)
+        }
+        Call::CreateEvent { ns } => {
+            let errors = query_errors(&query, &[]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            create_event(&shared, ns, body, &wrong)
+        }
+        Call::PatchEvent { ns, name } => {
+            let errors = query_errors(&query, &[]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            patch_event(&shared, (ns, name), &body, &wrong)
+        }
+    }
+}
+
+fn query_pairs(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Percent-decoding, enough for the names and values the store sends.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `Status` answer, as the API server sends for failures.
+pub(super) fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+/// Refuses a call that breaks a rule, and records it as a violation.
+pub(super) fn refuse(shared: &Shared, code: StatusCode, message: String) -> Response {
+    shared.lock().violation(message.clone());
+    let reason = match code {
+        StatusCode::UNPROCESSABLE_ENTITY => "Invalid",
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        _ => "BadRequest",
+    };
+    status(code, reason, message)
+}
+
+pub(super) fn not_found(resource: &str, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{resource} \"{name}\" not found"),
+    )
+}

@@ -1,0 +1,195 @@
+//! manifests/agent.yaml works as shipped: every document parses, the Deployment's args are a
+//! valid `fledge-agent kube` command line whose listen ports are the container's ports, the
+//! Service and the probes point at those ports, the pod runs as non-root on a read-only root
+//! file system, and the WasmPlugins' agent cluster names this Service. The ClusterRole's rules
+//! are checked against the calls the store makes in tests/kube (`the_cluster_role_…`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use fledge_agent::config::{Cli, Command};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn docs(name: &str) -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_norway::Deserializer::from_str(&text)
+        .enumerate()
+        .map(|(i, d)| {
+            Value::deserialize(d).unwrap_or_else(|e| panic!("{name} document {}: {e}", i + 1))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} expected");
+    found[0]
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("{v} is not a string"))
+}
+
+#[test]
+fn the_agent_manifest_matches_the_cli_and_its_service() {
+    let docs = docs("agent.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| text(&d["kind"])).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "Deployment"
+        ]
+    );
+    let ns = text(&one(&docs, "Namespace")["metadata"]["name"]);
+    assert_eq!(ns, "fledge-system");
+    for d in &docs {
+        let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"];
+        if !cluster_scoped.contains(&text(&d["kind"])) {
+            assert_eq!(d["metadata"]["namespace"], ns, "{}", d["kind"]);
+        }
+    }
+
+    // The binding gives the role to the pod's ServiceAccount.
+    let account = one(&docs, "ServiceAccount");
+    let binding = one(&docs, "ClusterRoleBinding");
+    let role = one(&docs, "ClusterRole");
+    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+    assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["namespace"], ns);
+
+    // One agent, replaced rather than rolled: all telemetry must reach one agent.
+    let deployment = one(&docs, "Deployment");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 1);
+    assert_eq!(spec["strategy"]["type"], "Recreate");
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+    let labels = &spec["template"]["metadata"]["labels"];
+    for (k, v) in spec["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the Deployment's selector matches its pods");
+    }
+    let [container] = pod["containers"].as_array().unwrap().as_slice() else {
+        panic!("one container expected")
+    };
+    assert_eq!(container["image"], "ghcr.io/fledge-dev/fledge-agent:0.1.0");
+
+    // The args are a `fledge-agent kube` command line; its ports are the container's.
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    let cli = Cli::try_parse_from(std::iter::once("fledge-agent").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("args {args:?}: {e}"));
+    let Command::Kube(kube) = cli.command else {
+        panic!("args {args:?} do not run `kube`")
+    };
+    assert_eq!(kube.namespace, None, "a ClusterRole: every namespace");
+    assert!(kube.grpc.ip().is_unspecified() && kube.http.ip().is_unspecified());
+    let ports: BTreeMap<&str, u64> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (text(&p["name"]), p["containerPort"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([
+            ("grpc", u64::from(kube.grpc.port())),
+            ("http", u64::from(kube.http.port()))
+        ])
+    );
+    let env: Vec<&Value> = container["env"].as_array().unwrap().iter().collect();
+    assert!(
+        env.iter().any(|e| e["name"] == "POD_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
+        "Events name the pod"
+    );
+
+    // Probes on the HTTP API's health and readiness.
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(get["port"], "http", "{probe}");
+    }
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert!(security["runAsNonRoot"] == true || pod["securityContext"]["runAsNonRoot"] == true);
+
+    // The Service selects the pods and exposes the two ports by name.
+    let service = one(&docs, "Service");
+    for (k, v) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the Service selects the agent's pods");
+    }
+    let by_target: BTreeMap<&str, &Value> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (text(&p["targetPort"]), p))
+        .collect();
+    assert_eq!(
+        by_target.keys().copied().collect::<Vec<_>>(),
+        ["grpc", "http"]
+    );
+    let grpc = by_target["grpc"];
+    assert_eq!(grpc["port"].as_u64(), Some(ports["grpc"]));
+    assert_eq!(grpc["appProtocol"], "grpc");
+    assert!(
+        text(&grpc["name"]).starts_with("grpc-"),
+        "Istio reads the protocol from the name"
+    );
+    assert_eq!(by_target["http"]["port"].as_u64(), Some(ports["http"]));
+    assert!(text(&by_target["http"]["name"]).starts_with("http"));
+
+    // Every WasmPlugin sends its telemetry to this Service's gRPC port.
+    let host = format!(
+        "{}.{ns}.svc.cluster.local",
+        text(&service["metadata"]["name"])
+    );
+    let cluster = format!("outbound|{}||{host}", grpc["port"]);
+    let plugins = docs_of_kind("wasmplugin.yaml", "WasmPlugin");
+    assert!(
+        !plugins.is_empty(),
+        "no WasmPlugin in manifests/wasmplugin.yaml"
+    );
+    for plugin in plugins {
+        let agent = &plugin["spec"]["pluginConfig"]["agent"];
+        assert_eq!(
+            agent["cluster"],
+            cluster.as_str(),
+            "{}",
+            plugin["metadata"]["name"]
+        );
+        assert_eq!(
+            agent["authority"],
+            host.as_str(),
+            "{}",
+            plugin["metadata"]["name"]
+        );
+    }
+}
+
+fn docs_of_kind(file: &str, kind: &str) -> Vec<Value> {
+    docs(file)
+        .into_iter()
+        .filter(|d| d["kind"] == kind)
+        .collect()
+}
