@@ -56,6 +56,69 @@ pub struct BenchConfig {
     pub rounds: usize,
     /// VMs per host (requests go round robin, as in the mesh).
     pub workers: usize,
+    /// The request headers each request carries.
+    pub headers: HeaderSet,
+}
+
+/// Which request headers each benchmark request carries (the response and log are the same).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeaderSet {
+    /// The five the sandbox mesh sends: four pseudo headers and the sticky user id.
+    #[default]
+    Mesh,
+    /// Fifteen, as a browser's request through a mesh carries them: the same five plus
+    /// user agent, accept headers, a 300-byte cookie, request id and B3 tracing headers.
+    Realistic,
+}
+
+impl HeaderSet {
+    /// The headers of request number `i` (the user id cycles over 997 users).
+    fn request(self, i: usize) -> Vec<(String, String)> {
+        let mut headers = vec![
+            (":authority", "reviews.shop.svc.cluster.local".to_string()),
+            (":path", "/reviews/1".to_string()),
+            (":method", "GET".to_string()),
+            (":scheme", "http".to_string()),
+        ];
+        if self == HeaderSet::Realistic {
+            let cookie = format!(
+                "_ga=GA1.2.{:010}.1700000000; theme=dark; lang=en-GB; cart={:032x}; \
+                 consent=analytics%3Dtrue%26ads%3Dfalse; session={:064x}; \
+                 prefs=eyJ2aWV3IjoibGlzdCIsInNvcnQiOiJwcmljZSIsInBhZ2UiOjEyfQ",
+                i,
+                i * 7919,
+                i * 104_729
+            );
+            headers.extend([
+                (
+                    "user-agent",
+                    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                     Chrome/124.0 Safari/537.36"
+                        .to_string(),
+                ),
+                (
+                    "accept",
+                    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".to_string(),
+                ),
+                ("accept-encoding", "gzip, deflate, br".to_string()),
+                ("accept-language", "en-GB,en;q=0.9".to_string()),
+                ("cookie", cookie),
+                ("x-forwarded-proto", "https".to_string()),
+                (
+                    "x-request-id",
+                    format!("{i:08x}-5f3c-4b7a-9d2e-6a1b0c9d8e7f"),
+                ),
+                ("x-b3-traceid", format!("{:032x}", i * 31)),
+                ("x-b3-spanid", format!("{:016x}", i * 17)),
+                ("x-b3-sampled", "1".to_string()),
+            ]);
+        }
+        headers.push(("x-user-id", format!("user-{}", i % 997)));
+        headers
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
 }
 
 impl BenchConfig {
@@ -67,6 +130,7 @@ impl BenchConfig {
             requests: 200_000,
             rounds: 10,
             workers: 2,
+            headers: HeaderSet::Mesh,
         })
     }
 }
@@ -117,12 +181,15 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let rounds = config.rounds.max(1);
     let per_round = (config.requests / rounds).max(1);
     // Warm both (first-touch memory, branch predictors) before measuring.
-    requests(&filter, per_round.min(1000));
-    requests(&minimal, per_round.min(1000));
+    let headers = config.headers;
+    requests(&filter, &mut batch(per_round.min(1000), headers));
+    requests(&minimal, &mut batch(per_round.min(1000), headers));
     let (mut filter_rounds, mut minimal_rounds) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        filter_rounds.push(per_request(requests(&filter, per_round), per_round));
-        minimal_rounds.push(per_request(requests(&minimal, per_round), per_round));
+        let elapsed = requests(&filter, &mut batch(per_round, headers));
+        filter_rounds.push(per_request(elapsed, per_round));
+        let elapsed = requests(&minimal, &mut batch(per_round, headers));
+        minimal_rounds.push(per_request(elapsed, per_round));
         // Let the tick tasks run between rounds, as a proxy's event loop would.
         tokio::task::yield_now().await;
     }
@@ -163,31 +230,34 @@ pub async fn profile(config: &BenchConfig, module: Module, requests: usize) -> R
     })
     .await?;
     let n = requests.max(1);
-    let elapsed = self::requests(&host, n);
+    let elapsed = self::requests(&host, &mut batch(n, config.headers));
     host.shutdown().await;
     Ok(per_request(elapsed, n))
 }
 
-/// Runs `n` requests through `host` as the mesh does and returns the time the host calls took
-/// (the request headers are built before the clock starts).
-fn requests(host: &FilterHost, n: usize) -> Duration {
-    let mut batch: Vec<Vec<(String, String)>> = (0..n)
-        .map(|i| {
-            vec![
-                (
-                    ":authority".to_string(),
-                    "reviews.shop.svc.cluster.local".to_string(),
-                ),
-                (":path".to_string(), "/reviews/1".to_string()),
-                (":method".to_string(), "GET".to_string()),
-                (":scheme".to_string(), "http".to_string()),
-                ("x-user-id".to_string(), format!("user-{}", i % 997)),
-            ]
-        })
-        .collect();
-    let mut responses = vec![vec![(":status".to_string(), "200".to_string())]; n];
+/// The request and response headers of `n` requests, built before any clock starts.
+fn batch(n: usize, headers: HeaderSet) -> Batch {
+    let requests = (0..n).map(|i| headers.request(i)).collect();
+    let responses = vec![vec![(":status".to_string(), "200".to_string())]; n];
+    Batch {
+        requests,
+        responses,
+    }
+}
+
+struct Batch {
+    requests: Vec<Vec<(String, String)>>,
+    responses: Vec<Vec<(String, String)>>,
+}
+
+/// Runs the batch's requests through `host` as the mesh does and returns the time the host
+/// calls took. Never inlined: it is the function callgrind's `--toggle-collect` names, so the
+/// counts cover the host calls only, as the clock does.
+#[inline(never)]
+fn requests(host: &FilterHost, batch: &mut Batch) -> Duration {
     let started = Instant::now();
-    for (i, (headers, response)) in batch.iter_mut().zip(&mut responses).enumerate() {
+    let pairs = batch.requests.iter_mut().zip(&mut batch.responses);
+    for (i, (headers, response)) in pairs.enumerate() {
         let mut request = host.on_request_headers(headers);
         request.on_response_headers(response);
         request.on_log(LogInfo {
