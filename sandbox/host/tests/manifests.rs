@@ -45,23 +45,29 @@ enum Direction {
     Gateway,
 }
 
-/// The listeners the install must cover, each with its workload's labels.
-const LISTENERS: &[(&str, &[(&str, &str)], Direction)] = &[
-    (
-        "a sidecar's outbound",
-        &[("app", "reviews")],
-        Direction::Outbound,
-    ),
-    (
-        "a sidecar's inbound",
-        &[("app", "reviews")],
-        Direction::Inbound,
-    ),
-    (
-        "the ingress gateway",
-        &[("istio", "ingressgateway")],
-        Direction::Gateway,
-    ),
+/// A listener the install must cover, with its workload's labels.
+struct Listener {
+    name: &'static str,
+    labels: &'static [(&'static str, &'static str)],
+    direction: Direction,
+}
+
+const LISTENERS: &[Listener] = &[
+    Listener {
+        name: "a sidecar's outbound",
+        labels: &[("app", "reviews")],
+        direction: Direction::Outbound,
+    },
+    Listener {
+        name: "a sidecar's inbound",
+        labels: &[("app", "reviews")],
+        direction: Direction::Inbound,
+    },
+    Listener {
+        name: "the ingress gateway",
+        labels: &[("istio", "ingressgateway")],
+        direction: Direction::Gateway,
+    },
 ];
 
 /// Whether Istio applies `plugin` (installed in the root namespace) to a listener: its selector
@@ -100,8 +106,8 @@ fn the_listener_coverage_check_can_fail() {
         Value::Null,
     );
     let client = plugin(Value::Null, serde_json::json!([{"mode": "CLIENT"}]));
-    let gateway = LISTENERS[2].1;
-    let sidecar = LISTENERS[0].1;
+    let gateway = LISTENERS[2].labels;
+    let sidecar = LISTENERS[0].labels;
     // The layout this manifest used to ship: a gateway plugin beside a mesh-wide CLIENT one.
     assert!(applies(&gateway_only, gateway, Direction::Gateway));
     assert!(applies(&client, gateway, Direction::Gateway));
@@ -124,13 +130,13 @@ async fn every_wasmplugin_in_the_install_manifest_is_valid_and_accepted_by_the_f
     );
     // Every kind of listener runs the filter exactly once: twice would route and count each
     // request twice, never would leave that traffic unmeasured.
-    for (listener, labels, direction) in LISTENERS {
+    for listener in LISTENERS {
         let applying: Vec<&str> = plugins
             .iter()
-            .filter(|p| applies(p, labels, *direction))
+            .filter(|p| applies(p, listener.labels, listener.direction))
             .map(|p| p["metadata"]["name"].as_str().unwrap_or("?"))
             .collect();
-        assert_eq!(applying.len(), 1, "{listener}: plugins {applying:?}");
+        assert_eq!(applying.len(), 1, "{}: plugins {applying:?}", listener.name);
     }
     let schema = wasmplugin_schema();
     for plugin in &plugins {
