@@ -42,7 +42,7 @@ pub struct Options {
 pub async fn start(options: Options) -> Result<Agent, Error> {
     let client = ::kube::Client::try_default()
         .await
-        .map_err(|e| Error::NoConfig(chain(&e)))?;
+        .map_err(|e| Error::NoConfig(crate::cli::error_chain(&e)))?;
     start_with(client, options).await
 }
 
@@ -58,15 +58,4 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
     let agent = Agent::serve(store, listen).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");
     Ok(agent)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
