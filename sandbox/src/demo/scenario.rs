@@ -188,7 +188,7 @@ mod tests {
             (Scenario::Healthy, "canary:"),
             (
                 Scenario::Slow,
-                "- weight: 50\n          pause: {duration: 15000ms}",
+                "- weight: 50\n          pause: {duration: 15000ms, untilAnalysisPasses: true}",
             ),
             (Scenario::Ab, "header: {name: x-beta, exact: \"1\"}"),
             (Scenario::Shadow, "mirrorPercent: 50"),
