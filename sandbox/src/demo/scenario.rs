@@ -66,7 +66,9 @@ impl Scenario {
     /// What this scenario shows, for a person.
     pub fn describe(self) -> &'static str {
         match self {
-            Scenario::Healthy => "a healthy canary in two weighted steps: it should be promoted",
+            Scenario::Healthy => {
+                "a healthy canary at 10% then 50% until the analysis passes: it should be promoted"
+            }
             Scenario::Erroring => {
                 "a canary failing 5% of requests (stable 0.5%): it should be rolled back"
             }
@@ -121,7 +123,7 @@ impl Scenario {
         let hold = format!("{}ms", hold.as_millis());
         let strategy = match self {
             Scenario::Healthy | Scenario::Erroring | Scenario::Slow => format!(
-                "    canary:\n      steps:\n        - weight: 10\n          pause: {{duration: {hold}}}\n        - weight: 50\n          pause: {{duration: {hold}}}\n"
+                "    canary:\n      steps:\n        - weight: 10\n          pause: {{duration: {hold}}}\n        - weight: 50\n          pause: {{duration: {hold}, untilAnalysisPasses: true}}\n"
             ),
             Scenario::Ab => format!(
                 "    abTest:\n      rules:\n        - header: {{name: {BETA_HEADER}, exact: \"{BETA_VALUE}\"}}\n      duration: {hold}\n      then: promote\n"
@@ -186,7 +188,7 @@ mod tests {
             (Scenario::Healthy, "canary:"),
             (
                 Scenario::Slow,
-                "- weight: 50\n          pause: {duration: 15000ms}",
+                "- weight: 50\n          pause: {duration: 15000ms, untilAnalysisPasses: true}",
             ),
             (Scenario::Ab, "header: {name: x-beta, exact: \"1\"}"),
             (Scenario::Shadow, "mirrorPercent: 50"),

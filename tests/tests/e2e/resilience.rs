@@ -9,12 +9,13 @@ use fledge_sandbox::demo::{Scenario, Stack};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::support::{config, drive_until, finish, get, position};
+use crate::support::{config, drive_until, finish, get, position, turn};
 
 const LIMIT: Duration = Duration::from_secs(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_rollout_resumes_from_its_status_without_moving_backward() {
+    let _turn = turn().await;
     let mut stack = Stack::start(&config(Scenario::Healthy))
         .await
         .expect("stack");
@@ -89,6 +90,7 @@ fn judged_canary_requests(rollout: &serde_json::Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_filters_keep_serving_while_the_agent_is_down() {
+    let _turn = turn().await;
     let mut stack = Stack::start(&config(Scenario::Healthy))
         .await
         .expect("stack");
@@ -128,6 +130,7 @@ async fn the_filters_keep_serving_while_the_agent_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_report_stream_is_refused_while_the_rollout_goes_on() {
+    let _turn = turn().await;
     let stack = Stack::start(&config(Scenario::Healthy))
         .await
         .expect("stack");

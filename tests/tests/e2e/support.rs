@@ -22,8 +22,20 @@ pub fn config(scenario: Scenario) -> DemoConfig {
     }
 }
 
+/// Scenarios running at once: more would make the machine, not the canary, the slow part.
+static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Waits for a turn to run a scenario; hold the permit while it runs.
+pub async fn turn() -> tokio::sync::SemaphorePermit<'static> {
+    RUNNING
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
+}
+
 /// Runs a scenario to its end, printing its lines (shown when a test fails).
 pub async fn run(scenario: Scenario) -> Outcome {
+    let _turn = turn().await;
     let name = scenario.name();
     let outcome = demo::run(&config(scenario), |line| println!("[{name}] {line}"))
         .await
