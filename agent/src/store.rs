@@ -40,6 +40,15 @@ impl ObjectKey {
         )
     }
 
+    /// The key in a stored object's `metadata` (namespace `default` when unset).
+    pub fn of_object(object: &Value) -> Self {
+        let m = &object["metadata"];
+        Self::new(
+            m["namespace"].as_str().unwrap_or("default"),
+            m["name"].as_str().unwrap_or(""),
+        )
+    }
+
     /// The VirtualService a Rollout manages.
     pub fn virtual_service_of(rollout: &Rollout) -> Self {
         let vs = &rollout.spec.virtual_service;

@@ -214,7 +214,7 @@ impl KubeStore {
     }
 
     async fn replace_virtual_service(&self, vs: &Value) -> Result<()> {
-        let key = key_of(vs);
+        let key = ObjectKey::of_object(vs);
         if vs["metadata"]["resourceVersion"].as_str().is_none() {
             return Err(Error::Unreadable {
                 kind: "VirtualService",
@@ -351,14 +351,6 @@ fn read_rollout(object: &DynamicObject) -> Result<Rollout> {
         at,
         problem: format!("{}: {}", e.path(), e.inner()),
     })
-}
-
-fn key_of(v: &Value) -> ObjectKey {
-    let m = &v["metadata"];
-    ObjectKey::new(
-        m["namespace"].as_str().unwrap_or("default"),
-        m["name"].as_str().unwrap_or(""),
-    )
 }
 
 fn unreadable(key: &ObjectKey, e: serde_json::Error) -> Error {

@@ -146,7 +146,7 @@ impl LocalStore {
         let mut seen: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
         let mut rollouts = Vec::new();
         for doc in docs.iter().filter(|d| d.value["kind"] == "Rollout") {
-            let key = key_of(&doc.value);
+            let key = ObjectKey::of_object(&doc.value);
             let at = doc.path.display().to_string();
             let unreadable = |problem: String| Error::Unreadable {
                 kind: "Rollout",
@@ -255,7 +255,7 @@ impl LocalStore {
         let (docs, _) = self.documents()?;
         let at = docs
             .iter()
-            .position(|d| is_virtual_service(&d.value) && key_of(&d.value) == *key)
+            .position(|d| is_virtual_service(&d.value) && ObjectKey::of_object(&d.value) == *key)
             .ok_or_else(|| Error::NotFound {
                 kind: "VirtualService",
                 key: key.clone(),
@@ -272,7 +272,7 @@ impl LocalStore {
     /// Rewrites the file holding the VirtualService named by `vs.metadata`; a no-op when the
     /// stored object already equals `vs`.
     pub fn replace_virtual_service(&self, vs: &Value) -> Result<()> {
-        let key = key_of(vs);
+        let key = ObjectKey::of_object(vs);
         let (docs, at) = self.find_virtual_service(&key)?;
         if docs[at].value == *vs {
             return Ok(());
@@ -368,14 +368,6 @@ fn is_virtual_service(v: &Value) -> bool {
         && v["apiVersion"]
             .as_str()
             .is_some_and(|a| a.starts_with("networking.istio.io/"))
-}
-
-fn key_of(v: &Value) -> ObjectKey {
-    let m = &v["metadata"];
-    ObjectKey::new(
-        m["namespace"].as_str().unwrap_or("default"),
-        m["name"].as_str().unwrap_or(""),
-    )
 }
 
 fn read_documents(path: &Path) -> Result<Vec<Value>> {
