@@ -10,9 +10,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use rand_distr::{Distribution, LogNormal};
 use serde::Serialize;
 
-use crate::analysis::latency::new_histogram;
-use crate::telemetry::store::Store;
 use crate::telemetry::validate::validate;
+use fledge_core::analysis::latency::new_histogram;
+use fledge_core::windows::Windows;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -73,7 +73,7 @@ pub fn ingest(total: usize, requests: u64) -> IngestResult {
     let now_ms = 1_800_000_000_000;
     let reports = sample_reports(64, requests, now_ms, 1);
     let encoded = reports[0].series[0].latency_us_hdr.len();
-    let mut store = Store::new(600, 256);
+    let mut store = Windows::new(600, 256);
     let start = Instant::now();
     for (i, report) in reports.iter().cycle().take(total).enumerate() {
         // Reports arrive spread over the seconds, as from many filters over time.

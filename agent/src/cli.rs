@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::http::UserCommand;
+use fledge_core::rollout::UserCommand;
 
 /// Why a CLI call failed; the message says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,6 @@
 //! A routing write that fails leaves the status unpersisted, so the next tick tries the same
 //! transition again, after a backoff that doubles per failure (1 s … 30 s).
 
-mod judge;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,12 +15,14 @@ use jiff::Timestamp;
 
 use crate::http::{ApiError, ControlPlane, UserCommand};
 use crate::metrics::Metrics;
-use crate::rollout::{self, Action, EventKind, Rollout, RoutingIntent};
-use crate::routes;
 use crate::store::{ObjectKey, RolloutEvent, RolloutStore};
-use crate::telemetry::{Hub, Store as Telemetry};
+use fledge_core::rollout::{self, Action, EventKind, Rollout, RoutingIntent};
+use fledge_core::routes;
+use fledge_core::windows::Windows;
 
-pub use judge::{Arms, Judge, SETTLE_SECS, outcome};
+use crate::telemetry::Hub;
+
+use fledge_core::judge::{Arms, Judge, outcome};
 
 /// One Rollout as the loop knows it.
 struct Entry {
@@ -44,7 +44,7 @@ struct State {
 /// The loop's shared state; cheap to clone.
 pub struct Controller<S> {
     store: Arc<S>,
-    telemetry: Arc<Mutex<Telemetry>>,
+    telemetry: Arc<Mutex<Windows>>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     state: Arc<Mutex<State>>,
@@ -65,7 +65,7 @@ impl<S> Clone for Controller<S> {
 impl<S: RolloutStore + 'static> Controller<S> {
     pub fn new(
         store: S,
-        telemetry: Arc<Mutex<Telemetry>>,
+        telemetry: Arc<Mutex<Windows>>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -5,8 +5,6 @@
 //! An adapter only: it converts HTTP to calls on a [`ControlPlane`] and back. What a command
 //! does is the rollout state machine's business, not this module's.
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -15,57 +13,10 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+
+pub use fledge_core::rollout::{UnknownCommand, UserCommand};
 
 use crate::metrics::Metrics;
-
-/// A person's command to one rollout, as typed on the CLI or posted to the API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UserCommand {
-    /// Pass the current gate (a pause "until promoted", or the whole rollout when it is done).
-    Promote,
-    /// Stop now and send every request back to stable.
-    Abort,
-    /// Hold the current step: no analysis verdict moves it forward until resumed.
-    Pause,
-    /// Undo a pause.
-    Resume,
-}
-
-impl UserCommand {
-    pub const ALL: [UserCommand; 4] = [Self::Promote, Self::Abort, Self::Pause, Self::Resume];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Promote => "promote",
-            Self::Abort => "abort",
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-        }
-    }
-}
-
-impl fmt::Display for UserCommand {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for UserCommand {
-    type Err = ApiError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| {
-                ApiError::Invalid(format!(
-                    "unknown command {s:?}: expected one of promote, abort, pause, resume"
-                ))
-            })
-    }
-}
 
 /// What went wrong with an API call, with the status it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +27,12 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl From<UnknownCommand> for ApiError {
+    fn from(e: UnknownCommand) -> Self {
+        Self::Invalid(e.to_string())
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -3,7 +3,6 @@
 //! `cli`, `store` (YAML files or the Kubernetes API) and the telemetry gRPC server are adapters
 //! around them; `local` and `cluster` wire them into a running agent (`serve`).
 
-pub mod analysis;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
@@ -13,8 +12,6 @@ pub mod http;
 pub mod local;
 pub mod logging;
 pub mod metrics;
-pub mod rollout;
-pub mod routes;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fledge_agent::analysis::{AnalysisSpec, simulate};
 use fledge_agent::cli::{ApiClient, ClientError, summary_line};
 use fledge_agent::config::{BenchCommand, Cli, Command, SimulateArgs};
 use fledge_agent::http::UserCommand;
+use fledge_core::analysis::{AnalysisSpec, simulate};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -54,7 +54,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {
-            print!("{}", fledge_agent::rollout::crd_yaml());
+            print!("{}", fledge_core::rollout::crd_yaml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => simulate(args),

@@ -16,7 +16,9 @@ use crate::controller::Controller;
 use crate::http::router;
 use crate::metrics::Metrics;
 use crate::store::RolloutStore;
-use crate::telemetry::{Hub, Store, TelemetryService};
+use fledge_core::windows::Windows;
+
+use crate::telemetry::{Hub, TelemetryService};
 
 /// How long a stopping agent's telemetry server may take to close its connections.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -77,7 +79,7 @@ impl Agent {
 
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new();
-        let telemetry = Arc::new(Mutex::new(Store::new(RETENTION_SECS, MAX_SERIES)));
+        let telemetry = Arc::new(Mutex::new(Windows::new(RETENTION_SECS, MAX_SERIES)));
         let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone()).into_server();
         let api = router(Arc::new(controller.clone()), metrics.clone());

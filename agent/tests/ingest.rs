@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fledge_agent::metrics::Metrics;
-use fledge_agent::telemetry::{Hub, SeriesKey, Store, TelemetryService, Traffic};
+use fledge_agent::telemetry::{Hub, TelemetryService};
+use fledge_core::windows::{SeriesKey, Traffic, Windows};
 use fledge_proto::v1::{
     self, FilterMessage, agent_message, filter_message, telemetry_client::TelemetryClient,
 };
@@ -16,13 +17,13 @@ use tonic::transport::{Channel, Server};
 
 struct Agent {
     addr: std::net::SocketAddr,
-    store: Arc<Mutex<Store>>,
+    store: Arc<Mutex<Windows>>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 }
 
 async fn agent() -> Agent {
-    let store = Arc::new(Mutex::new(Store::new(300, 64)));
+    let store = Arc::new(Mutex::new(Windows::new(300, 64)));
     let hub = Hub::new();
     let metrics = Arc::new(Metrics::new());
     let service = TelemetryService::new(store.clone(), hub.clone(), metrics.clone());

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use self::explain::Call;
 use super::{Error, Listing, ObjectKey, Result, RolloutEvent, RolloutStore};
-use crate::rollout::{EventKind, Rollout, RolloutStatus};
+use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
 
 /// The name the agent writes under: server-side apply's field manager, the `fieldManager` of
 /// its updates, and the Events' reporting controller.

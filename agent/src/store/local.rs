@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Error, Listing, ObjectKey, Result, RolloutEvent, RolloutStore};
-use crate::rollout::{EventKind, Rollout, RolloutStatus};
+use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
 
 const ROLLOUT_API: &str = "fledge.dev/v1alpha1";
 

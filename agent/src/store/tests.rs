@@ -10,9 +10,9 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::*;
-use crate::http::UserCommand;
-use crate::rollout::{self, Action, Phase, Verdict};
-use crate::routes;
+use fledge_core::rollout::UserCommand;
+use fledge_core::rollout::{self, Action, Phase, Verdict};
+use fledge_core::routes;
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples")

@@ -16,9 +16,9 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::Hub;
-use super::store::{Side, Store};
 use super::validate::{Rejection, validate};
 use crate::metrics::Metrics;
+use fledge_core::windows::{Side, Windows};
 
 /// What a filter's stream ends with when the agent stops.
 const STOPPING: &str = "the agent is stopping";
@@ -28,14 +28,14 @@ pub const DEFAULT_MAX_SKEW_MS: i64 = 120_000;
 
 #[derive(Clone)]
 pub struct TelemetryService {
-    store: Arc<Mutex<Store>>,
+    store: Arc<Mutex<Windows>>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     max_skew_ms: i64,
 }
 
 impl TelemetryService {
-    pub fn new(store: Arc<Mutex<Store>>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<Mutex<Windows>>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             hub,

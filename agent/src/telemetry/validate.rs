@@ -5,7 +5,7 @@
 use fledge_proto::v1;
 
 use super::hdr_wire::{self, Layout};
-use super::store::{SeriesDelta, SeriesKey, Traffic};
+use fledge_core::windows::{SeriesDelta, SeriesKey, Traffic};
 
 /// Why a report was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -148,7 +148,7 @@ mod tests {
     use hdrhistogram::serialization::{Serializer, V2Serializer};
 
     pub(crate) fn hdr(values: &[u64]) -> Vec<u8> {
-        let mut h = crate::analysis::latency::new_histogram();
+        let mut h = fledge_core::analysis::latency::new_histogram();
         for v in values {
             h.record(*v).unwrap();
         }

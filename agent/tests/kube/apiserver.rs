@@ -307,7 +307,7 @@ pub fn rollout_schema() -> &'static jsonschema::Validator {
     static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
     SCHEMA.get_or_init(|| {
         use kube::CustomResourceExt;
-        let crd = serde_json::to_value(fledge_agent::rollout::Rollout::crd()).unwrap();
+        let crd = serde_json::to_value(fledge_core::rollout::Rollout::crd()).unwrap();
         jsonschema::validator_for(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
             .expect("a usable schema")
     })

@@ -74,7 +74,7 @@ fn fledge_layout_maps_indexes_to_values() {
     ] {
         assert_eq!(fledge.value_for(index), value, "index {index}");
     }
-    let mut library = crate::analysis::latency::new_histogram();
+    let mut library = fledge_core::analysis::latency::new_histogram();
     assert_eq!(fledge.counts_len(), library.distinct_values() as u64);
     // The highest value is the last one fledge's histogram can record.
     let top = fledge.highest_value();
@@ -90,7 +90,7 @@ fn decodes_like_hdrhistogram_for_random_histograms() {
     for round in 0..400 {
         let h = if round % 4 == 0 {
             fledge_shaped += 1;
-            let mut h = crate::analysis::latency::new_histogram();
+            let mut h = fledge_core::analysis::latency::new_histogram();
             for _ in 0..rng.random_range(0..500) {
                 h.saturating_record((rng.random::<f64>() * 22.0).exp() as u64);
             }
@@ -163,7 +163,7 @@ fn damaged_payloads_are_refused_where_hdrhistogram_refuses_them() {
 
 #[test]
 fn each_problem_is_named() {
-    let good = encode(&crate::analysis::latency::new_histogram());
+    let good = encode(&fledge_core::analysis::latency::new_histogram());
     let bounds = (1, fledge_proto::HISTOGRAM_MAX_US);
     let cases = [
         (

@@ -6,7 +6,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::*;
-use crate::http::UserCommand::{self, Abort, Pause as Hold, Promote, Resume};
+use crate::rollout::UserCommand::{self, Abort, Pause as Hold, Promote, Resume};
 use crate::rollout::plan::Shape;
 use crate::rollout::spec::*;
 

@@ -1,6 +1,5 @@
 //! The merged telemetry: every filter's reports summed into per-(host, version, traffic, side)
-//! windows,
-//! one per second, so any recent interval reads as one histogram plus counts. Memory is bounded:
+//! windows, one per second, so any recent interval reads as one histogram plus counts. Memory is bounded:
 //! buckets older than the retention are dropped and the number of series is capped, with what
 //! does not fit counted as overflow rather than silently lost. Pure data; no clock, no I/O.
 
@@ -174,7 +173,7 @@ impl Bucket for Window {
 
 /// Per-second windows for every series, bounded in time and in series count.
 #[derive(Debug)]
-pub struct Store {
+pub struct Windows {
     retention_secs: i64,
     max_series: usize,
     buckets: BTreeMap<i64, HashMap<SeriesKey, Window>>,
@@ -186,7 +185,7 @@ pub struct Store {
     filter_dropped: u64,
 }
 
-impl Store {
+impl Windows {
     pub fn new(retention_secs: i64, max_series: usize) -> Self {
         Self {
             retention_secs: retention_secs.max(1),
@@ -293,7 +292,7 @@ mod tests {
     #[test]
     fn merges_per_second_and_reads_intervals() {
         let v2 = SeriesKey::new("reviews", "v2", Traffic::Live);
-        let mut store = Store::new(60, 16);
+        let mut store = Windows::new(60, 16);
         store.merge(100, vec![(v2.clone(), delta(10, 1, 1000))], 0, 100);
         store.merge(100, vec![(v2.clone(), delta(5, 0, 3000))], 0, 100);
         store.merge(101, vec![(v2.clone(), delta(7, 2, 2000))], 0, 101);
@@ -315,7 +314,7 @@ mod tests {
             SeriesKey::new("h", "a", Traffic::Live),
             SeriesKey::new("h", "b", Traffic::Shadow),
         );
-        let mut store = Store::new(10, 16);
+        let mut store = Windows::new(10, 16);
         store.merge(100, vec![(a.clone(), delta(1, 0, 10))], 0, 100);
         store.merge(105, vec![(b.clone(), delta(1, 0, 10))], 0, 105);
         store.expire(112);
@@ -326,7 +325,7 @@ mod tests {
 
     #[test]
     fn series_beyond_the_cap_are_counted_not_lost_silently() {
-        let mut store = Store::new(60, 2);
+        let mut store = Windows::new(60, 2);
         let keys: Vec<_> = (0..4)
             .map(|i| SeriesKey::new("h", &format!("v{i}"), Traffic::Live))
             .collect();

@@ -14,8 +14,8 @@ use serde::Serialize;
 use super::plan::{End, Plan, RoutingIntent, Stage, intent};
 use super::spec::Rollout;
 use super::status::{AnalysisRecord, Phase, RolloutStatus, Verdict};
-use crate::http::UserCommand;
-use crate::telemetry::Traffic;
+use crate::rollout::UserCommand;
+use crate::windows::Traffic;
 
 /// This tick's analysis of the current step, from the analysis adapter.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 
 use crate::analysis::{AnalysisSpec, Judgment, StepAnalysis, Verdict};
 use crate::rollout::{AnalysisOutcome, AnalysisWindow};
-use crate::telemetry::{SeriesKey, Side, Store, Traffic, Window};
+use crate::windows::{SeriesKey, Side, Traffic, Window, Windows};
 
 /// A second `s` (the window [s, s + 1)) is analysed once `now - s >= SETTLE_SECS`, i.e. a
 /// second after it ended.
@@ -64,7 +64,7 @@ impl Judge {
         window: &AnalysisWindow,
         arms: Arms,
         spec: &AnalysisSpec,
-        store: &Store,
+        store: &Windows,
         now: Timestamp,
     ) -> Option<Judgment> {
         let fresh = match &self.running {
@@ -132,7 +132,7 @@ pub fn outcome(judgment: &Judgment) -> AnalysisOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::SeriesDelta;
+    use crate::windows::SeriesDelta;
 
     fn window(requests: u64, failures: u64) -> SeriesDelta {
         SeriesDelta {
@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn feeds_settled_seconds_and_looks_at_the_interval() {
         let arms = Arms::new("reviews", "v1", "v2", Traffic::Live);
-        let mut store = Store::new(600, 16);
+        let mut store = Windows::new(600, 16);
         let since: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
         let t0 = since.as_second();
         for s in t0..t0 + 30 {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::spec::{CanaryStep, CohortRule, RolloutSpec, StrategyKind, Then};
 use super::status::{Phase, RolloutStatus};
-use crate::telemetry::Traffic;
+use crate::windows::Traffic;
 
 /// What a stage is, for people and for the analysis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
