@@ -14,9 +14,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-pub use fledge_core::rollout::{UnknownCommand, UserCommand};
+use fledge_core::rollout::{UnknownCommand, UserCommand};
 
 use crate::metrics::Metrics;
+use crate::plane::{ControlPlane, UnknownRollout};
 
 /// What went wrong with an API call, with the status it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,15 @@ impl From<UnknownCommand> for ApiError {
     }
 }
 
+impl From<UnknownRollout> for ApiError {
+    fn from(UnknownRollout(key): UnknownRollout) -> Self {
+        Self::NotFound {
+            namespace: key.namespace,
+            name: key.name,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self {
@@ -48,17 +58,6 @@ impl IntoResponse for ApiError {
         )
             .into_response()
     }
-}
-
-/// What the HTTP surface needs from the running agent.
-pub trait ControlPlane: Send + Sync + 'static {
-    /// Every Rollout with its status, as the JSON objects the API serves (Kubernetes shape:
-    /// apiVersion, kind, metadata, spec, status).
-    fn rollouts(&self) -> Vec<serde_json::Value>;
-    /// Queues `command` for one rollout; it takes effect at the next reconcile.
-    fn command(&self, namespace: &str, name: &str, command: UserCommand) -> Result<(), ApiError>;
-    /// Whether the agent has loaded its rollouts and serves telemetry.
-    fn ready(&self) -> bool;
 }
 
 #[derive(Clone)]

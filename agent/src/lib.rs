@@ -12,6 +12,7 @@ pub mod http;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod plane;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use fledge_agent::cli::{ApiClient, ClientError, summary_line};
 use fledge_agent::config::{BenchCommand, Cli, Command, SimulateArgs};
-use fledge_agent::http::UserCommand;
 use fledge_core::analysis::{AnalysisSpec, simulate};
+use fledge_core::rollout::UserCommand;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -25,6 +25,20 @@ pub struct DecisionLabel {
     pub decision: String,
 }
 
+/// Label of one write the controller made: what it wrote and how it ended (`ok`, or the
+/// failure's label: `conflict`, `forbidden`, `not_found`, `invalid`, `unavailable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabel {
+    pub write: &'static str,
+    pub result: &'static str,
+}
+
+/// Label of a write's duration: what was written.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteKindLabel {
+    pub write: &'static str,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,10 +55,10 @@ pub struct Metrics {
     pub routing_revision: Gauge,
     /// Time one analysis tick took over all rollouts, in seconds.
     pub analysis_seconds: Histogram,
-    /// Time one routing write (VirtualService + status) took, in seconds.
-    pub patch_seconds: Histogram,
-    /// Routing writes that failed (they are retried with backoff).
-    pub patch_failures: Counter,
+    /// Writes to the store (VirtualService, status, event), by what and how they ended.
+    pub writes: Family<WriteLabel, Counter>,
+    /// Time one write took, in seconds, by what was written.
+    pub write_seconds: Family<WriteKindLabel, Histogram>,
 }
 
 impl Default for Metrics {
@@ -63,8 +77,9 @@ impl Metrics {
         let routing_revision = Gauge::default();
         // 100 µs … ~1.6 s: analysis and local writes are fast; a slow API server shows at the top.
         let analysis_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
-        let patch_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
-        let patch_failures = Counter::default();
+        let writes = Family::<WriteLabel, Counter>::default();
+        let write_seconds =
+            Family::<WriteKindLabel, Histogram>::new_with_constructor(write_duration as fn() -> _);
         registry.register(
             "reports_received",
             "Telemetry reports accepted and merged",
@@ -96,14 +111,14 @@ impl Metrics {
             analysis_seconds.clone(),
         );
         registry.register(
-            "routing_write_duration_seconds",
-            "Time one routing write (VirtualService and status) took",
-            patch_seconds.clone(),
+            "writes",
+            "Writes to the store (virtual_service, status, event), by result",
+            writes.clone(),
         );
         registry.register(
-            "routing_write_failures",
-            "Routing writes that failed and will be retried",
-            patch_failures.clone(),
+            "write_duration_seconds",
+            "Time one write to the store took, by what was written",
+            write_seconds.clone(),
         );
         Self {
             registry,
@@ -113,9 +128,19 @@ impl Metrics {
             decisions,
             routing_revision,
             analysis_seconds,
-            patch_seconds,
-            patch_failures,
+            writes,
+            write_seconds,
         }
+    }
+
+    /// Counts one write of `write` that ended in `result` after `seconds`.
+    pub fn wrote(&self, write: &'static str, result: &'static str, seconds: f64) {
+        self.writes
+            .get_or_create(&WriteLabel { write, result })
+            .inc();
+        self.write_seconds
+            .get_or_create(&WriteKindLabel { write })
+            .observe(seconds);
     }
 
     /// Counts one rejected report under `reason`.
@@ -149,6 +174,11 @@ impl Metrics {
     }
 }
 
+/// 100 µs … ~1.6 s: local writes are fast; a slow API server shows at the top.
+fn write_duration() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +192,9 @@ mod tests {
         m.decided("shop/reviews", "promoted");
         m.routing_revision.set(7);
         m.analysis_seconds.observe(0.002);
+        m.wrote("virtual_service", "ok", 0.003);
+        m.wrote("virtual_service", "conflict", 0.004);
+        m.wrote("status", "ok", 0.001);
         let text = m.render();
         for (needle, why) in [
             ("fledge_agent_reports_received_total 3", "accepted reports"),
@@ -177,6 +210,18 @@ mod tests {
             (
                 "fledge_agent_analysis_duration_seconds_count 1",
                 "analysis time",
+            ),
+            (
+                "fledge_agent_writes_total{write=\"virtual_service\",result=\"conflict\"} 1",
+                "writes by result",
+            ),
+            (
+                "fledge_agent_write_duration_seconds_count{write=\"virtual_service\"} 2",
+                "write time by kind",
+            ),
+            (
+                "fledge_agent_write_duration_seconds_count{write=\"status\"} 1",
+                "write time by kind",
             ),
         ] {
             assert!(

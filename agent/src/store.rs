@@ -9,6 +9,7 @@
 use serde_json::Value;
 
 pub use fledge_core::ObjectKey;
+use fledge_core::planner::WriteFailure;
 use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
 
 mod kube;
@@ -65,6 +66,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// What kind of failure this is, for the retry policy and the metric label.
+    pub fn failure(&self) -> WriteFailure {
+        match self {
+            Self::NotFound { .. } => WriteFailure::NotFound,
+            Self::Unreadable { .. } | Self::Duplicate { .. } => WriteFailure::Invalid,
+            Self::Api { source, .. } => self::kube::failure(source.as_ref()),
+            Self::NotSynced(_) | Self::Io { .. } => WriteFailure::Unavailable,
+        }
+    }
+}
 
 /// Every Rollout that could be read, and a problem for each one that could not. One broken
 /// object never hides the others.

@@ -1,6 +1,7 @@
-//! The analysis adapter: keeps one [`StepAnalysis`] per rollout step and feeds it, second by
-//! second, the canary's and the baseline's windows from the telemetry store, then looks at every
-//! analysis interval. Which series are compared: the canary subset's (live, or shadow during a
+//! The judge: keeps one [`StepAnalysis`] per rollout step and feeds it, second by second, the
+//! canary's and the baseline's windows, then looks at every analysis interval. The caller asks
+//! what is [`Due`], copies those few windows out of the store ([`Settled::copy`]) under its lock,
+//! and feeds and looks without it. Which series are compared: the canary subset's (live, or shadow during a
 //! shadow stage) against the stable subset's live traffic on the same host (see [`Arms::new`]).
 //!
 //! A second is fed once it is `SETTLE_SECS` old, so reports from every filter (sent each second)
@@ -56,17 +57,47 @@ pub struct Judge {
     running: Option<Running>,
 }
 
+/// The seconds a judge wants next: `seconds` (half-open) of the `arms`' series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Due {
+    pub arms: Arms,
+    pub seconds: std::ops::Range<i64>,
+}
+
+/// The windows of the seconds a judge wants, copied out of the store so the analysis runs
+/// without holding it: (canary, baseline) per second, in order; a second without traffic is empty.
+#[derive(Clone, Debug, Default)]
+pub struct Settled {
+    seconds: Vec<(Option<Window>, Option<Window>)>,
+}
+
+impl Settled {
+    /// Copies what `due` names out of `store`: a few windows, cheap enough to do under a lock.
+    pub fn copy(store: &Windows, due: &Due) -> Self {
+        let seconds = due
+            .seconds
+            .clone()
+            .map(|s| {
+                (
+                    store.second(&due.arms.canary, s).cloned(),
+                    store.second(&due.arms.baseline, s).cloned(),
+                )
+            })
+            .collect();
+        Self { seconds }
+    }
+}
+
 impl Judge {
-    /// Feeds the seconds that have settled and, when the interval has passed, judges.
-    /// Returns None between looks.
-    pub fn tick(
+    /// Starts a fresh analysis when the step (or what it compares) changed, and says which
+    /// settled seconds it has not been fed yet. None when there are none.
+    pub fn due(
         &mut self,
         window: &AnalysisWindow,
         arms: Arms,
         spec: &AnalysisSpec,
-        store: &Windows,
         now: Timestamp,
-    ) -> Option<Judgment> {
+    ) -> Option<Due> {
         let fresh = match &self.running {
             Some(r) => r.step != window.step || r.since != window.since || r.arms != arms,
             None => true,
@@ -82,27 +113,56 @@ impl Judge {
                 last_look: start,
             });
         }
-        let running = self.running.as_mut()?;
-        let now_s = now.as_second();
+        let running = self.running.as_ref()?;
+        let settled = now.as_second() - SETTLE_SECS + 1;
+        (running.next < settled).then(|| Due {
+            arms: running.arms.clone(),
+            seconds: running.next..settled,
+        })
+    }
+
+    /// Feeds the seconds copied for the last [`Due`], in order.
+    pub fn feed(&mut self, settled: &Settled) {
+        let Some(running) = self.running.as_mut() else {
+            return;
+        };
         let empty = Window::default();
-        while running.next <= now_s - SETTLE_SECS {
-            let canary = store
-                .second(&running.arms.canary, running.next)
-                .unwrap_or(&empty);
-            let baseline = store
-                .second(&running.arms.baseline, running.next)
-                .unwrap_or(&empty);
-            running
-                .analysis
-                .observe(std::time::Duration::from_secs(1), canary, baseline);
+        for (canary, baseline) in &settled.seconds {
+            running.analysis.observe(
+                std::time::Duration::from_secs(1),
+                canary.as_ref().unwrap_or(&empty),
+                baseline.as_ref().unwrap_or(&empty),
+            );
             running.next += 1;
         }
+    }
+
+    /// Judges when the interval has passed since the last look; None between looks.
+    pub fn look(&mut self, spec: &AnalysisSpec, now: Timestamp) -> Option<Judgment> {
+        let running = self.running.as_mut()?;
+        let now_s = now.as_second();
         let interval = (spec.interval.as_secs_f64().ceil() as i64).max(1);
         if now_s - running.last_look < interval {
             return None;
         }
         running.last_look = now_s;
         Some(running.analysis.look())
+    }
+
+    /// `due`, `feed` and `look` in one, reading `store` directly: for callers that hold it
+    /// anyway (simulations, benchmarks, tests).
+    pub fn tick(
+        &mut self,
+        window: &AnalysisWindow,
+        arms: Arms,
+        spec: &AnalysisSpec,
+        store: &Windows,
+        now: Timestamp,
+    ) -> Option<Judgment> {
+        if let Some(due) = self.due(window, arms, spec, now) {
+            self.feed(&Settled::copy(store, &due));
+        }
+        self.look(spec, now)
     }
 
     /// Forgets the running analysis (the rollout ended or was removed).

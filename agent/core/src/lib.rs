@@ -17,6 +17,7 @@
 pub mod analysis;
 pub mod judge;
 pub mod key;
+pub mod planner;
 pub mod rollout;
 pub mod routes;
 pub mod windows;

@@ -6,6 +6,8 @@
 //! (`analysis` does), write routes (`routes` builds them, `store` writes them) or keep a clock.
 
 pub mod command;
+#[cfg(any(test, feature = "testkit"))]
+mod fixture;
 pub mod machine;
 pub mod plan;
 pub mod spec;

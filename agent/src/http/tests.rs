@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use fledge_core::ObjectKey;
+use fledge_core::rollout::UserCommand;
+
 use super::*;
 use crate::cli::{ApiClient, ClientError};
 
@@ -22,16 +25,18 @@ impl ControlPlane for Recording {
         self.rollouts.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
-    fn command(&self, namespace: &str, name: &str, command: UserCommand) -> Result<(), ApiError> {
+    fn command(
+        &self,
+        namespace: &str,
+        name: &str,
+        command: UserCommand,
+    ) -> Result<(), UnknownRollout> {
         let known = self
             .rollouts()
             .iter()
             .any(|r| r["metadata"]["namespace"] == namespace && r["metadata"]["name"] == name);
         if !known {
-            return Err(ApiError::NotFound {
-                namespace: namespace.into(),
-                name: name.into(),
-            });
+            return Err(UnknownRollout(ObjectKey::new(namespace, name)));
         }
         self.commands
             .lock()

@@ -19,6 +19,8 @@
 
 mod explain;
 
+pub(super) use explain::failure;
+
 use std::sync::{Arc, Mutex};
 
 use ::kube::Client;

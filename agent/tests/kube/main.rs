@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use apiserver::{Access, ApiServer};
 use fledge_agent::controller::Controller;
-use fledge_agent::http::{ControlPlane, UserCommand};
 use fledge_agent::metrics::Metrics;
+use fledge_agent::plane::ControlPlane;
 use fledge_agent::store::{KubeStore, LocalStore, ObjectKey, RolloutStore, Scope};
 use fledge_agent::telemetry::Hub;
 use fledge_core::judge::Arms;
+use fledge_core::rollout::UserCommand;
 use fledge_core::rollout::{Phase, RolloutStatus};
 use fledge_core::windows::{SeriesDelta, Traffic, Windows as Telemetry};
 use jiff::Timestamp;

@@ -11,7 +11,7 @@ use super::plan::{End, Plan, StageKind};
 use super::*;
 
 fn examples_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/examples")
 }
 
 fn example(name: &str) -> Rollout {

@@ -3,9 +3,11 @@
 //! the RBAC permission the agent's ServiceAccount lacks, a transport failure says the API server
 //! could not be reached.
 //!
-//! Only wording; which call to make and when to retry is decided elsewhere.
+//! Wording, and which kind of failure an answer is ([`failure`]); which call to make and when to
+//! retry is decided elsewhere.
 
 use ::kube::runtime::watcher;
+use fledge_core::planner::WriteFailure;
 
 use super::super::{Error, ObjectKey};
 use super::Scope;
@@ -66,6 +68,21 @@ pub(super) fn failed(call: Call, key: &ObjectKey, e: ::kube::Error) -> Error {
         key: key.to_string(),
         why: why(&e, call.verb, call.resource),
         source: Box::new(e),
+    }
+}
+
+/// What kind of failure an API call's error is: by the status code the server answered, or
+/// unavailable when it gave none (unreachable, timed out).
+pub(crate) fn failure(source: &(dyn std::error::Error + Send + Sync + 'static)) -> WriteFailure {
+    match source.downcast_ref::<::kube::Error>() {
+        Some(::kube::Error::Api(status)) => match status.code {
+            409 => WriteFailure::Conflict,
+            401 | 403 => WriteFailure::Forbidden,
+            404 | 410 => WriteFailure::NotFound,
+            400 | 422 => WriteFailure::Invalid,
+            _ => WriteFailure::Unavailable,
+        },
+        _ => WriteFailure::Unavailable,
     }
 }
 

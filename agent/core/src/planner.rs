@@ -1,0 +1,182 @@
+//! One rollout's tick, decided: what to judge, and — from the judgment, the people's commands and
+//! the time — the new status, the routing to make true, and the events to record, in the order
+//! the writes must happen. Also how long to wait before retrying a write that failed.
+//!
+//! Pure: the agent's controller snapshots what it holds, calls [`target`] and [`plan`], and
+//! applies the [`TickPlan`] (VirtualService, filters' table, events, status). What it is not: it
+//! reads no store, writes nothing and keeps no clock; the state machine (`rollout::machine`)
+//! decides the transitions, this module turns them into writes.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::analysis::Judgment;
+use crate::judge::{Arms, outcome};
+use crate::rollout::{
+    self, Action, AnalysisOutcome, AnalysisWindow, EventKind, Rollout, RolloutStatus,
+    RoutingIntent, UserCommand,
+};
+
+/// What one tick knows about one rollout.
+#[derive(Clone, Copy, Debug)]
+pub struct Tick<'a> {
+    /// The Rollout with the status the loop holds for it (the persisted one after a restart).
+    pub rollout: &'a Rollout,
+    /// This tick's look at the current step, if the judge looked.
+    pub judgment: Option<&'a Judgment>,
+    /// People's commands since the last tick, in the order they arrived.
+    pub commands: &'a [UserCommand],
+    /// Whether the routing the status stands for was applied since this agent started.
+    pub routing_applied: bool,
+    pub now: Timestamp,
+}
+
+/// A decision worth telling a person about, ready for the store's event log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: EventKind,
+    /// A short CamelCase token: `Started`, `StepAdvanced`, `RolledBack`, …
+    pub reason: &'static str,
+    /// The phase the decision moved the rollout to (`Progressing`, `RolledBack`, …).
+    pub action: String,
+    /// What happened.
+    pub message: String,
+    /// Why, in the analysis's words, when this tick judged.
+    pub evidence: Option<String>,
+}
+
+impl Notice {
+    /// What happened and why, for a person: the message, with the evidence in parentheses.
+    pub fn note(&self) -> String {
+        match &self.evidence {
+            Some(e) => format!("{} ({e})", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+/// What to write for one tick, in order: routing first (a failed routing write leaves the status
+/// unpersisted, so the next tick tries the same transition again), then the events, then the
+/// status when it changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TickPlan {
+    pub status: RolloutStatus,
+    /// The routing to make true in the VirtualService and the filters' table, if any: a new
+    /// transition's, or after a restart the one the persisted status stands for.
+    pub routing: Option<RoutingIntent>,
+    pub notices: Vec<Notice>,
+    /// Whether `status` differs from the one the rollout came with.
+    pub status_changed: bool,
+    /// The analysis outcome the machine was given, for logs.
+    pub outcome: Option<AnalysisOutcome>,
+}
+
+impl TickPlan {
+    /// Whether the rollout has ended, so its running analysis can be forgotten.
+    pub fn finished(&self) -> bool {
+        self.status.phase.is_final()
+    }
+}
+
+/// What the judge should look at this tick: the current step's window and which series are
+/// compared. None when no step runs, or when the stage sends the canary nothing by design (a
+/// blue/green preview without a mirror): judging it would only find the canary starved.
+pub fn target(rollout: &Rollout) -> Option<(AnalysisWindow, Arms)> {
+    if rollout::routing(rollout).is_some_and(|i| i.starves_canary()) {
+        return None;
+    }
+    let window = rollout::analysis_window(rollout)?;
+    let spec = &rollout.spec;
+    let status = rollout.status.as_ref()?;
+    let stable = status.stable_subset.as_deref().unwrap_or(&spec.stable);
+    let canary = status.canary_subset.as_deref().unwrap_or(&spec.canary);
+    let arms = Arms::new(&spec.host, stable, canary, window.canary_traffic);
+    Some((window, arms))
+}
+
+/// Decides one tick: runs the state machine and orders its actions into writes.
+pub fn plan(tick: Tick<'_>) -> TickPlan {
+    let outcome = tick.judgment.map(outcome);
+    let (status, actions) = rollout::step(tick.rollout, outcome.as_ref(), tick.commands, tick.now);
+    let mut routing = None;
+    let mut notices = Vec::new();
+    let evidence = outcome
+        .as_ref()
+        .map(|o| o.reason.clone())
+        .filter(|r| !r.is_empty());
+    for action in actions {
+        match action {
+            Action::SetRouting(intent) => routing = Some(intent),
+            Action::Event(event) => notices.push(Notice {
+                kind: event.kind,
+                reason: event.reason,
+                action: status.phase.to_string(),
+                message: event.message,
+                evidence: evidence.clone(),
+            }),
+        }
+    }
+    // A restarted agent re-applies the routing its persisted status stands for.
+    if routing.is_none() && !tick.routing_applied {
+        routing = rollout::routing(tick.rollout);
+    }
+    let status_changed = tick.rollout.status.as_ref() != Some(&status);
+    TickPlan {
+        status,
+        routing,
+        notices,
+        status_changed,
+        outcome,
+    }
+}
+
+/// Why a write failed, as far as what to do next is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteFailure {
+    /// Someone else changed the object since it was read: read again and retry soon.
+    Conflict,
+    /// The agent may not make the call (RBAC): a person must grant it.
+    Forbidden,
+    /// The object is not there (a VirtualService not created yet, a CRD not installed).
+    NotFound,
+    /// The object cannot be worked with as it is (a VirtualService fledge cannot read, a refusal
+    /// by admission): a person must change it.
+    Invalid,
+    /// The store could not be reached or failed for its own reasons (I/O, network, 5xx).
+    Unavailable,
+}
+
+impl WriteFailure {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Invalid => "invalid",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// How long to wait before retrying after the `failures`-th failure in a row (1 for the first).
+/// A conflict is retried soon: the next read sees the other writer's change. Failures a person
+/// must mend back off further (5 s doubling to 5 min) than passing ones (2 s doubling to 30 s),
+/// so a missing permission does not flood the API server.
+pub fn retry_after(failure: WriteFailure, failures: u32) -> Duration {
+    let doubling = |first: u64, cap: u64| {
+        let shift = failures.saturating_sub(1).min(16);
+        Duration::from_secs(first.saturating_mul(1 << shift).min(cap))
+    };
+    match failure {
+        WriteFailure::Conflict => doubling(1, 4),
+        WriteFailure::Unavailable => doubling(2, 30),
+        WriteFailure::Forbidden | WriteFailure::NotFound | WriteFailure::Invalid => {
+            doubling(5, 300)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

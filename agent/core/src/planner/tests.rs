@@ -1,0 +1,240 @@
+//! The per-tick planner, one row a tick: what it is given (status held, judgment, commands,
+//! whether routing was applied since start) and the writes it orders.
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::analysis::{CheckResult, Evidence, Judgment, Verdict};
+use crate::rollout::{Pause, Phase, Strategy};
+use crate::windows::{Side, Traffic};
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).unwrap()
+}
+
+fn judgment(verdict: Verdict) -> Judgment {
+    Judgment {
+        verdict,
+        elapsed_secs: 12.0,
+        checks: Vec::new(),
+    }
+}
+
+/// Ticks `rollout` once and carries the planned status over, as the controller does when every
+/// write succeeds.
+fn tick(
+    rollout: &mut Rollout,
+    secs: i64,
+    verdict: Option<Verdict>,
+    commands: &[UserCommand],
+    routing_applied: bool,
+) -> TickPlan {
+    let judgment = verdict.map(judgment);
+    let plan = plan(Tick {
+        rollout,
+        judgment: judgment.as_ref(),
+        commands,
+        routing_applied,
+        now: at(secs),
+    });
+    rollout.status = Some(plan.status.clone());
+    plan
+}
+
+#[test]
+fn orders_routing_events_and_status_per_tick() {
+    let mut rollout = Rollout::test().with_steps(&[
+        (10, Pause::until_analysis_passes()),
+        (50, Pause::until_analysis_passes()),
+    ]);
+    // (secs, verdict, commands, phase, weight, routing weight, event reasons, status changed)
+    let rows: [(
+        i64,
+        Option<Verdict>,
+        &[UserCommand],
+        Phase,
+        u32,
+        Option<u32>,
+        &[&str],
+        bool,
+    ); 6] = [
+        (
+            0,
+            None,
+            &[],
+            Phase::Progressing,
+            10,
+            Some(10),
+            &["Started"],
+            true,
+        ),
+        (
+            2,
+            Some(Verdict::NotEnoughData),
+            &[],
+            Phase::Progressing,
+            10,
+            None,
+            &[],
+            true,
+        ),
+        (4, None, &[], Phase::Progressing, 10, None, &[], false),
+        (
+            6,
+            Some(Verdict::Pass),
+            &[],
+            Phase::Progressing,
+            50,
+            Some(50),
+            &["StepAdvanced"],
+            true,
+        ),
+        (
+            8,
+            None,
+            &[UserCommand::Abort],
+            Phase::Aborted,
+            0,
+            Some(0),
+            &["Aborted"],
+            true,
+        ),
+        (
+            10,
+            Some(Verdict::Fail),
+            &[],
+            Phase::Aborted,
+            0,
+            None,
+            &[],
+            false,
+        ),
+    ];
+    for (secs, verdict, commands, phase, weight, routing, reasons, changed) in rows {
+        let plan = tick(&mut rollout, secs, verdict, commands, true);
+        assert_eq!(plan.status.phase, phase, "at {secs}s: {plan:#?}");
+        assert_eq!(plan.status.canary_weight, weight, "at {secs}s");
+        assert_eq!(
+            plan.routing.as_ref().map(|r| r.canary_weight()),
+            routing,
+            "at {secs}s"
+        );
+        let got: Vec<&str> = plan.notices.iter().map(|n| n.reason).collect();
+        assert_eq!(got, reasons, "at {secs}s");
+        assert_eq!(plan.status_changed, changed, "at {secs}s");
+        assert_eq!(plan.finished(), phase.is_final(), "at {secs}s");
+    }
+}
+
+#[test]
+fn a_restarted_agent_reapplies_the_routing_of_the_persisted_status() {
+    let mut rollout = Rollout::test().canary(25);
+    tick(&mut rollout, 0, None, &[], true);
+    // Nothing changes this tick; only whether routing was applied since start differs.
+    for (routing_applied, expected) in [(true, None), (false, Some(25))] {
+        let mut again = rollout.clone();
+        let plan = tick(&mut again, 2, None, &[], routing_applied);
+        assert_eq!(
+            plan.routing.as_ref().map(|r| r.canary_weight()),
+            expected,
+            "routing applied since start: {routing_applied}"
+        );
+        assert!(plan.notices.is_empty());
+    }
+}
+
+#[test]
+fn notices_carry_the_evidence_and_the_phase() {
+    let mut rollout = Rollout::test().canary(10);
+    tick(&mut rollout, 0, None, &[], true);
+    let mut failing = judgment(Verdict::Fail);
+    failing.checks.push(CheckResult {
+        check: "error-rate",
+        verdict: Verdict::Fail,
+        summary: "canary 5.00% vs baseline 0.50%".into(),
+        evidence: Evidence {
+            canary_requests: 400,
+            baseline_requests: 3600,
+            canary: 0.05,
+            baseline: 0.005,
+            statistic: 2190.0,
+            threshold: 20.0,
+        },
+    });
+    let plan = plan(Tick {
+        rollout: &rollout,
+        judgment: Some(&failing),
+        commands: &[],
+        routing_applied: true,
+        now: at(4),
+    });
+    assert_eq!(plan.status.phase, Phase::RolledBack);
+    let notice = &plan.notices[0];
+    assert_eq!(notice.reason, "RolledBack");
+    assert_eq!(notice.kind, EventKind::Warning);
+    assert_eq!(notice.action, "RolledBack");
+    assert_eq!(
+        notice.evidence.as_deref(),
+        Some("error-rate: canary 5.00% vs baseline 0.50%")
+    );
+    assert_eq!(
+        notice.note(),
+        format!(
+            "{} (error-rate: canary 5.00% vs baseline 0.50%)",
+            notice.message
+        )
+    );
+    assert_eq!(
+        plan.outcome.as_ref().map(|o| o.verdict),
+        Some(Verdict::Fail)
+    );
+}
+
+#[test]
+fn targets_the_current_step_unless_the_stage_starves_the_canary() {
+    let mut canary = Rollout::test().canary(10);
+    assert_eq!(target(&canary), None, "nothing runs before the first tick");
+    tick(&mut canary, 0, None, &[], true);
+    let (window, arms) = target(&canary).expect("a running step");
+    assert_eq!((window.step, window.since), (0, at(0)));
+    assert_eq!(arms.canary.version, "v2");
+    assert_eq!(arms.baseline.version, "v1");
+    assert_eq!(arms.canary.side, Side::Client);
+    assert_eq!(arms.canary.traffic, Traffic::Live);
+
+    // A blue/green preview without a mirror sends the canary nothing: nothing to judge.
+    let strategy: Strategy = serde_json::from_value(serde_json::json!({
+        "blueGreen": { "duration": "30s" }
+    }))
+    .unwrap();
+    let mut preview = Rollout::test().with_strategy(strategy);
+    tick(&mut preview, 0, None, &[], true);
+    assert_eq!(preview.status.as_ref().unwrap().phase, Phase::Progressing);
+    assert_eq!(target(&preview), None);
+}
+
+#[test]
+fn retries_back_off_by_what_failed() {
+    use WriteFailure::*;
+    // (failure, failures in a row, seconds to wait)
+    for (failure, failures, secs) in [
+        (Conflict, 1, 1),
+        (Conflict, 2, 2),
+        (Conflict, 5, 4),
+        (Unavailable, 1, 2),
+        (Unavailable, 2, 4),
+        (Unavailable, 4, 16),
+        (Unavailable, 5, 30),
+        (Unavailable, 40, 30),
+        (Forbidden, 1, 5),
+        (NotFound, 3, 20),
+        (Invalid, 7, 300),
+        (Invalid, u32::MAX, 300),
+    ] {
+        assert_eq!(
+            retry_after(failure, failures),
+            Duration::from_secs(secs),
+            "{failure:?} × {failures}"
+        );
+    }
+}

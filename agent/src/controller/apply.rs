@@ -1,0 +1,158 @@
+//! Carries out one rollout's [`TickPlan`]: the VirtualService and the filters' table first, then
+//! the events, then the status — each write timed and counted by what it wrote and how it ended
+//! (`fledge_agent_writes_total{write,result}`, `fledge_agent_write_duration_seconds{write}`).
+//!
+//! The split linkerd's policy-controller uses: the planner computes what to write, this applies
+//! it. It decides nothing: a failed routing write is returned, typed, and the controller waits
+//! as `planner::retry_after` says before the same transition is tried again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fledge_core::ObjectKey;
+use fledge_core::planner::{Notice, TickPlan, WriteFailure};
+use fledge_core::rollout::{EventKind, Rollout, RolloutStatus, RoutingIntent};
+use fledge_core::routes;
+
+use crate::metrics::Metrics;
+use crate::store::{RolloutEvent, RolloutStore};
+use crate::telemetry::Hub;
+
+/// A routing write that failed; the status was not persisted.
+#[derive(Debug, thiserror::Error)]
+#[error("{failure:?} writing the routing of Rollout {rollout}: {message}")]
+pub struct ApplyError {
+    pub rollout: ObjectKey,
+    pub failure: WriteFailure,
+    /// What went wrong, naming the object and, where there is one, the field.
+    pub message: String,
+}
+
+/// What the controller writes with.
+pub struct Applier<S> {
+    pub store: Arc<S>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> Clone for Applier<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S: RolloutStore> Applier<S> {
+    /// Applies `plan` for `rollout` (the rollout as it was before the tick).
+    pub async fn apply(&self, rollout: &Rollout, plan: &TickPlan) -> Result<(), ApplyError> {
+        let key = ObjectKey::of(rollout);
+        if let Some(intent) = &plan.routing {
+            self.routing(&key, rollout, intent, plan.status.routing_revision)
+                .await?;
+        }
+        for notice in &plan.notices {
+            self.notice(&key, rollout, &plan.status, notice).await;
+        }
+        if plan.status_changed {
+            self.status(rollout, &plan.status).await;
+        }
+        Ok(())
+    }
+
+    /// Writes the VirtualService (when it changes) and pushes the filters' table for `intent`.
+    async fn routing(
+        &self,
+        key: &ObjectKey,
+        rollout: &Rollout,
+        intent: &RoutingIntent,
+        revision: u64,
+    ) -> Result<(), ApplyError> {
+        let started = Instant::now();
+        let failed = |failure: WriteFailure, message: String| {
+            self.metrics.wrote(
+                "virtual_service",
+                failure.label(),
+                started.elapsed().as_secs_f64(),
+            );
+            ApplyError {
+                rollout: key.clone(),
+                failure,
+                message,
+            }
+        };
+        let vs_key = ObjectKey::virtual_service_of(rollout);
+        let user = self
+            .store
+            .virtual_service(&vs_key)
+            .await
+            .map_err(|e| failed(e.failure(), e.to_string()))?;
+        let vs = routes::virtual_service(intent, &user)
+            .map_err(|e| failed(WriteFailure::Invalid, e.to_string()))?;
+        if vs != user {
+            self.store
+                .write_virtual_service(&vs)
+                .await
+                .map_err(|e| failed(e.failure(), e.to_string()))?;
+        }
+        self.metrics
+            .wrote("virtual_service", "ok", started.elapsed().as_secs_f64());
+        let table_revision = self.hub.set_route(&intent.host, routes::host_route(intent));
+        self.metrics.routing_revision.set(table_revision as i64);
+        tracing::info!(rollout = %key, virtual_service = %vs_key, revision, table_revision, weight = intent.canary_weight(), "routing applied");
+        Ok(())
+    }
+
+    /// Logs, counts and records one decision. Failing to record it never undoes it.
+    async fn notice(
+        &self,
+        key: &ObjectKey,
+        rollout: &Rollout,
+        status: &RolloutStatus,
+        notice: &Notice,
+    ) {
+        self.metrics.decided(&key.to_string(), notice.reason);
+        let evidence = notice.evidence.as_deref().unwrap_or("");
+        match notice.kind {
+            EventKind::Normal => {
+                tracing::info!(reason = notice.reason, phase = %status.phase, step = ?status.current_step, weight = status.canary_weight, evidence, "{}", notice.message)
+            }
+            EventKind::Warning => {
+                tracing::warn!(reason = notice.reason, phase = %status.phase, step = ?status.current_step, weight = status.canary_weight, evidence, "{}", notice.message)
+            }
+        }
+        let event = RolloutEvent {
+            kind: notice.kind,
+            reason: notice.reason,
+            action: notice.action.clone(),
+            note: notice.note(),
+        };
+        let started = Instant::now();
+        let result = self.store.record_event(rollout, &event).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => self.metrics.wrote("event", "ok", seconds),
+            Err(e) => {
+                self.metrics.wrote("event", e.failure().label(), seconds);
+                tracing::warn!(error = %e, reason = notice.reason, "cannot record event");
+            }
+        }
+    }
+
+    /// Persists the status. A failure is logged and the next change writes it again; the loop's
+    /// own copy stays the truth meanwhile.
+    async fn status(&self, rollout: &Rollout, status: &RolloutStatus) {
+        let started = Instant::now();
+        let result = self.store.write_status(rollout, status).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => self.metrics.wrote("status", "ok", seconds),
+            Err(e) => {
+                self.metrics.wrote("status", e.failure().label(), seconds);
+                tracing::warn!(error = %e, "cannot persist status; will retry");
+            }
+        }
+    }
+}
