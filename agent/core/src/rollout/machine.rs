@@ -44,8 +44,8 @@ pub struct Event {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum Action {
-    /// Make the VirtualService and the filters' table say this (status.routingRevision is the
-    /// revision to push it under).
+    /// Make the VirtualService and the filters' table say this (`status.routingRevision` counts
+    /// these changes).
     SetRouting(RoutingIntent),
     Event(Event),
 }

@@ -131,7 +131,8 @@ pub struct RolloutStatus {
     /// The `metadata.generation` of the spec this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Increases with every routing change the rollout asked for; the filters' table revision.
+    /// Counts the routing changes this rollout asked for (for people and logs). The filters'
+    /// routing table has a revision of its own, one for the whole mesh, kept by the agent.
     #[serde(default)]
     pub routing_revision: u64,
 }
