@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fledge_agent::metrics::Metrics;
 use fledge_agent::telemetry::{Hub, TelemetryService};
-use fledge_core::windows::{SeriesKey, Traffic, Windows};
+use fledge_core::windows::{SeriesKey, Side, Traffic, Windows};
 use fledge_proto::v1::{
     self, FilterMessage, agent_message, filter_message, telemetry_client::TelemetryClient,
 };
@@ -189,6 +189,21 @@ async fn reports_merge_and_a_bad_stream_is_refused_alone() {
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(streams[0].reports, 3);
     assert_eq!(agent.hub.streams_for_host("reviews").len(), 1);
+    // The good stream's Hello named no role: its series count on the callers' side only.
+    let server_side = agent.store.lock().unwrap().window(
+        &SeriesKey::new("reviews", "v2", Traffic::Live).on(Side::Server),
+        0,
+        i64::MAX,
+    );
+    assert_eq!(server_side.requests, 0);
+    // The refused streams are closed: only the good one is still counted as open.
+    eventually("refused streams closed", || {
+        agent
+            .metrics
+            .render()
+            .contains("fledge_agent_streams_connected 1\n")
+    })
+    .await;
 }
 
 #[tokio::test]

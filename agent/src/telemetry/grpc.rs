@@ -1,14 +1,16 @@
-//! The tonic adapter for `fledge.v1.Telemetry/Connect`: one task per filter stream that takes the
-//! Hello, validates and merges each Report into the store, and sends routing tables as the hub
-//! publishes them. A bad report closes only its own stream, with `invalid_argument` and the
-//! reason; it is counted, and no other stream notices.
+//! The tonic adapter for `fledge.v1.Telemetry/Connect`: one task per filter stream that hands
+//! each message and each table the hub publishes to the stream's [`Session`], and does what it
+//! answers — registers the stream with the hub, merges reports into the windows (holding their
+//! lock only for the merge), sends tables, and closes a refused stream with `invalid_argument`
+//! and the reason, counted; no other stream notices. When the agent stops, every stream ends
+//! with `unavailable`. The protocol itself lives in `session`.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fledge_proto::v1::{
-    self, AgentMessage, FilterMessage, agent_message, filter_message,
+    self, AgentMessage, FilterMessage,
     telemetry_server::{Telemetry, TelemetryServer},
 };
 use tokio::sync::mpsc;
@@ -16,15 +18,13 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::Hub;
-use super::validate::{Rejection, validate};
+use super::session::{Action, DEFAULT_MAX_SKEW_MS, Merge, Session};
+use super::validate::Rejection;
 use crate::metrics::Metrics;
-use fledge_core::windows::{Side, Windows};
+use fledge_core::windows::Windows;
 
 /// What a filter's stream ends with when the agent stops.
 const STOPPING: &str = "the agent is stopping";
-
-/// Reports whose window ends further than this from the agent's clock are refused.
-pub const DEFAULT_MAX_SKEW_MS: i64 = 120_000;
 
 #[derive(Clone)]
 pub struct TelemetryService {
@@ -63,7 +63,7 @@ impl Telemetry for TelemetryService {
             return Err(Status::unavailable(STOPPING));
         }
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(self.clone().session(request.into_inner(), tx));
+        tokio::spawn(self.clone().serve(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -74,83 +74,80 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// How a stream ended.
+enum End {
+    /// The filter closed it, its transport failed, or the hub is gone.
+    Closed,
+    /// The agent is stopping.
+    Stopping,
+    /// The session refused it.
+    Refused(Rejection),
+}
+
 impl TelemetryService {
-    async fn session(
+    async fn serve(
         self,
         mut inbound: Streaming<FilterMessage>,
         tx: mpsc::Sender<Result<AgentMessage, Status>>,
     ) {
         self.metrics.streams_connected.inc();
+        let mut session = Session::new(self.max_skew_ms);
         let mut tables = self.hub.subscribe();
         let closed = self.hub.closed();
         tokio::pin!(closed);
-        let mut stopping = false;
         let mut id: Option<u64> = None;
-        let mut side = Side::Client;
-        let mut held = 0u64;
-        let closing = loop {
-            tokio::select! {
-                () = &mut closed => {
-                    stopping = true;
-                    break None;
-                }
+        let end = loop {
+            // The newest table, when something may have made it worth sending.
+            let offer: Option<Arc<v1::RoutingTable>> = tokio::select! {
+                () = &mut closed => break End::Stopping,
                 message = inbound.message() => match message {
-                    Ok(Some(FilterMessage { msg: Some(filter_message::Msg::Hello(hello)) })) => {
-                        if id.is_none() {
+                    Ok(Some(message)) => match session.received(message, unix_ms()) {
+                        Action::Register(hello) => {
                             id = Some(self.hub.register(&hello));
-                            // A filter in the server role measures the callee's side.
-                            if hello.role == v1::Role::Server as i32 {
-                                side = Side::Server;
-                            }
-                            held = hello.table_revision;
-                            tracing::info!(proxy = %hello.proxy_id, worker = hello.worker, revision = held, "filter connected");
-                            tables.mark_changed(); // send the current table if it is newer
+                            tracing::info!(proxy = %hello.proxy_id, worker = hello.worker, revision = hello.table_revision, "filter connected");
+                            Some(tables.borrow_and_update().clone())
                         }
-                    }
-                    Ok(Some(FilterMessage { msg: Some(filter_message::Msg::Report(report)) })) => {
-                        let Some(stream) = id else {
-                            break Some(Rejection::new("before_hello", format!("report {} came before Hello; send Hello first", report.seq)));
-                        };
-                        if let Err(rejection) = self.merge(stream, side, &report) {
-                            break Some(rejection);
+                        Action::Merge(merge) => {
+                            self.merge(id, merge);
+                            None
                         }
-                    }
-                    Ok(Some(FilterMessage { msg: None })) => {
-                        break Some(Rejection::new("empty", "message carries neither Hello nor Report"));
-                    }
-                    Ok(None) => break None,
+                        Action::Nothing => None,
+                        Action::Refuse(rejection) => break End::Refused(rejection),
+                    },
+                    Ok(None) => break End::Closed,
                     Err(status) => {
                         tracing::debug!(%status, "filter stream ended");
-                        break None;
+                        break End::Closed;
                     }
                 },
-                changed = tables.changed(), if id.is_some() => {
-                    if changed.is_err() {
-                        break None;
-                    }
-                    let table = tables.borrow_and_update().clone();
-                    if table.revision > held {
-                        held = table.revision;
-                        let message = AgentMessage { msg: Some(agent_message::Msg::RoutingTable(v1::RoutingTable::clone(&table))) };
-                        if tx.send(Ok(message)).await.is_err() {
-                            break None;
-                        }
-                        if let Some(stream) = id {
-                            self.hub.sent(stream, held);
-                        }
-                    }
+                changed = tables.changed() => match changed {
+                    Ok(()) => Some(tables.borrow_and_update().clone()),
+                    Err(_) => break End::Closed,
+                },
+            };
+            if let Some(table) = offer
+                && let Some(message) = session.offer(&table)
+            {
+                if tx.send(Ok(message)).await.is_err() {
+                    break End::Closed;
+                }
+                if let Some(stream) = id {
+                    self.hub.sent(stream, table.revision);
                 }
             }
         };
-        if stopping {
-            let _ = tx.send(Err(Status::unavailable(STOPPING))).await;
-        }
-        if let Some(rejection) = closing {
-            self.metrics.rejected(rejection.reason);
-            tracing::warn!(stream = ?id, reason = rejection.reason, "rejected a report: {}", rejection.message);
-            let _ = tx
-                .send(Err(Status::invalid_argument(rejection.message)))
-                .await;
+        match end {
+            End::Closed => {}
+            End::Stopping => {
+                let _ = tx.send(Err(Status::unavailable(STOPPING))).await;
+            }
+            End::Refused(rejection) => {
+                self.metrics.rejected(rejection.reason);
+                tracing::warn!(stream = ?id, reason = rejection.reason, "rejected a report: {}", rejection.message);
+                let _ = tx
+                    .send(Err(Status::invalid_argument(rejection.message)))
+                    .await;
+            }
         }
         if let Some(stream) = id {
             self.hub.unregister(stream);
@@ -158,22 +155,14 @@ impl TelemetryService {
         self.metrics.streams_connected.dec();
     }
 
-    fn merge(&self, stream: u64, side: Side, report: &v1::Report) -> Result<(), Rejection> {
-        let now = unix_ms();
-        let mut valid = validate(report, now, self.max_skew_ms)?;
-        for (key, _) in &mut valid.series {
-            key.side = side;
+    /// Records and counts a valid report before merging it, so whoever sees its data in the
+    /// windows also sees it counted.
+    fn merge(&self, stream: Option<u64>, merge: Merge) {
+        if let Some(stream) = stream {
+            self.hub.reported(stream, merge.hosts());
         }
-        self.hub
-            .reported(stream, valid.series.iter().map(|(k, _)| k.host.as_str()));
-        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        store.merge(
-            valid.second,
-            valid.series,
-            valid.dropped,
-            now.div_euclid(1000),
-        );
         self.metrics.reports_received.inc();
-        Ok(())
+        let mut windows = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        merge.into_windows(&mut windows);
     }
 }

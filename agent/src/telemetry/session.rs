@@ -1,0 +1,148 @@
+//! The agent's side of one `fledge.v1.Telemetry/Connect` stream, as a state machine the gRPC
+//! adapter drives with what arrives: the filter's messages, and each routing table the hub
+//! publishes. It answers with what to do; it performs no I/O and knows no clock but the one it
+//! is handed.
+//!
+//! The protocol: the first message must be a Hello. The Hello's role says which side of a
+//! request the stream's series were measured on (`ROLE_SERVER` the callee's, any other the
+//! caller's), and its table revision is the one the filter holds. Every Report after it is
+//! validated whole; a valid one is merged, an invalid one (or one before Hello, or a message
+//! with neither) refuses the stream with a message a person can act on. A later Hello changes
+//! nothing. A routing table goes out only when it is newer than the newest the filter holds.
+//! The filter's side of the same stream is `fledge_filter::stream`.
+
+use fledge_proto::v1;
+
+use super::validate::{Rejection, ValidReport, validate};
+use fledge_core::windows::{Side, Windows};
+
+#[cfg(test)]
+mod tests;
+
+/// Reports whose window ends further than this from the agent's clock are refused.
+pub const DEFAULT_MAX_SKEW_MS: i64 = 120_000;
+
+/// What the adapter should do with a message from the filter.
+#[derive(Debug)]
+pub enum Action {
+    /// The stream said Hello: register it, then offer it the current table with
+    /// [`Session::offer`].
+    Register(v1::Hello),
+    /// A report passed every check: record its hosts, count it as received, and merge it.
+    Merge(Merge),
+    /// Nothing to do (a Hello after the first).
+    Nothing,
+    /// Count the rejection under its reason and close the stream with `invalid_argument` and
+    /// its message. Feed the session nothing more.
+    Refuse(Rejection),
+}
+
+/// A validated report, its series keyed on the stream's side, ready to merge.
+#[derive(Debug)]
+pub struct Merge {
+    pub report: ValidReport,
+    /// The agent's clock in unix seconds: windows older than the retention before it expire.
+    pub now_secs: i64,
+}
+
+impl Merge {
+    /// The hosts the report has traffic for (one per series; a host may repeat).
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.report.series.iter().map(|(key, _)| key.host.as_str())
+    }
+
+    /// Adds the report to `windows` at the second its window ends in.
+    pub fn into_windows(self, windows: &mut Windows) {
+        let ValidReport {
+            second,
+            series,
+            dropped,
+        } = self.report;
+        windows.merge(second, series, dropped, self.now_secs);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing has arrived but, perhaps, tables; they wait for the Hello.
+    AwaitingHello,
+    /// Hello came: where the filter measures, and the newest table revision it holds.
+    Open { side: Side, held: u64 },
+}
+
+/// One filter stream, as the agent sees it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    max_skew_ms: i64,
+    state: State,
+}
+
+impl Session {
+    /// A stream that has said nothing yet; reports whose window ends more than `max_skew_ms`
+    /// from the agent's clock will be refused.
+    pub fn new(max_skew_ms: i64) -> Session {
+        Session {
+            max_skew_ms,
+            state: State::AwaitingHello,
+        }
+    }
+
+    /// A message from the filter arrived; the agent's clock reads `now_ms` (unix milliseconds).
+    pub fn received(&mut self, message: v1::FilterMessage, now_ms: i64) -> Action {
+        match (message.msg, self.state) {
+            (Some(v1::filter_message::Msg::Hello(hello)), State::AwaitingHello) => {
+                // A filter in the server role measures the callee's side.
+                let side = if hello.role == v1::Role::Server as i32 {
+                    Side::Server
+                } else {
+                    Side::Client
+                };
+                self.state = State::Open {
+                    side,
+                    held: hello.table_revision,
+                };
+                Action::Register(hello)
+            }
+            (Some(v1::filter_message::Msg::Hello(_)), State::Open { .. }) => Action::Nothing,
+            (Some(v1::filter_message::Msg::Report(report)), State::AwaitingHello) => {
+                Action::Refuse(Rejection::new(
+                    "before_hello",
+                    format!("report {} came before Hello; send Hello first", report.seq),
+                ))
+            }
+            (Some(v1::filter_message::Msg::Report(report)), State::Open { side, .. }) => {
+                match validate(&report, now_ms, self.max_skew_ms) {
+                    Ok(mut report) => {
+                        for (key, _) in &mut report.series {
+                            key.side = side;
+                        }
+                        Action::Merge(Merge {
+                            report,
+                            now_secs: now_ms.div_euclid(1000),
+                        })
+                    }
+                    Err(rejection) => Action::Refuse(rejection),
+                }
+            }
+            (None, _) => Action::Refuse(Rejection::new(
+                "empty",
+                "message carries neither Hello nor Report",
+            )),
+        }
+    }
+
+    /// `table` is the newest routing table. Returns the message to send when the filter has
+    /// said Hello and holds an older revision; the filter is then taken to hold this one.
+    pub fn offer(&mut self, table: &v1::RoutingTable) -> Option<v1::AgentMessage> {
+        let State::Open { held, .. } = &mut self.state else {
+            return None;
+        };
+        if table.revision <= *held {
+            return None;
+        }
+        *held = table.revision;
+        Some(v1::AgentMessage {
+            msg: Some(v1::agent_message::Msg::RoutingTable(table.clone())),
+        })
+    }
+}
