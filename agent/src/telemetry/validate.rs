@@ -11,7 +11,8 @@ use fledge_core::windows::{SeriesDelta, SeriesKey, Traffic};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Rejection {
-    /// A short stable token: `before_hello`, `window`, `clock`, `series`, `counts`, `histogram`.
+    /// A short stable token. From `validate`: `window`, `clock`, `series`, `counts`,
+    /// `histogram`; from the stream's session: `before_hello`, `empty`.
     pub reason: &'static str,
     pub message: String,
 }
