@@ -49,7 +49,9 @@ pub struct Agent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Per request, from the listener direction (inbound: server, otherwise client).
+    /// From the listener's direction, once per filter instance: inbound is the server, outbound
+    /// the client, and an unknown direction acts as the client (see
+    /// [`identity::Side`](crate::identity::Side)).
     Auto,
     /// Route and record as the caller.
     Client,

@@ -4,10 +4,11 @@
 //! over one gRPC stream per VM, taking new routing tables back on the same stream.
 //!
 //! Every decision lives in plain-Rust modules that build and test natively: [`config`] (the
-//! plugin's JSON), [`routing`] (which version a request goes to), [`outcome`] (what a finished
-//! request did), [`stats`] (the per-series counts and histograms, and the Report delta) and
-//! [`stream`] (the connection to the agent as a state machine). `plugin` is the only module that
-//! talks to the proxy-wasm host; it exists only for `wasm32` and holds no policy.
+//! plugin's JSON), [`identity`] (the node and the side the filter takes, resolved once),
+//! [`routing`] (which version a request goes to), [`outcome`] (what a finished request did),
+//! [`stats`] (the per-series counts and histograms, and the Report delta) and [`stream`] (the
+//! connection to the agent as a state machine). `plugin` is the only module that talks to the
+//! proxy-wasm host; it exists only for `wasm32` and holds no policy.
 
 #![cfg_attr(
     not(test),
@@ -20,6 +21,7 @@
 )]
 
 pub mod config;
+pub mod identity;
 pub mod outcome;
 pub mod routing;
 pub mod stats;

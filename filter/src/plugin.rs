@@ -1,9 +1,10 @@
 //! The proxy-wasm adapter, and the only module that talks to the host (ABI 0.2.1). It reads the
 //! host's buffers, headers and properties, calls the pure core ([`crate::config`],
-//! [`crate::routing`], [`crate::outcome`], [`crate::stats`], [`crate::stream`]) and writes back
-//! what the core decided. It holds no policy of its own.
+//! [`crate::identity`], [`crate::routing`], [`crate::outcome`], [`crate::stats`],
+//! [`crate::stream`]) and writes back what the core decided. It holds no policy of its own.
 //!
-//! The root context validates the configuration once, owns the agent stream (driven from the
+//! The root context validates the configuration and resolves the filter's identity (node and
+//! side, from `role` and the listener direction) once, owns the agent stream (driven from the
 //! tick) and shares the parsed state with per-request contexts through an `Rc`. A request context
 //! keeps only what it decided until `on_log`. Nothing here pauses or fails a request: every host
 //! call's error is absorbed, and host calls go through `hostcalls` (which return `Result`)
@@ -19,9 +20,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MetricType};
 
-use fledge_proto::v1;
-
-use crate::config::{Config, Role};
+use crate::config::Config;
+use crate::identity::{Direction, Identity, Side};
 use crate::routing::{Rng, Table};
 use crate::stats::Stats;
 use crate::stream::{self, Link, Node, Received, Step};
@@ -41,11 +41,11 @@ proxy_wasm::main! {{
 /// What the root context and every request context of one VM share.
 struct Shared {
     config: Config,
+    /// The node and the side this root context's requests take, resolved in `on_configure`.
+    identity: Identity,
     table: RefCell<Rc<Table>>,
     stats: RefCell<Stats>,
     rng: RefCell<Rng>,
-    /// The workload's own `version` label, for series recorded in the server role.
-    own_version: Option<String>,
     /// Per-request counts, added to the host's metrics on the next tick rather than with one
     /// host call per request.
     counts: Counts,
@@ -152,13 +152,9 @@ fn node_property(path: &[&str]) -> Option<String> {
         .or_else(|| property_string(serialize(&["node"]).as_bytes()))
 }
 
-/// `listener_direction`: 1 inbound, 2 outbound.
-fn inbound() -> Option<bool> {
-    match property_i64(b"listener_direction")? {
-        1 => Some(true),
-        2 => Some(false),
-        _ => None,
-    }
+/// The direction of the listener this plugin is configured on; `None` when unknown.
+fn listener_direction() -> Option<Direction> {
+    property_i64(b"listener_direction").and_then(Direction::from_envoy)
 }
 
 /// A random `u64` from the host's entropy (WASI `random_get`, through std's hasher seeding).
@@ -173,8 +169,6 @@ struct Root {
     metrics: Metrics,
     link: Link,
     upstream: String,
-    node: Node,
-    role: v1::Role,
     worker: u32,
 }
 
@@ -185,8 +179,6 @@ impl Root {
             metrics: Metrics::default(),
             link: Link::new(1000),
             upstream: String::new(),
-            node: Node::default(),
-            role: v1::Role::Unspecified,
             worker: u32::try_from(random_u64() >> 32).unwrap_or(0),
         }
     }
@@ -212,7 +204,13 @@ impl Root {
         Metrics::add(self.metrics.stream_opens, 1);
         self.link.opened(token, now);
         let revision = shared.table.borrow().revision;
-        let hello = stream::hello(&self.node, self.role, self.worker, revision);
+        let identity = &shared.identity;
+        let hello = stream::hello(
+            &identity.node,
+            identity.side.hello_role(),
+            self.worker,
+            revision,
+        );
         if hostcalls::send_grpc_stream_message(token, Some(&hello), false).is_err() {
             self.drop_stream(token, now);
         }
@@ -329,21 +327,19 @@ impl RootContext for Root {
             );
             config.agent.cluster.clone()
         });
-        self.node = Node {
+        let node = Node {
             proxy_id: node_property(&["id"]).unwrap_or_default(),
             workload: node_property(&["metadata", "WORKLOAD_NAME"]).unwrap_or_default(),
             namespace: node_property(&["metadata", "NAMESPACE"]).unwrap_or_default(),
             version_label: node_property(&["metadata", "LABELS", "version"]).unwrap_or_default(),
         };
-        self.role = match config.role {
-            Role::Client => v1::Role::Client,
-            Role::Server => v1::Role::Server,
-            Role::Auto => match inbound() {
-                Some(true) => v1::Role::Server,
-                Some(false) => v1::Role::Client,
-                None => v1::Role::Unspecified,
-            },
-        };
+        let identity = Identity::new(node, config.role, listener_direction());
+        if identity.side == Side::ClientByDefault {
+            log(
+                LogLevel::Warn,
+                "fledge: role auto, but the listener direction is unknown; acting as the client (set role to client or server)",
+            );
+        }
         // A new configuration starts a new stream (the old one may name another agent).
         if let Some(token) = self.link.token() {
             let _ = hostcalls::cancel_grpc_stream(token);
@@ -351,7 +347,6 @@ impl RootContext for Root {
         self.link.restart(config.report_interval_ms);
         let period = Duration::from_millis(config.report_interval_ms);
         let _ = hostcalls::set_tick_period(period);
-        let own_version = Some(self.node.version_label.clone()).filter(|v| !v.is_empty());
         let now = i64::try_from(now_ms()).unwrap_or(0);
         // What the previous configuration recorded and has not reported yet carries over.
         let mut stats = Stats::new(config.max_series, now);
@@ -362,11 +357,12 @@ impl RootContext for Root {
             }
         }
         Metrics::set(self.metrics.table_revision, config.table.revision);
+        let side = identity.side;
         self.shared = Some(Rc::new(Shared {
             table: RefCell::new(Rc::new(config.table.clone())),
             stats: RefCell::new(stats),
             rng: RefCell::new(Rng::new(random_u64())),
-            own_version,
+            identity,
             counts: Counts::default(),
             config,
         }));
@@ -375,7 +371,7 @@ impl RootContext for Root {
             &format!(
                 "fledge: configured; agent cluster {}, role {:?}",
                 self.upstream_name(),
-                self.role
+                side
             ),
         );
         true

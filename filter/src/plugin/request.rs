@@ -1,7 +1,7 @@
-//! The per-request context of the proxy-wasm adapter: on request headers it routes (client
-//! role) by asking the routing core and writing the chosen version header; at `on_log` it reads
-//! what the request did and records it. It keeps only its own decision until the request ends
-//! and never pauses or fails the request.
+//! The per-request context of the proxy-wasm adapter: on request headers it routes (unless the
+//! root context resolved the server side) by asking the routing core and writing the chosen
+//! version header; at `on_log` it reads what the request did and records it. It keeps only its
+//! own decision until the request ends and never pauses or fails the request.
 
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -13,8 +13,7 @@ use proxy_wasm::types::{Action, MapType};
 use fledge_proto::v1::Traffic;
 
 use super::reads::{self, RequestHeaders};
-use super::{Shared, inbound, property_i64, property_string};
-use crate::config::Role;
+use super::{Shared, property_i64, property_string};
 use crate::outcome::{self, Facts, Outcome};
 use crate::routing::{Cause, Destination, Table};
 
@@ -23,7 +22,6 @@ pub(super) struct Request {
     shared: Option<Rc<Shared>>,
     destination: Option<Destination>,
     decided: Option<Decided>,
-    server: bool,
     /// A gRPC request (by `content-type`): only then does `response.grpc_status` count.
     grpc: bool,
 }
@@ -50,7 +48,6 @@ impl Request {
             shared,
             destination: None,
             decided: None,
-            server: false,
             grpc: false,
         }
     }
@@ -118,16 +115,11 @@ impl HttpContext for Request {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        self.server = match shared.config.role {
-            Role::Client => false,
-            Role::Server => true,
-            Role::Auto => inbound().unwrap_or(false),
-        };
         let authority = reads::request_header(":authority").unwrap_or_default();
         self.destination = Some(Destination::from_authority_bytes(authority));
         self.grpc = reads::request_header("content-type")
             .is_some_and(|content_type| outcome::is_grpc(&content_type));
-        if !self.server {
+        if !shared.identity.side.is_server() {
             self.route(&shared);
         }
         Action::Continue
@@ -151,11 +143,7 @@ impl HttpContext for Request {
             Some(version) if !version.is_empty() => None,
             _ => property_string(b"xds\0cluster_name"),
         };
-        let own = if self.server {
-            shared.own_version.as_deref()
-        } else {
-            None
-        };
+        let own = shared.identity.own_version();
         let version = outcome::version_of(decided, cluster.as_deref(), own);
         let host = if host.is_empty() { "unknown" } else { host };
         let traffic = if destination.shadow {
