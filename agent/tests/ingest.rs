@@ -2,15 +2,15 @@
 //! their own stream only, routing tables pushed to connected filters.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fledge_agent::metrics::Metrics;
 use fledge_agent::telemetry::{Hub, TelemetryService};
 use fledge_core::windows::{SeriesKey, Side, Traffic, Windows};
 use fledge_proto::v1::{
-    self, FilterMessage, agent_message, filter_message, telemetry_client::TelemetryClient,
+    self, FilterMessage, Hello, HostRoute, Report, agent_message, telemetry_client::TelemetryClient,
 };
-use hdrhistogram::serialization::{Serializer, V2Serializer};
+use fledge_testkit::messages::{HelloExt, HostRouteExt, ReportExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Channel, Server};
@@ -64,47 +64,7 @@ async fn connect(addr: std::net::SocketAddr) -> Filter {
 }
 
 fn hello(revision: u64) -> FilterMessage {
-    let hello = v1::Hello {
-        proxy_id: "sidecar~10.0.0.1~web-1.shop".into(),
-        worker: 0,
-        table_revision: revision,
-        ..Default::default()
-    };
-    FilterMessage {
-        msg: Some(filter_message::Msg::Hello(hello)),
-    }
-}
-
-fn report(seq: u64, version: &str, requests: u64, failures: u64, latency_us: u64) -> FilterMessage {
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).unwrap();
-    hist.record_n(latency_us, requests).unwrap();
-    let mut latency_us_hdr = Vec::new();
-    V2Serializer::new()
-        .serialize(&hist, &mut latency_us_hdr)
-        .unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let series = v1::Series {
-        host: "reviews".into(),
-        version: version.into(),
-        requests,
-        failures,
-        errors_5xx: failures,
-        latency_us_hdr,
-        ..Default::default()
-    };
-    let report = v1::Report {
-        seq,
-        window_start_unix_ms: now - 1000,
-        window_end_unix_ms: now,
-        series: vec![series],
-        dropped: 0,
-    };
-    FilterMessage {
-        msg: Some(filter_message::Msg::Report(report)),
-    }
+    Hello::test().revision(revision).message()
 }
 
 fn total(agent: &Agent, version: &str) -> (u64, u64) {
@@ -132,10 +92,12 @@ async fn reports_merge_and_a_bad_stream_is_refused_alone() {
     let agent = agent().await;
     let good = connect(agent.addr).await;
     good.tx.send(hello(0)).await.unwrap();
-    good.tx.send(report(1, "v2", 100, 3, 2000)).await.unwrap();
+    let first = Report::test().seq(1).errors(3, 100).latency_us(2000);
+    good.tx.send(first.message()).await.unwrap();
 
     let mut early = connect(agent.addr).await;
-    early.tx.send(report(1, "v2", 5, 0, 2000)).await.unwrap();
+    let before_hello = Report::test().seq(1).requests(5).latency_us(2000);
+    early.tx.send(before_hello.message()).await.unwrap();
     let status = early.replies.message().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert_eq!(
@@ -145,11 +107,9 @@ async fn reports_merge_and_a_bad_stream_is_refused_alone() {
 
     let mut garbled = connect(agent.addr).await;
     garbled.tx.send(hello(0)).await.unwrap();
-    let mut bad = report(4, "v2", 10, 0, 2000);
-    if let Some(filter_message::Msg::Report(r)) = &mut bad.msg {
-        r.series[0].latency_us_hdr.truncate(5);
-    }
-    garbled.tx.send(bad).await.unwrap();
+    let mut bad = Report::test().seq(4).requests(10).latency_us(2000);
+    bad.series[0].latency_us_hdr.truncate(5);
+    garbled.tx.send(bad.message()).await.unwrap();
     // The agent's current routing table may come first (the stream said Hello); then the refusal.
     let status = loop {
         match garbled.replies.message().await {
@@ -171,8 +131,14 @@ async fn reports_merge_and_a_bad_stream_is_refused_alone() {
     );
 
     // The good stream never noticed.
-    good.tx.send(report(2, "v2", 50, 1, 3000)).await.unwrap();
-    good.tx.send(report(3, "v1", 400, 0, 1000)).await.unwrap();
+    let second = Report::test().seq(2).errors(1, 50).latency_us(3000);
+    let third = Report::test()
+        .seq(3)
+        .version("v1")
+        .requests(400)
+        .latency_us(1000);
+    good.tx.send(second.message()).await.unwrap();
+    good.tx.send(third.message()).await.unwrap();
     eventually("all good reports merged", || {
         total(&agent, "v2") == (150, 4) && total(&agent, "v1") == (400, 0)
     })
@@ -219,15 +185,7 @@ async fn routing_tables_reach_connected_filters_and_newcomers() {
     };
     assert!(initial.routes.is_empty());
 
-    let route = v1::HostRoute {
-        host: "reviews".into(),
-        split: Some(v1::Split {
-            stable: "v1".into(),
-            canary: "v2".into(),
-            canary_basis_points: 500,
-        }),
-        ..Default::default()
-    };
+    let route = HostRoute::test().host("reviews").split("v1", "v2", 500);
     let revision = agent.hub.set_route("reviews", Some(route.clone()));
     assert!(revision > initial.revision);
     let pushed = first.replies.message().await.unwrap().unwrap();

@@ -7,9 +7,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fledge_proto::v1::{HostRoute, Role, RoutingTable, Split, StickyKey, Traffic, sticky_key};
+use fledge_proto::v1::{HostRoute, Role, RoutingTable};
 use fledge_sandbox::{Mesh, load};
-use support::agent::Agent;
+use fledge_testkit::messages::HostRouteExt;
+use fledge_testkit::telemetry::StandInAgent;
 use support::{HOST, Sandbox, all_to, by_version_header, eventually, plugin_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,30 +49,20 @@ fn users(report: &fledge_sandbox::LoadReport) -> BTreeMap<String, String> {
 }
 
 fn table(revision: u64, canary_bp: u32) -> RoutingTable {
-    RoutingTable {
-        revision,
-        routes: vec![HostRoute {
-            host: HOST.into(),
-            version_header: "x-fledge-version".into(),
-            rules: Vec::new(),
-            split: Some(Split {
-                stable: "v1".into(),
-                canary: "v2".into(),
-                canary_basis_points: canary_bp,
-            }),
-            sticky_key: Some(StickyKey {
-                source: Some(sticky_key::Source::Header("x-user-id".into())),
-            }),
-        }],
-    }
+    HostRoute::test()
+        .host(HOST)
+        .version_header("x-fledge-version")
+        .split("v1", "v2", canary_bp)
+        .sticky_header("x-user-id")
+        .table(revision)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_split_holds_users_and_raising_it_only_moves_stable_users_to_canary() {
-    let (agent, agent_addr) = Agent::start().await;
+    let (agent, serving) = StandInAgent::start().await;
     let sandbox = Sandbox::new("sticky", &by_version_header(), false)
         .await
-        .with_filter(plugin_config(2000), Some(agent_addr));
+        .with_filter(plugin_config(2000), Some(serving.addr));
     let mesh = sandbox.wasm_mesh().await;
     let run = |mesh: &Mesh| support::load(mesh, 1600, 800.0).users(400);
 
@@ -107,14 +98,14 @@ async fn sticky_split_holds_users_and_raising_it_only_moves_stable_users_to_cana
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_listener_records_the_mirror_as_shadow_and_clients_as_live() {
-    let (agent, agent_addr) = Agent::start().await;
+    let (agent, serving) = StandInAgent::start().await;
     let http = format!(
         "{}    mirror: {{host: {HOST}, subset: v2}}\n    mirrorPercentage: {{value: 20.0}}\n",
         all_to("v1")
     );
     let sandbox = Sandbox::new("shadow", &http, true)
         .await
-        .with_filter(plugin_config(0), Some(agent_addr));
+        .with_filter(plugin_config(0), Some(serving.addr));
     let mesh = sandbox.wasm_mesh().await;
     let report = load::run(&support::load(&mesh, 1000, 500.0).users(100))
         .await
@@ -133,10 +124,7 @@ async fn inbound_listener_records_the_mirror_as_shadow_and_clients_as_live() {
 
     // The client's filter counts every request as live v1; the canary's sidecar counts the
     // mirrored copies as shadow v2, and nothing else.
-    let settled = || {
-        agent.requests("v1", Traffic::Live) == 1000
-            && agent.requests("v2", Traffic::Shadow) == mirrored
-    };
+    let settled = || agent.live_requests("v1") == 1000 && agent.shadow_requests("v2") == mirrored;
     tokio::time::timeout(Duration::from_secs(10), async {
         while !settled() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -146,14 +134,14 @@ async fn inbound_listener_records_the_mirror_as_shadow_and_clients_as_live() {
     .unwrap_or_else(|_| {
         panic!(
             "reports: v1 live {}, v2 shadow {} of {mirrored}",
-            agent.requests("v1", Traffic::Live),
-            agent.requests("v2", Traffic::Shadow)
+            agent.live_requests("v1"),
+            agent.shadow_requests("v2")
         )
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(settled(), "counts grew past what was sent");
-    assert_eq!(agent.requests("v2", Traffic::Live), 0);
-    assert_eq!(agent.requests("v1", Traffic::Shadow), 0);
+    assert_eq!(agent.live_requests("v2"), 0);
+    assert_eq!(agent.shadow_requests("v1"), 0);
     let roles: Vec<i32> = agent.hellos().iter().map(|h| h.role).collect();
     assert!(
         roles.contains(&(Role::Server as i32)) && roles.contains(&(Role::Client as i32)),

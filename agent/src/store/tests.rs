@@ -4,7 +4,7 @@
 //! a whole canary through machine, routes and store, restarting the store at every tick.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jiff::Timestamp;
 use serde_json::json;
@@ -14,17 +14,9 @@ use fledge_core::rollout::UserCommand;
 use fledge_core::rollout::{self, Action, Phase, Verdict};
 use fledge_core::routes;
 
-fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples")
-}
-
 /// A folder with the canary example and its VirtualService.
 fn folder() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["canary.yaml", "virtualservice.yaml"] {
-        fs::copy(examples().join(f), dir.path().join(f)).unwrap();
-    }
-    dir
+    fledge_testkit::examples::folder(&["canary.yaml", "virtualservice.yaml"])
 }
 
 fn at(secs: i64) -> Timestamp {

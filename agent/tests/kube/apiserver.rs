@@ -1,10 +1,10 @@
 //! A stand-in for the Kubernetes API server (axum over real HTTP), serving exactly the calls the
 //! agent's Kubernetes store makes, and checking each one as the real server would: method, path,
 //! query, content type and body. Rollouts (status subresource) are checked against our own CRD
-//! schema, VirtualServices against Istio's (/work/shared/istio/crds.gen.yaml), Events against
-//! the events.k8s.io/v1 validation rules. Objects get uids, resourceVersions from one counter,
-//! generations bumped on spec changes only; a replace at a stale resourceVersion gets 409;
-//! absent objects 404; watches stream real watch events (`{"type":…,"object":…}` lines).
+//! schema, VirtualServices against Istio's (the pinned bundle in `FLEDGE_ISTIO_CRDS`), Events
+//! against the events.k8s.io/v1 validation rules. Objects get uids, resourceVersions from one
+//! counter, generations bumped on spec changes only; a replace at a stale resourceVersion gets
+//! 409; absent objects 404; watches stream real watch events (`{"type":…,"object":…}` lines).
 //!
 //! Any call it does not expect, or that breaks a rule, is refused with the status the real server
 //! would give (or 400) and recorded in `violations()`, which every test asserts empty.
@@ -20,11 +20,8 @@ mod handlers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
-
-pub const CRDS: &str = "/work/shared/istio/crds.gen.yaml";
 
 /// What RBAC would check for one call.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -284,22 +281,7 @@ pub fn key_of(object: &Value) -> Key {
 
 /// The `openAPIV3Schema` of VirtualService `networking.istio.io/v1`, compiled once.
 pub fn istio_schema() -> &'static jsonschema::Validator {
-    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        let text = std::fs::read_to_string(CRDS).unwrap_or_else(|e| panic!("{CRDS}: {e}"));
-        let crd = serde_norway::Deserializer::from_str(&text)
-            .map(|doc| Value::deserialize(doc).expect("a YAML document"))
-            .find(|d| d["metadata"]["name"] == "virtualservices.networking.istio.io")
-            .expect("the VirtualService CRD");
-        let v1 = crd["spec"]["versions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "v1")
-            .expect("version v1")
-            .clone();
-        jsonschema::validator_for(&v1["schema"]["openAPIV3Schema"]).expect("a usable schema")
-    })
+    fledge_testkit::istio::virtual_service()
 }
 
 /// The `openAPIV3Schema` of our own Rollout CRD, compiled once.

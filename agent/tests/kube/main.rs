@@ -165,10 +165,7 @@ fn without_server_fields(mut vs: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_runs_to_success_through_the_api_server_as_through_the_local_store() {
     let server = cluster().await;
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["canary.yaml", "virtualservice.yaml"] {
-        std::fs::copy(manifests().join("examples").join(f), dir.path().join(f)).unwrap();
-    }
+    let dir = fledge_testkit::examples::folder(&["canary.yaml", "virtualservice.yaml"]);
     let telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
     let kube = controller(kube_store(&server).await, &telemetry);
     let local = controller(LocalStore::new(dir.path()), &telemetry);

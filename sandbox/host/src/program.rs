@@ -33,9 +33,9 @@ fn compiled() -> &'static (Engine, Mutex<HashMap<FileKey, Slot>>) {
     COMPILED.get_or_init(|| (engine(), Mutex::default()))
 }
 
-/// Wasmtime's defaults, and with `FLEDGE_WASM_PERFMAP=1` a `/tmp/perf-<pid>.map` naming the
-/// compiled functions, so profilers (perf, or callgrind's addresses by hand) can tell the
-/// module's functions apart.
+/// Wasmtime's defaults, and with `FLEDGE_WASM_PERFMAP=1` a `perf-<pid>.map` in the system's
+/// temporary folder naming the compiled functions, so profilers (perf, or callgrind's addresses
+/// by hand) can tell the module's functions apart.
 fn engine() -> Engine {
     let mut config = wasmtime::Config::new();
     if std::env::var_os("FLEDGE_WASM_PERFMAP").is_some_and(|v| v == "1") {

@@ -1,8 +1,8 @@
 //! The install manifest `manifests/wasmplugin.yaml` works as shipped: every WasmPlugin in it is
-//! valid against Istio's own WasmPlugin CRD schema (`/work/shared/istio/crds.gen.yaml`), and the
-//! real filter module, loaded in the host, accepts its `pluginConfig` (Istio hands it to the
-//! filter as JSON). A manifest the filter would refuse would leave every sidecar unfiltered. Each
-//! kind of listener (a sidecar's outbound and inbound, the ingress gateway) runs exactly one.
+//! valid against Istio's own WasmPlugin CRD schema (the pinned bundle in `FLEDGE_ISTIO_CRDS`),
+//! and the real filter module, loaded in the host, accepts its `pluginConfig` (Istio hands it to
+//! the filter as JSON). A manifest the filter would refuse would leave every sidecar unfiltered.
+//! Each kind of listener (a sidecar's outbound and inbound, the ingress gateway) runs exactly one.
 
 mod common;
 
@@ -13,28 +13,10 @@ use fledge_sandbox_host::{FilterHost, HostConfig, HostError};
 use serde::Deserialize;
 use serde_json::Value;
 
-const ISTIO_CRDS: &str = "/work/shared/istio/crds.gen.yaml";
-
 fn yaml_documents(text: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("a YAML document"))
         .collect()
-}
-
-fn wasmplugin_schema() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(ISTIO_CRDS).unwrap_or_else(|e| panic!("{ISTIO_CRDS}: {e}"));
-    let crd = yaml_documents(&text)
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "wasmplugins.extensions.istio.io")
-        .expect("the WasmPlugin CRD");
-    let version = crd["spec"]["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "v1alpha1")
-        .expect("version v1alpha1")
-        .clone();
-    jsonschema::validator_for(&version["schema"]["openAPIV3Schema"]).expect("a usable schema")
 }
 
 /// Where Istio puts a WasmPlugin: a sidecar's outbound and inbound listeners, and a gateway's.
@@ -138,7 +120,7 @@ async fn every_wasmplugin_in_the_install_manifest_is_valid_and_accepted_by_the_f
             .collect();
         assert_eq!(applying.len(), 1, "{}: plugins {applying:?}", listener.name);
     }
-    let schema = wasmplugin_schema();
+    let schema = fledge_testkit::istio::wasm_plugin();
     for plugin in &plugins {
         let name = plugin["metadata"]["name"].as_str().unwrap_or("?");
         let errors: Vec<String> = schema.iter_errors(plugin).map(|e| e.to_string()).collect();

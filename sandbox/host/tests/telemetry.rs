@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fledge_proto::v1::{HostRoute, RoutingTable, Split, filter_message};
+use fledge_proto::v1::HostRoute;
 use fledge_sandbox_host::{FilterHost, HostConfig, LogInfo, NodeInfo};
+use fledge_testkit::messages::HostRouteExt;
+use fledge_testkit::telemetry::StandInAgent;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 
@@ -51,15 +53,14 @@ fn run(host: &FilterHost, first: u64, n: u64) -> BTreeMap<String, Vec<u64>> {
     sent
 }
 
-fn reported_total(agent: &Agent) -> u64 {
-    let seen = agent.seen.lock().unwrap();
+fn reported_total(agent: &StandInAgent) -> u64 {
+    let seen = agent.seen();
     seen.requests("v1") + seen.requests("v2")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_count_every_request_once_with_its_latency() {
-    let agent = Agent::default();
-    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let (agent, server) = StandInAgent::start().await;
     let host = FilterHost::start(host_config(server.addr, 2000))
         .await
         .unwrap();
@@ -72,18 +73,15 @@ async fn reports_count_every_request_once_with_its_latency() {
     check_reports(&agent, &sent);
     assert_eq!(host.stats().traps, 0);
     host.shutdown().await;
-    server.stop(&agent).await;
+    server.stop().await;
 }
 
 /// Every request of `sent` is in exactly one report, with its latency.
-fn check_reports(agent: &Agent, sent: &BTreeMap<String, Vec<u64>>) {
-    let seen = agent.seen.lock().unwrap();
-    assert_eq!(seen.hellos(), 2, "one Hello per VM");
-    let hello = seen.messages.iter().find_map(|m| match &m.msg {
-        Some(filter_message::Msg::Hello(h)) => Some(h.clone()),
-        _ => None,
-    });
-    let hello = hello.unwrap();
+fn check_reports(agent: &StandInAgent, sent: &BTreeMap<String, Vec<u64>>) {
+    let seen = agent.seen();
+    let hellos = seen.hellos();
+    assert_eq!(hellos.len(), 2, "one Hello per VM");
+    let hello = hellos[0];
     assert_eq!(
         (
             hello.proxy_id.as_str(),
@@ -105,12 +103,7 @@ fn check_reports(agent: &Agent, sent: &BTreeMap<String, Vec<u64>>) {
             "{version}: reported requests"
         );
         let mut merged = Histogram::<u64>::new(2).unwrap();
-        for series in seen
-            .reports()
-            .iter()
-            .flat_map(|r| &r.series)
-            .filter(|s| &s.version == version)
-        {
+        for series in seen.series().iter().filter(|s| &s.version == version) {
             assert_eq!(series.host, REVIEWS);
             let h: Histogram<u64> = Deserializer::new()
                 .deserialize(&mut series.latency_us_hdr.as_slice())
@@ -138,34 +131,21 @@ fn check_reports(agent: &Agent, sent: &BTreeMap<String, Vec<u64>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routing_table_from_the_agent_changes_routing_within_a_second() {
-    let agent = Agent::default();
-    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let (agent, server) = StandInAgent::start().await;
     let host = FilterHost::start(host_config(server.addr, 0))
         .await
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || agent
-            .pushers
-            .lock()
-            .unwrap()
-            .len()
-            == 2)
-        .await,
+        eventually(Duration::from_secs(10), || agent.streams() == 2).await,
         "both VMs connect"
     );
     assert_eq!(run(&host, 0, 50).keys().collect::<Vec<_>>(), ["v1"]);
-    agent.push(RoutingTable {
-        revision: 1,
-        routes: vec![HostRoute {
-            host: REVIEWS.into(),
-            split: Some(Split {
-                stable: "v1".into(),
-                canary: "v3".into(),
-                canary_basis_points: 10_000,
-            }),
-            ..HostRoute::default()
-        }],
-    });
+    agent.push(
+        HostRoute::test()
+            .host(REVIEWS)
+            .split("v1", "v3", 10_000)
+            .table(1),
+    );
     let pushed = Instant::now();
     let switched = eventually(Duration::from_secs(1), || {
         run(&host, 0, 10).keys().eq(["v3"])
@@ -181,18 +161,17 @@ async fn a_routing_table_from_the_agent_changes_routing_within_a_second() {
         Some(&1)
     );
     host.shutdown().await;
-    server.stop(&agent).await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_down_loses_no_request_and_totals_are_exact_after_restart() {
-    let agent = Agent::default();
-    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let (agent, server) = StandInAgent::start().await;
     let addr = server.addr;
     let host = FilterHost::start(host_config(addr, 5000)).await.unwrap();
     run(&host, 0, 100);
     assert!(eventually(Duration::from_secs(10), || reported_total(&agent) == 100).await);
-    server.stop(&agent).await;
+    server.stop().await;
     // The agent is gone: requests keep being routed, and the VMs survive refused connections.
     let down = Instant::now();
     let mut during = 0;
@@ -220,7 +199,7 @@ async fn agent_down_loses_no_request_and_totals_are_exact_after_restart() {
         "{stats:?}"
     );
     assert_eq!(reported_total(&agent), 100, "nothing reported while down");
-    let server = Server::start(agent.clone(), addr).await;
+    let server = agent.serve(addr).await;
     let expected = 100 + during;
     let exact = eventually(Duration::from_secs(20), || {
         reported_total(&agent) == expected
@@ -234,7 +213,7 @@ async fn agent_down_loses_no_request_and_totals_are_exact_after_restart() {
     tokio::time::sleep(Duration::from_millis(3 * REPORT_MS)).await;
     assert_eq!(reported_total(&agent), expected, "no request counted twice");
     host.shutdown().await;
-    server.stop(&agent).await;
+    server.stop().await;
 }
 
 /// Envoy answers `response.grpc_status` for every request (200 without a `grpc-status` is
@@ -242,8 +221,7 @@ async fn agent_down_loses_no_request_and_totals_are_exact_after_restart() {
 /// failures, while a gRPC request's `grpc-status`, or the status inferred from its HTTP code, is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_errors_count_only_for_grpc_requests() {
-    let agent = Agent::default();
-    let server = Server::start(agent.clone(), "127.0.0.1:0".parse().unwrap()).await;
+    let (agent, server) = StandInAgent::start().await;
     let host = FilterHost::start(host_config(server.addr, 0))
         .await
         .unwrap();
@@ -276,8 +254,8 @@ async fn grpc_errors_count_only_for_grpc_requests() {
         "reports did not arrive"
     );
     let sums = {
-        let seen = agent.seen.lock().unwrap();
-        let series: Vec<_> = seen.reports().into_iter().flat_map(|r| &r.series).collect();
+        let seen = agent.seen();
+        let series = seen.series();
         let sum =
             |f: fn(&fledge_proto::v1::Series) -> u64| series.iter().map(|s| f(s)).sum::<u64>();
         [
@@ -291,5 +269,5 @@ async fn grpc_errors_count_only_for_grpc_requests() {
     // 503; none of the plain HTTP ones, whose 200s Envoy would call Unknown.
     assert_eq!(sums, [7, 2, 3, 7]);
     host.shutdown().await;
-    server.stop(&agent).await;
+    server.stop().await;
 }

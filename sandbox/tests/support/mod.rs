@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod agent;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

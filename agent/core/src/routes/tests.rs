@@ -1,35 +1,16 @@
 //! The route builder: fledge's routes on top, the user's routes byte-for-byte below, a clean
 //! VirtualService after the hand-over, every produced object valid against Istio's own CRD
-//! schema (/work/shared/istio/crds.gen.yaml), and the filters' HostRoute.
-
-use std::sync::OnceLock;
+//! schema (the pinned bundle in `FLEDGE_ISTIO_CRDS`), and the filters' HostRoute.
 
 use fledge_proto::v1::{header_match, rule, sticky_key};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::*;
 use crate::rollout::{CohortRule, CookieRule, HeaderRule, RoutingIntent, Shape, StickyKey};
 
-const CRDS: &str = "/work/shared/istio/crds.gen.yaml";
-
 /// The `openAPIV3Schema` of VirtualService `networking.istio.io/v1`, compiled once.
 fn schema() -> &'static jsonschema::Validator {
-    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
-    SCHEMA.get_or_init(|| {
-        let text = std::fs::read_to_string(CRDS).unwrap_or_else(|e| panic!("{CRDS}: {e}"));
-        let crd = serde_norway::Deserializer::from_str(&text)
-            .map(|doc| Value::deserialize(doc).expect("a YAML document"))
-            .find(|d| d["metadata"]["name"] == "virtualservices.networking.istio.io")
-            .expect("the VirtualService CRD");
-        let v1 = crd["spec"]["versions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "v1")
-            .expect("version v1");
-        jsonschema::validator_for(&v1["schema"]["openAPIV3Schema"]).expect("a usable schema")
-    })
+    fledge_testkit::istio::virtual_service()
 }
 
 fn assert_valid(vs: &Value, what: &str) {
