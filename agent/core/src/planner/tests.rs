@@ -41,23 +41,25 @@ fn tick(
     plan
 }
 
+/// (secs, verdict, commands, phase, weight, routing weight, event reasons, status changed)
+type Row = (
+    i64,
+    Option<Verdict>,
+    &'static [UserCommand],
+    Phase,
+    u32,
+    Option<u32>,
+    &'static [&'static str],
+    bool,
+);
+
 #[test]
 fn orders_routing_events_and_status_per_tick() {
     let mut rollout = Rollout::test().with_steps(&[
         (10, Pause::until_analysis_passes()),
         (50, Pause::until_analysis_passes()),
     ]);
-    // (secs, verdict, commands, phase, weight, routing weight, event reasons, status changed)
-    let rows: [(
-        i64,
-        Option<Verdict>,
-        &[UserCommand],
-        Phase,
-        u32,
-        Option<u32>,
-        &[&str],
-        bool,
-    ); 6] = [
+    let rows: [Row; 6] = [
         (
             0,
             None,
