@@ -1,8 +1,11 @@
 //! What the mesh needs from an HTTP filter, in Envoy's callback order: request headers (which
 //! may rewrite them and clear the route cache), response headers, then the log with what the
-//! request did. The proxy-wasm host implements it for the real `.wasm` (see `wasm.rs`); tests
-//! may bring their own. Also the Envoy response-flag bits the mesh reports.
+//! request did; and [`Filters`], which filter runs on which listener. The proxy-wasm host
+//! implements [`Filter`] for the real `.wasm` (see `wasm.rs`); tests may bring their own. Also
+//! the Envoy response-flag bits the mesh reports. Only the contract: no host, no sockets.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An HTTP filter the mesh runs on every request of a listener.
@@ -10,6 +13,14 @@ pub trait Filter: Send + Sync + 'static {
     /// Runs the request-headers callback. `headers` start with the pseudo headers
     /// (`:authority`, `:path`, `:method`, `:scheme`); the filter may change any of them.
     fn on_request_headers(&self, headers: &mut Vec<(String, String)>) -> Box<dyn FilterRequest>;
+}
+
+/// The filters a mesh runs: on the outbound proxy, and on inbound listeners by (destination
+/// host, subset) as written in the config.
+#[derive(Default, Clone)]
+pub struct Filters {
+    pub outbound: Option<Arc<dyn Filter>>,
+    pub inbound: HashMap<(String, String), Arc<dyn Filter>>,
 }
 
 /// One request's filter context, from request headers to log.

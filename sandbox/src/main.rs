@@ -1,5 +1,6 @@
 //! `fledge-sandbox`: the local mesh, a backend, the load generator and the filter benchmark
-//! from the command line. Each subcommand runs one part; the demo starts several.
+//! from the command line. Each subcommand runs one part; the whole rollout with the agent is
+//! `fledge-demo`'s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use fledge_sandbox::demo::{self, DemoConfig, Scenario};
 use fledge_sandbox::{
     Backend, BackendConfig, Behaviour, Latency, LoadConfig, Mesh, SandboxConfig, load,
 };
@@ -78,19 +78,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// A rollout end to end on this machine: agent, mesh with the real filter, backends, load.
-    /// Exits 0 when the scenario ended as expected.
-    Demo {
-        /// healthy (promotes), erroring or slow (roll back), ab or shadow (promote).
-        #[arg(long, default_value = "healthy")]
-        scenario: Scenario,
-        /// How long each step is held, e.g. 15s.
-        #[arg(long, default_value = "15s", value_parser = duration)]
-        hold: Duration,
-        /// Requests per second.
-        #[arg(long, default_value_t = 200.0)]
-        rate: f64,
-    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -123,37 +110,13 @@ fn header(text: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The demo speaks in its own lines; logs only errors.
-    let level = match cli.command {
-        Command::Demo { .. } => "error",
-        _ => "info",
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Demo {
-            scenario,
-            hold,
-            rate,
-        } => {
-            let config = DemoConfig {
-                hold,
-                rate,
-                ..DemoConfig::new(scenario)?
-            };
-            let outcome = demo::run(&config, |line| println!("{line}")).await?;
-            if !outcome.as_expected() {
-                bail!(
-                    "scenario {scenario} ended {}, expected {}",
-                    outcome.phase,
-                    scenario.expected_phase()
-                );
-            }
-        }
         Command::Proxy { config } => {
             let config = SandboxConfig::load(&config)?;
             let mesh = Mesh::start(config).await?;

@@ -2,7 +2,7 @@
 //! sidecar) routing by the watched VirtualService file, and one inbound listener (a server's
 //! sidecar, filter in the server role) in front of each subset that asks for one. [`Mesh::start`]
 //! runs the real `.wasm` through the proxy-wasm host; [`Mesh::start_with`] takes any
-//! [`Filter`]s, or none.
+//! [`Filters`], or none.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -20,18 +20,10 @@ use tokio::task::JoinHandle;
 
 use crate::Result;
 use crate::config::SandboxConfig;
-use crate::filter::Filter;
+use crate::filter::Filters;
 use crate::listener::Listener;
 use crate::proxy::{Mode, Proxy, ProxyStats};
 use crate::watch::Routes;
-
-/// The filters a mesh runs: on the outbound proxy, and on inbound listeners by (destination
-/// host, subset) as written in the config.
-#[derive(Default, Clone)]
-pub struct Filters {
-    pub outbound: Option<Arc<dyn Filter>>,
-    pub inbound: HashMap<(String, String), Arc<dyn Filter>>,
-}
 
 /// A running sandbox mesh. Dropping it stops every listener and the file watch.
 pub struct Mesh {

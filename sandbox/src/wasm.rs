@@ -12,8 +12,7 @@ use fledge_sandbox_host::{
 };
 
 use crate::config::{FilterSpec, SandboxConfig};
-use crate::filter::{Completion, Filter, FilterRequest};
-use crate::mesh::Filters;
+use crate::filter::{Completion, Filter, FilterRequest, Filters};
 use crate::{Error, Result};
 
 impl Filter for FilterHost {

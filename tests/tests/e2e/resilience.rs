@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fledge_demo::{Scenario, Stack};
 use fledge_proto::v1::{self, FilterMessage, filter_message, telemetry_client::TelemetryClient};
-use fledge_sandbox::demo::{Scenario, Stack};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

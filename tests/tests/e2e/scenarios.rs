@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use fledge_sandbox::demo::{Cohort, Scenario};
+use fledge_demo::{Cohort, Scenario};
 
 use crate::support::{answers, answers_after, run};
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use fledge_sandbox::demo::{self, Cohort, DemoConfig, Outcome, Scenario, Stack};
+use fledge_demo::{Cohort, DemoConfig, Outcome, Scenario, Stack};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -37,7 +37,7 @@ pub async fn turn() -> tokio::sync::SemaphorePermit<'static> {
 pub async fn run(scenario: Scenario) -> Outcome {
     let _turn = turn().await;
     let name = scenario.name();
-    let outcome = demo::run(&config(scenario), |line| println!("[{name}] {line}"))
+    let outcome = fledge_demo::run(&config(scenario), |line| println!("[{name}] {line}"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     tidy(&outcome);
@@ -81,7 +81,7 @@ pub async fn finish(mut stack: Stack, limit: Duration) -> Outcome {
     })
     .await;
     stack.shutdown().await;
-    let outcome = demo::outcome(&stack);
+    let outcome = fledge_demo::outcome(&stack);
     tidy(&outcome);
     for line in outcome.summary() {
         println!("[{}] {line}", stack.scenario.name());

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::scenario::{BETA_HEADER, BETA_VALUE, HOST, USER_HEADER};
-use crate::load::{self, LoadConfig, LoadReport};
+use fledge_sandbox::load::{self, LoadConfig, LoadReport};
+
+use crate::scenario::{BETA_HEADER, BETA_VALUE, HOST, USER_HEADER};
 
 /// Which part of the load a slice belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -18,12 +18,13 @@ use fledge_agent::cli::ApiClient;
 use fledge_agent::local::{LocalAgent, Options};
 use serde_json::{Value, json};
 
-use super::progress::{self, Progress};
-use super::scenario::{CANARY, HOST, NAME, NAMESPACE, STABLE, Scenario, virtual_service_yaml};
-use super::traffic::{Slice, Traffic, TrafficConfig};
-use super::{DemoConfig, Error, Result};
-use crate::config::{DestinationSpec, FilterSpec, SubsetSpec};
-use crate::{Backend, BackendConfig, Mesh, SandboxConfig};
+use fledge_sandbox::config::{DestinationSpec, FilterSpec, SubsetSpec};
+use fledge_sandbox::{Backend, BackendConfig, Mesh, SandboxConfig};
+
+use crate::progress::{self, Progress};
+use crate::scenario::{CANARY, HOST, NAME, NAMESPACE, STABLE, Scenario, virtual_service_yaml};
+use crate::traffic::{Slice, Traffic, TrafficConfig};
+use crate::{DemoConfig, Error, Result};
 
 /// The gRPC cluster the filter's plugin configuration names for the agent.
 const AGENT_CLUSTER: &str = "outbound|9090||fledge-agent.fledge-system.svc.cluster.local";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::load::LoadReport;
+use fledge_sandbox::load::LoadReport;
 
 /// Phases after which a rollout never moves again.
 pub const FINAL_PHASES: [&str; 4] = ["Succeeded", "RolledBack", "Aborted", "Failed"];

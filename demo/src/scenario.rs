@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::latency::{Behaviour, Latency};
+use fledge_sandbox::latency::{Behaviour, Latency};
 
 /// The service every scenario rolls out.
 pub const HOST: &str = "reviews.shop.svc.cluster.local";

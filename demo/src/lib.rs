@@ -1,11 +1,13 @@
-//! The demo: one rollout scenario on one machine, no cluster — the fledge agent (local store),
-//! the mesh running the real filter `.wasm`, stable and canary backends and open-loop load —
-//! told second by second as a person can follow, ending with the outcome and why.
-//! `fledge-sandbox demo --scenario S` and the end-to-end tests both call [`run`] (or drive a
-//! [`Stack`] themselves when they need to stop the agent midway).
+//! fledge's demo: one rollout scenario on one machine, no cluster — the fledge agent (local
+//! store), the sandbox mesh running the real filter `.wasm`, stable and canary backends and
+//! open-loop load — told second by second as a person can follow, ending with the outcome and
+//! why. The `fledge-demo` binary (`./dev demo --scenario S`) and the end-to-end tests both call
+//! [`run`] (or drive a [`Stack`] themselves when they need to stop the agent midway).
 //!
-//! The scenarios are data ([`scenario`]), the lines are formatting ([`progress`]); [`Stack`]
-//! starts and observes the parts. Nothing here decides anything about the rollout.
+//! This crate is where the agent and the sandbox meet; neither depends on the other. The
+//! scenarios are data ([`scenario`]), the lines are formatting ([`progress`]); [`Stack`] starts
+//! and observes the parts. Nothing here decides anything about the rollout: every decision is
+//! the agent's, every route the mesh's.
 
 pub mod progress;
 pub mod scenario;
@@ -22,14 +24,14 @@ pub use scenario::Scenario;
 pub use stack::{Observation, ROLLOUT_FILE, Stack, VIRTUAL_SERVICE_FILE};
 pub use traffic::{Cohort, Slice};
 
-use crate::BackendCounts;
+use fledge_sandbox::BackendCounts;
 
 /// Why a demo could not run (a scenario ending other than expected is an [`Outcome`], not an
 /// error).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Sandbox(#[from] crate::Error),
+    Sandbox(#[from] fledge_sandbox::Error),
     #[error("starting the agent: {0}")]
     Agent(#[from] fledge_agent::local::Error),
     #[error("the agent's API: {0}")]
