@@ -3,19 +3,15 @@
 //! version header; at `on_log` it reads what the request did and records it. It keeps only its
 //! own decision until the request ends and never pauses or fails the request.
 
+use std::borrow::Cow;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
-
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
 
 use fledge_proto::v1::Traffic;
 
-use super::reads::{self, RequestHeaders};
-use super::{Shared, property_i64, property_string};
+use super::abi;
+use super::{Shared, absorb, property_i64, property_string, read};
 use crate::outcome::{self, Facts, Outcome};
-use crate::routing::{Cause, Destination, Table};
+use crate::routing::{self, Cause, Destination, Table};
 
 /// One request: what was decided for it, kept until `on_log`.
 pub(super) struct Request {
@@ -68,13 +64,12 @@ impl Request {
             return;
         };
         let header = decision.route.version_header.as_str();
-        let _ = hostcalls::set_map_value_bytes(
-            MapType::HttpRequestHeaders,
-            header,
-            decision.version.map(str::as_bytes),
-        );
+        absorb(match decision.version {
+            Some(version) => abi::replace_header(abi::REQUEST_HEADERS, header, version.as_bytes()),
+            None => abi::remove_header(abi::REQUEST_HEADERS, header),
+        });
         // The router picked its route before this filter ran; make it look again.
-        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+        read(abi::foreign_function("clear_route_cache", &[]));
         shared.counts.routed.set(shared.counts.routed.get() + 1);
         self.decided = Some(Decided {
             route: index,
@@ -87,8 +82,7 @@ impl Request {
         let duration_ns = property_i64(b"request\0duration")
             .or_else(|| {
                 let start = property_i64(b"request\0time")?;
-                let now = hostcalls::get_current_time().ok()?;
-                let now = i64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()?;
+                let now = i64::try_from(absorb(abi::current_time_ns())?).ok()?;
                 Some(now - start)
             })
             .and_then(|ns| u64::try_from(ns).ok());
@@ -106,26 +100,21 @@ impl Request {
             },
         }
     }
-}
 
-impl Context for Request {}
-
-impl HttpContext for Request {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    pub(super) fn on_request_headers(&mut self) {
         let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
+            return;
         };
-        let authority = reads::request_header(":authority").unwrap_or_default();
+        let authority = request_header(":authority").unwrap_or_default();
         self.destination = Some(Destination::from_authority_bytes(authority));
-        self.grpc = reads::request_header("content-type")
+        self.grpc = request_header("content-type")
             .is_some_and(|content_type| outcome::is_grpc(&content_type));
         if !shared.identity.side.is_server() {
             self.route(&shared);
         }
-        Action::Continue
     }
 
-    fn on_log(&mut self) {
+    pub(super) fn on_log(&mut self) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -155,5 +144,22 @@ impl HttpContext for Request {
             stats.record(host, version, traffic, &outcome);
             shared.counts.recorded.set(shared.counts.recorded.get() + 1);
         }
+    }
+}
+
+/// The first value of request header `name`, or `None` when it is absent or unreadable.
+fn request_header(name: &str) -> Option<Vec<u8>> {
+    read(abi::header(abi::REQUEST_HEADERS, name))
+}
+
+/// The request's headers, read one by one from the host as the routing rules ask for them.
+struct RequestHeaders;
+
+impl routing::Request for RequestHeaders {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let bytes = request_header(name)?;
+        Some(Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| {
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        })))
     }
 }
