@@ -49,9 +49,12 @@ pub fn sample_reports(distinct: usize, requests: u64, now_ms: i64, seed: u64) ->
                         host: "reviews.shop.svc.cluster.local".into(),
                         version: (*version).into(),
                         traffic: *traffic,
-                        requests,
-                        errors_5xx: failures,
-                        failures,
+                        counts: Some(v1::Counts {
+                            requests,
+                            errors_5xx: failures,
+                            failures,
+                            ..Default::default()
+                        }),
                         latency_us_hdr,
                         ..Default::default()
                     }

@@ -74,7 +74,7 @@ fn total(agent: &Agent, version: &str) -> (u64, u64) {
         0,
         i64::MAX,
     );
-    (w.requests, w.failures)
+    (w.counts.requests, w.counts.failures)
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -161,7 +161,7 @@ async fn reports_merge_and_a_bad_stream_is_refused_alone() {
         0,
         i64::MAX,
     );
-    assert_eq!(server_side.requests, 0);
+    assert_eq!(server_side.counts.requests, 0);
     // The refused streams are closed: only the good one is still counted as open.
     eventually("refused streams closed", || {
         agent

@@ -30,13 +30,7 @@ pub struct Series {
     pub host: String,
     pub version: String,
     pub traffic: Traffic,
-    pub requests: u64,
-    pub errors_5xx: u64,
-    pub errors_4xx: u64,
-    pub grpc_errors: u64,
-    pub resets: u64,
-    pub timeouts: u64,
-    pub failures: u64,
+    pub counts: v1::Counts,
     pub latency_us: Histogram<u64>,
 }
 
@@ -51,25 +45,20 @@ impl Series {
             host: host.to_owned(),
             version: version.to_owned(),
             traffic,
-            requests: 0,
-            errors_5xx: 0,
-            errors_4xx: 0,
-            grpc_errors: 0,
-            resets: 0,
-            timeouts: 0,
-            failures: 0,
+            counts: v1::Counts::default(),
             latency_us: new_histogram()?,
         })
     }
 
     fn add(&mut self, outcome: &Outcome) {
-        self.requests += 1;
-        self.errors_5xx += u64::from(outcome.error_5xx);
-        self.errors_4xx += u64::from(outcome.error_4xx);
-        self.grpc_errors += u64::from(outcome.grpc_error);
-        self.resets += u64::from(outcome.reset);
-        self.timeouts += u64::from(outcome.timeout);
-        self.failures += u64::from(outcome.failed());
+        let c = &mut self.counts;
+        c.requests += 1;
+        c.errors_5xx += u64::from(outcome.error_5xx);
+        c.errors_4xx += u64::from(outcome.error_4xx);
+        c.grpc_errors += u64::from(outcome.grpc_error);
+        c.resets += u64::from(outcome.reset);
+        c.timeouts += u64::from(outcome.timeout);
+        c.failures += u64::from(outcome.failed());
         // Clamped into 1 µs ..= one hour, so it cannot fail.
         self.latency_us.saturating_record(outcome.latency_us);
     }
@@ -79,19 +68,13 @@ impl Series {
         if self.latency_us.add(&other.latency_us).is_err() {
             return false;
         }
-        self.requests += other.requests;
-        self.errors_5xx += other.errors_5xx;
-        self.errors_4xx += other.errors_4xx;
-        self.grpc_errors += other.grpc_errors;
-        self.resets += other.resets;
-        self.timeouts += other.timeouts;
-        self.failures += other.failures;
+        self.counts.add(&other.counts);
         true
     }
 
     fn to_proto(&self) -> v1::Series {
         let mut latency_us_hdr = Vec::new();
-        if self.requests > 0
+        if self.counts.measured() > 0
             && V2Serializer::new()
                 .serialize(&self.latency_us, &mut latency_us_hdr)
                 .is_err()
@@ -103,13 +86,7 @@ impl Series {
             host: self.host.clone(),
             version: self.version.clone(),
             traffic: self.traffic.into(),
-            requests: self.requests,
-            errors_5xx: self.errors_5xx,
-            errors_4xx: self.errors_4xx,
-            grpc_errors: self.grpc_errors,
-            resets: self.resets,
-            timeouts: self.timeouts,
-            failures: self.failures,
+            counts: Some(self.counts),
             latency_us_hdr,
         }
     }
@@ -202,7 +179,7 @@ impl Stats {
                 None => false,
             };
             if !merged {
-                self.dropped += series.requests;
+                self.dropped += series.counts.requests;
             }
         }
     }

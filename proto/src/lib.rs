@@ -2,12 +2,68 @@
 //! server for the `Telemetry` service (behind the `tonic` feature, because the proxy-wasm filter
 //! cannot link tonic). `fledge/v1/telemetry.proto` is the truth and documents every field.
 //!
-//! This crate holds no logic beyond generated code and a few constants both sides must agree on.
+//! This crate holds no logic beyond generated code, the arithmetic of [`v1::Counts`] (the request
+//! counts both sides share), and a few constants both sides must agree on.
 
 /// Generated from `fledge/v1/telemetry.proto`.
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/fledge.v1.rs"));
+}
+
+impl v1::Counts {
+    /// Adds `other`'s counts (saturating: a count never wraps).
+    pub fn add(&mut self, other: &Self) {
+        for (mine, theirs) in self.each_mut().into_iter().zip(other.each()) {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
+
+    /// Requests whose latency and outcome were measured: the ones the analysis judges.
+    pub fn measured(&self) -> u64 {
+        self.requests.saturating_sub(self.unmeasured)
+    }
+
+    /// Every count with its field name, `requests` first: for messages that name a field.
+    pub fn named(&self) -> [(&'static str, u64); 8] {
+        let [r, e5, e4, g, rs, t, f, u] = self.each();
+        [
+            ("requests", r),
+            ("errors_5xx", e5),
+            ("errors_4xx", e4),
+            ("grpc_errors", g),
+            ("resets", rs),
+            ("timeouts", t),
+            ("failures", f),
+            ("unmeasured", u),
+        ]
+    }
+
+    fn each(&self) -> [u64; 8] {
+        [
+            self.requests,
+            self.errors_5xx,
+            self.errors_4xx,
+            self.grpc_errors,
+            self.resets,
+            self.timeouts,
+            self.failures,
+            self.unmeasured,
+        ]
+    }
+
+    fn each_mut(&mut self) -> [&mut u64; 8] {
+        [
+            &mut self.requests,
+            &mut self.errors_5xx,
+            &mut self.errors_4xx,
+            &mut self.grpc_errors,
+            &mut self.resets,
+            &mut self.timeouts,
+            &mut self.failures,
+            &mut self.unmeasured,
+        ]
+    }
 }
 
 /// The header the filter sets when a route names none.
@@ -24,3 +80,39 @@ pub const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 
 /// The gRPC service path filters open their stream on, for hosts that call it by name.
 pub const CONNECT_PATH: &str = "/fledge.v1.Telemetry/Connect";
+
+#[cfg(test)]
+mod tests {
+    use super::v1::Counts;
+
+    #[test]
+    fn counts_add_field_by_field_and_never_wrap() {
+        let mut a = Counts {
+            requests: 10,
+            errors_5xx: 1,
+            errors_4xx: 2,
+            grpc_errors: 3,
+            resets: 4,
+            timeouts: 5,
+            failures: 6,
+            unmeasured: 7,
+        };
+        let b = Counts {
+            requests: u64::MAX,
+            failures: 1,
+            ..Counts::default()
+        };
+        a.add(&a.clone());
+        assert_eq!(
+            a.named().map(|(_, v)| v),
+            [20, 2, 4, 6, 8, 10, 12, 14],
+            "each field doubled"
+        );
+        assert_eq!(a.measured(), 6);
+        a.add(&b);
+        assert_eq!((a.requests, a.failures), (u64::MAX, 13));
+        let names = a.named().map(|(n, _)| n);
+        assert_eq!(names[0], "requests");
+        assert_eq!(names[7], "unmeasured");
+    }
+}

@@ -7,7 +7,8 @@
 //!
 //! // Report 2 of the last second: 100 requests to `reviews` v2, 3 failed, each taking 2 ms.
 //! let report = Report::test().seq(2).errors(3, 100).latency_us(2_000);
-//! assert_eq!((report.series[0].requests, report.series[0].failures), (100, 3));
+//! let counts = report.series[0].counts.unwrap_or_default();
+//! assert_eq!((counts.requests, counts.failures), (100, 3));
 //! // A table sending 5 % of `reviews.shop.svc.cluster.local` to v2, sticky on a header.
 //! let table = HostRoute::test().split("v1", "v2", 500).sticky_header("x-user-id").table(1);
 //! assert_eq!(table.routes[0].split.as_ref().unwrap().canary_basis_points, 500);
@@ -19,8 +20,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use fledge_proto::v1::{
-    FilterMessage, Hello, HostRoute, Report, Role, RoutingTable, Series, Split, StickyKey, Traffic,
-    filter_message, sticky_key,
+    Counts, FilterMessage, Hello, HostRoute, Report, Role, RoutingTable, Series, Split, StickyKey,
+    Traffic, filter_message, sticky_key,
 };
 use fledge_proto::{HISTOGRAM_MAX_US, HISTOGRAM_SIGFIG};
 use hdrhistogram::Histogram;
@@ -103,19 +104,23 @@ impl SeriesExt for Series {
 
     fn errors(mut self, failures: u64, requests: u64) -> Self {
         assert!(failures <= requests, "{failures} failures of {requests}");
-        self.requests = requests;
-        self.failures = failures;
-        self.errors_5xx = failures;
+        self.counts = Some(Counts {
+            requests,
+            failures,
+            errors_5xx: failures,
+            ..Counts::default()
+        });
         self.latency_us_hdr = histogram(latency_of(&self), requests);
         self
     }
 
     fn latency_us(mut self, latency_us: u64) -> Self {
+        let measured = self.counts.unwrap_or_default().measured();
         assert!(
-            self.requests > 0,
+            measured > 0,
             "latency_us({latency_us}) of a series without requests: set requests or errors first"
         );
-        self.latency_us_hdr = histogram(latency_us, self.requests);
+        self.latency_us_hdr = histogram(latency_us, measured);
         self
     }
 }
@@ -347,7 +352,10 @@ mod tests {
         ] {
             let h = decoded(&series);
             assert_eq!(
-                (series.requests, series.failures, series.errors_5xx),
+                {
+                    let c = series.counts.unwrap_or_default();
+                    (c.requests, c.failures, c.errors_5xx)
+                },
                 (100, 3, 3)
             );
             assert_eq!(h.len(), 100);
@@ -374,7 +382,12 @@ mod tests {
             .shadow();
         for s in &report.series {
             assert_eq!(
-                (s.host.as_str(), s.requests, s.failures, s.traffic),
+                (
+                    s.host.as_str(),
+                    s.counts.unwrap_or_default().requests,
+                    s.counts.unwrap_or_default().failures,
+                    s.traffic,
+                ),
                 ("ratings", 10, 1, Traffic::Shadow as i32)
             );
         }

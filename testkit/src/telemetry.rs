@@ -209,7 +209,7 @@ impl Seen {
         self.series()
             .into_iter()
             .filter(|s| s.version == version)
-            .map(|s| s.requests)
+            .map(|s| s.counts.unwrap_or_default().requests)
             .sum()
     }
 
@@ -218,7 +218,7 @@ impl Seen {
         self.series()
             .into_iter()
             .filter(|s| s.version == version && s.traffic == traffic as i32)
-            .map(|s| s.requests)
+            .map(|s| s.counts.unwrap_or_default().requests)
             .sum()
     }
 }

@@ -16,16 +16,21 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-pub use judgment::{CheckResult, Evidence, Judgment, Verdict};
+pub use judgment::{CheckResult, Evidence, Judgment, MAX_UNMEASURED_SHARE, Verdict};
 pub use spec::{AnalysisSpec, ErrorCheck, InvalidSetting, LatencyCheck};
 
 use sequential::{RateTest, RatioTest};
 
 /// One time bucket of one arm's traffic: what the analysis needs to read from it.
 pub trait Bucket {
+    /// Requests measured (latency and outcome known).
     fn requests(&self) -> u64;
     /// Requests that failed (5xx, gRPC error, reset or timeout), each counted once.
     fn failures(&self) -> u64;
+    /// Requests the proxy could not measure (not in `requests`, `failures` or the latencies).
+    fn unmeasured(&self) -> u64 {
+        0
+    }
     /// Requests slower than `us` microseconds.
     fn count_above(&self, us: u64) -> u64;
     /// Adds this bucket's latencies to a running histogram.
@@ -37,6 +42,7 @@ pub trait Bucket {
 pub(crate) struct Totals {
     pub requests: u64,
     pub failures: u64,
+    pub unmeasured: u64,
     pub latency: Histogram<u64>,
 }
 
@@ -45,6 +51,7 @@ impl Totals {
         Self {
             requests: 0,
             failures: 0,
+            unmeasured: 0,
             latency: latency::new_histogram(),
         }
     }
@@ -52,6 +59,7 @@ impl Totals {
     fn add(&mut self, bucket: &impl Bucket) {
         self.requests += bucket.requests();
         self.failures += bucket.failures().min(bucket.requests());
+        self.unmeasured += bucket.unmeasured();
         bucket.add_latencies_to(&mut self.latency);
     }
 

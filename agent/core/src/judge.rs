@@ -195,13 +195,7 @@ mod tests {
     use crate::windows::SeriesDelta;
 
     fn window(requests: u64, failures: u64) -> SeriesDelta {
-        SeriesDelta {
-            requests,
-            failures,
-            errors_5xx: failures,
-            latency: vec![(20_000, requests)],
-            ..SeriesDelta::default()
-        }
+        SeriesDelta::test(requests, failures, 20_000)
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use fledge_proto::v1::Counts;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -73,28 +74,15 @@ impl std::fmt::Display for SeriesKey {
 /// Counts and latencies of one series over some interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Window {
-    pub requests: u64,
-    pub errors_5xx: u64,
-    pub errors_4xx: u64,
-    pub grpc_errors: u64,
-    pub resets: u64,
-    pub timeouts: u64,
-    /// Requests that failed in any of the ways above except 4xx, each counted once.
-    pub failures: u64,
-    /// Latency in microseconds.
+    pub counts: Counts,
+    /// Latency of the measured requests, in microseconds.
     pub latency: Histogram<u64>,
 }
 
 impl Default for Window {
     fn default() -> Self {
         Self {
-            requests: 0,
-            errors_5xx: 0,
-            errors_4xx: 0,
-            grpc_errors: 0,
-            resets: 0,
-            timeouts: 0,
-            failures: 0,
+            counts: Counts::default(),
             latency: latency::new_histogram(),
         }
     }
@@ -104,26 +92,30 @@ impl Default for Window {
 /// non-zero counters (value in microseconds, count), each value within fledge's range.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SeriesDelta {
-    pub requests: u64,
-    pub errors_5xx: u64,
-    pub errors_4xx: u64,
-    pub grpc_errors: u64,
-    pub resets: u64,
-    pub timeouts: u64,
-    pub failures: u64,
+    pub counts: Counts,
     pub latency: Vec<(u64, u64)>,
+}
+
+#[cfg(any(test, feature = "testkit"))]
+impl SeriesDelta {
+    /// For tests: `requests` requests, `failures` of them 5xx, each taking `latency_us`.
+    pub fn test(requests: u64, failures: u64, latency_us: u64) -> Self {
+        Self {
+            counts: Counts {
+                requests,
+                failures,
+                errors_5xx: failures,
+                ..Counts::default()
+            },
+            latency: vec![(latency_us, requests)],
+        }
+    }
 }
 
 impl Window {
     /// Adds one report's delta: O(its non-zero counters), not O(the histogram's range).
     pub fn add(&mut self, delta: &SeriesDelta) {
-        self.requests += delta.requests;
-        self.errors_5xx += delta.errors_5xx;
-        self.errors_4xx += delta.errors_4xx;
-        self.grpc_errors += delta.grpc_errors;
-        self.resets += delta.resets;
-        self.timeouts += delta.timeouts;
-        self.failures += delta.failures;
+        self.counts.add(&delta.counts);
         for &(value, count) in &delta.latency {
             // Validation keeps values within fledge's range; anything beyond would be clamped
             // to the range's end, still counted.
@@ -132,22 +124,16 @@ impl Window {
     }
 
     pub fn merge(&mut self, other: &Window) {
-        self.requests += other.requests;
-        self.errors_5xx += other.errors_5xx;
-        self.errors_4xx += other.errors_4xx;
-        self.grpc_errors += other.grpc_errors;
-        self.resets += other.resets;
-        self.timeouts += other.timeouts;
-        self.failures += other.failures;
+        self.counts.add(&other.counts);
         // Both histograms span fledge's full range, so adding cannot run out of range.
         let _ = self.latency.add(&other.latency);
     }
 
+    /// Failures among the measured requests (0 when none was measured).
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 {
-            0.0
-        } else {
-            self.failures as f64 / self.requests as f64
+        match self.counts.measured() {
+            0 => 0.0,
+            measured => self.counts.failures as f64 / measured as f64,
         }
     }
 
@@ -158,10 +144,13 @@ impl Window {
 
 impl Bucket for Window {
     fn requests(&self) -> u64 {
-        self.requests
+        self.counts.measured()
     }
     fn failures(&self) -> u64 {
-        self.failures
+        self.counts.failures
+    }
+    fn unmeasured(&self) -> u64 {
+        self.counts.unmeasured
     }
     fn count_above(&self, us: u64) -> u64 {
         latency::count_above(&self.latency, us)
@@ -212,7 +201,7 @@ impl Windows {
             if let Some(newest) = self.series.get_mut(&key) {
                 *newest = (*newest).max(second);
             } else if self.series.len() >= self.max_series {
-                self.overflow_requests += delta.requests;
+                self.overflow_requests += delta.counts.requests;
                 continue;
             } else {
                 self.series.insert(key.clone(), second);
@@ -280,13 +269,7 @@ mod tests {
     use super::*;
 
     fn delta(requests: u64, failures: u64, latency_us: u64) -> SeriesDelta {
-        SeriesDelta {
-            requests,
-            failures,
-            errors_5xx: failures,
-            latency: vec![(latency_us, requests)],
-            ..SeriesDelta::default()
-        }
+        SeriesDelta::test(requests, failures, latency_us)
     }
 
     #[test]
@@ -296,13 +279,17 @@ mod tests {
         store.merge(100, vec![(v2.clone(), delta(10, 1, 1000))], 0, 100);
         store.merge(100, vec![(v2.clone(), delta(5, 0, 3000))], 0, 100);
         store.merge(101, vec![(v2.clone(), delta(7, 2, 2000))], 0, 101);
-        assert_eq!(store.second(&v2, 100).map(|w| w.requests), Some(15));
+        assert_eq!(store.second(&v2, 100).map(|w| w.counts.requests), Some(15));
         let all = store.window(&v2, 100, 102);
-        assert_eq!((all.requests, all.failures, all.latency.len()), (22, 3, 22));
-        assert_eq!(store.window(&v2, 101, 102).requests, 7);
+        assert_eq!(
+            (all.counts.requests, all.counts.failures, all.latency.len()),
+            (22, 3, 22)
+        );
+        assert_eq!(store.window(&v2, 101, 102).counts.requests, 7);
         assert_eq!(
             store
                 .window(&SeriesKey::new("reviews", "v1", Traffic::Live), 0, 200)
+                .counts
                 .requests,
             0
         );
@@ -318,8 +305,8 @@ mod tests {
         store.merge(100, vec![(a.clone(), delta(1, 0, 10))], 0, 100);
         store.merge(105, vec![(b.clone(), delta(1, 0, 10))], 0, 105);
         store.expire(112);
-        assert_eq!(store.window(&a, 0, 200).requests, 0);
-        assert_eq!(store.window(&b, 0, 200).requests, 1);
+        assert_eq!(store.window(&a, 0, 200).counts.requests, 0);
+        assert_eq!(store.window(&b, 0, 200).counts.requests, 1);
         assert_eq!(store.series(), vec![b]);
     }
 
@@ -336,6 +323,6 @@ mod tests {
         assert_eq!(store.filter_dropped(), 5);
         // A series already held keeps merging at the cap.
         store.merge(101, vec![(keys[0].clone(), delta(1, 0, 10))], 0, 101);
-        assert_eq!(store.window(&keys[0], 0, 200).requests, 4);
+        assert_eq!(store.window(&keys[0], 0, 200).counts.requests, 4);
     }
 }

@@ -80,46 +80,57 @@ pub fn validate(
                 ));
             }
         };
-        for (field, count) in [
-            ("errors_5xx", s.errors_5xx),
-            ("errors_4xx", s.errors_4xx),
-            ("grpc_errors", s.grpc_errors),
-            ("resets", s.resets),
-            ("timeouts", s.timeouts),
-            ("failures", s.failures),
-        ] {
-            if count > s.requests {
+        // An absent `counts` is proto3's empty message: no requests.
+        let counts = s.counts.unwrap_or_default();
+        if counts.unmeasured > counts.requests {
+            return Err(Rejection::new(
+                "counts",
+                format!(
+                    "{}: unmeasured {} > requests {}",
+                    name(s),
+                    counts.unmeasured,
+                    counts.requests
+                ),
+            ));
+        }
+        // Unmeasured requests are in no other count, so each is within the measured ones.
+        let measured = counts.measured();
+        let (noun, unmeasured) = match counts.unmeasured {
+            0 => ("requests", String::new()),
+            u => (
+                "measured requests",
+                format!(" ({u} of {} unmeasured)", counts.requests),
+            ),
+        };
+        for (field, count) in counts.named().into_iter().skip(1).take(6) {
+            if count > measured {
                 return Err(Rejection::new(
                     "counts",
-                    format!("{}: {field} {count} > requests {}", name(s), s.requests),
+                    format!(
+                        "{}: {field} {count} > {noun} {measured}{unmeasured}",
+                        name(s)
+                    ),
                 ));
             }
         }
         let mut delta = SeriesDelta {
-            requests: s.requests,
-            errors_5xx: s.errors_5xx,
-            errors_4xx: s.errors_4xx,
-            grpc_errors: s.grpc_errors,
-            resets: s.resets,
-            timeouts: s.timeouts,
-            failures: s.failures,
+            counts,
             latency: Vec::new(),
         };
-        if s.requests > 0 || !s.latency_us_hdr.is_empty() {
+        if measured > 0 || !s.latency_us_hdr.is_empty() {
             let counters = hdr_wire::decode(&s.latency_us_hdr).map_err(|e| {
                 Rejection::new(
                     "histogram",
                     format!("{}: latency_us_hdr does not decode: {e}", name(s)),
                 )
             })?;
-            if counters.total != s.requests {
+            if counters.total != measured {
                 return Err(Rejection::new(
                     "counts",
                     format!(
-                        "{}: latency histogram holds {} samples but requests is {}",
+                        "{}: latency histogram holds {} samples but {noun} is {measured}{unmeasured}",
                         name(s),
                         counters.total,
-                        s.requests
                     ),
                 ));
             }
@@ -162,9 +173,12 @@ mod tests {
         v1::Series {
             host: "reviews".into(),
             version: "v2".into(),
-            requests,
-            failures,
-            errors_5xx: failures,
+            counts: Some(v1::Counts {
+                requests,
+                failures,
+                errors_5xx: failures,
+                ..Default::default()
+            }),
             latency_us_hdr: hdr(&vec![1500; requests as usize]),
             ..Default::default()
         }
@@ -186,15 +200,37 @@ mod tests {
         assert_eq!((r.second, r.dropped, r.series.len()), (100, 2, 1));
         let (key, d) = &r.series[0];
         assert_eq!(key, &SeriesKey::new("reviews", "v2", Traffic::Live));
-        assert_eq!((d.requests, d.failures, d.errors_5xx), (10, 1, 1));
+        let c = &d.counts;
+        assert_eq!((c.requests, c.failures, c.errors_5xx), (10, 1, 1));
         // 1500 µs falls in the counter for 1496..=1503 µs (2 significant digits).
         assert_eq!(d.latency, vec![(1496, 10)]);
     }
 
     #[test]
+    fn unmeasured_requests_are_kept_apart_from_the_latencies() {
+        let mut s = series(6, 1);
+        s.counts = Some(v1::Counts {
+            requests: 10,
+            unmeasured: 4,
+            failures: 1,
+            errors_5xx: 1,
+            ..Default::default()
+        });
+        let r = validate(&report(vec![s]), 100_500, 60_000).unwrap();
+        let (_, d) = &r.series[0];
+        assert_eq!(
+            (d.counts.requests, d.counts.unmeasured, d.counts.measured()),
+            (10, 4, 6)
+        );
+        assert_eq!(d.latency, vec![(1496, 6)]);
+    }
+
+    #[test]
     fn each_problem_is_named() {
         let mut inconsistent = series(10, 0);
-        inconsistent.errors_5xx = 11;
+        if let Some(c) = inconsistent.counts.as_mut() {
+            c.errors_5xx = 11;
+        }
         let mut garbage = series(10, 0);
         garbage.latency_us_hdr = vec![1, 2, 3, 4];
         let mut short = series(10, 0);
@@ -213,7 +249,40 @@ mod tests {
         traffic.traffic = 9;
         let mut backwards = report(vec![]);
         backwards.window_start_unix_ms = 200_000;
+        let unmeasured = |requests: u64, unmeasured: u64, failures: u64| {
+            let mut s = series(requests.saturating_sub(unmeasured), 0);
+            s.counts = Some(v1::Counts {
+                requests,
+                unmeasured,
+                failures,
+                errors_5xx: failures,
+                ..Default::default()
+            });
+            s
+        };
         let cases = [
+            (
+                report(vec![unmeasured(10, 11, 0)]),
+                100_000,
+                "counts",
+                "report 7: series[0] reviews v2: unmeasured 11 > requests 10",
+            ),
+            (
+                report(vec![unmeasured(10, 4, 7)]),
+                100_000,
+                "counts",
+                "errors_5xx 7 > measured requests 6 (4 of 10 unmeasured)",
+            ),
+            (
+                {
+                    let mut s = unmeasured(10, 4, 0);
+                    s.latency_us_hdr = hdr(&[1500; 10]);
+                    report(vec![s])
+                },
+                100_000,
+                "counts",
+                "latency histogram holds 10 samples but measured requests is 6 (4 of 10 unmeasured)",
+            ),
             (
                 report(vec![inconsistent]),
                 100_000,

@@ -23,6 +23,7 @@ use fledge_core::judge::Arms;
 use fledge_core::rollout::UserCommand;
 use fledge_core::rollout::{Phase, RolloutStatus};
 use fledge_core::windows::{SeriesDelta, Traffic, Windows as Telemetry};
+use fledge_proto::v1::Counts;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -87,15 +88,17 @@ fn controller<S: RolloutStore + 'static>(
 fn feed(telemetry: &Mutex<Telemetry>, second: i64) {
     let arms = Arms::new("reviews.shop.svc.cluster.local", "v1", "v2", Traffic::Live);
     let window = |requests: u64| SeriesDelta {
-        requests,
-        failures: requests / 100,
-        errors_5xx: requests / 100,
+        counts: Counts {
+            requests,
+            failures: requests / 100,
+            errors_5xx: requests / 100,
+            ..Counts::default()
+        },
         latency: vec![
             (8_000, requests * 5 / 10),
             (20_000, requests * 4 / 10),
             (60_000, requests - requests * 9 / 10),
         ],
-        ..SeriesDelta::default()
     };
     telemetry.lock().unwrap().merge(
         T0 + second,

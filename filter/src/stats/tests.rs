@@ -73,21 +73,25 @@ fn a_recorded_sequence_comes_back_from_the_report() {
         (s.host.as_str(), s.version.as_str(), s.traffic()),
         ("reviews", "v2", Traffic::Live)
     );
-    assert_eq!(s.requests, values.len() as u64);
+    assert_eq!(s.counts.unwrap_or_default().requests, values.len() as u64);
     assert_eq!(
         [
-            s.errors_5xx,
-            s.errors_4xx,
-            s.grpc_errors,
-            s.resets,
-            s.timeouts
+            s.counts.unwrap_or_default().errors_5xx,
+            s.counts.unwrap_or_default().errors_4xx,
+            s.counts.unwrap_or_default().grpc_errors,
+            s.counts.unwrap_or_default().resets,
+            s.counts.unwrap_or_default().timeouts
         ],
         expected
     );
-    assert_eq!(s.failures, failures, "each failed request counted once");
+    assert_eq!(
+        s.counts.unwrap_or_default().failures,
+        failures,
+        "each failed request counted once"
+    );
 
     let h = decode(&s.latency_us_hdr);
-    assert_eq!(h.len(), s.requests);
+    assert_eq!(h.len(), s.counts.unwrap_or_default().requests);
     let mut sorted = values.clone();
     sorted.sort_unstable();
     for q in [0.5, 0.9, 0.95, 0.99, 0.999] {
@@ -162,8 +166,8 @@ fn deltas_after_an_outage_add_up_exactly() {
             .flat_map(|r| &r.series)
             .filter(|s| s.version == version)
         {
-            requests += s.requests;
-            errors += s.errors_5xx;
+            requests += s.counts.unwrap_or_default().requests;
+            errors += s.counts.unwrap_or_default().errors_5xx;
             h.add(decode(&s.latency_us_hdr)).unwrap();
         }
         (requests, errors, h)
@@ -200,7 +204,12 @@ fn beyond_the_series_limit_samples_are_counted_as_dropped() {
     // 3 dropped before, plus a (2 requests) and b (1) that found no room on restore.
     assert_eq!(report.dropped, 6);
     assert_eq!(report.window_start_unix_ms, 0);
-    let recorded: u64 = report.series.iter().map(|s| s.requests).sum::<u64>() + report.dropped;
+    let recorded: u64 = report
+        .series
+        .iter()
+        .map(|s| s.counts.unwrap_or_default().requests)
+        .sum::<u64>()
+        + report.dropped;
     assert_eq!(recorded, 8);
 }
 
@@ -211,6 +220,12 @@ fn latencies_beyond_an_hour_are_clamped_not_lost() {
     stats.record("a", "v1", Traffic::Live, &ok(u64::MAX));
     let report = stats.take(1).to_report(1);
     let h = decode(&report.series[0].latency_us_hdr);
-    assert_eq!((report.series[0].requests, h.len()), (2, 2));
+    assert_eq!(
+        (
+            report.series[0].counts.unwrap_or_default().requests,
+            h.len()
+        ),
+        (2, 2)
+    );
     assert!(h.max() >= fledge_proto::HISTOGRAM_MAX_US);
 }

@@ -259,10 +259,10 @@ async fn grpc_errors_count_only_for_grpc_requests() {
         let sum =
             |f: fn(&fledge_proto::v1::Series) -> u64| series.iter().map(|s| f(s)).sum::<u64>();
         [
-            sum(|s| s.grpc_errors),
-            sum(|s| s.errors_5xx),
-            sum(|s| s.errors_4xx),
-            sum(|s| s.failures),
+            sum(|s| s.counts.unwrap_or_default().grpc_errors),
+            sum(|s| s.counts.unwrap_or_default().errors_5xx),
+            sum(|s| s.counts.unwrap_or_default().errors_4xx),
+            sum(|s| s.counts.unwrap_or_default().failures),
         ]
     };
     // [gRPC errors, 5xx, 4xx, failures]: 5 with grpc-status 14 and 2 inferred Unavailable from

@@ -157,8 +157,11 @@ async fn a_malformed_report_stream_is_refused_while_the_rollout_goes_on() {
         series: vec![v1::Series {
             host: "reviews.shop.svc.cluster.local".into(),
             version: "v2".into(),
-            requests: 50,
-            failures: 50,
+            counts: Some(v1::Counts {
+                requests: 50,
+                failures: 50,
+                ..Default::default()
+            }),
             latency_us_hdr: b"this is not an HDR histogram".to_vec(),
             ..Default::default()
         }],

@@ -258,6 +258,37 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
         ),
     });
 
+    // Requests the proxy could not measure are counted, never guessed; a canary with more of
+    // them than the bound cannot pass, whatever its measured requests say.
+    if c.unmeasured > 0 {
+        let seen = c.requests + c.unmeasured;
+        let share = c.unmeasured as f64 / seen as f64;
+        let within = share <= MAX_UNMEASURED_SHARE;
+        let summary = format!(
+            "{} of {seen} canary requests ({}) could not be measured by the proxy (latency or status unreadable){}",
+            c.unmeasured,
+            pct(share),
+            if within {
+                String::new()
+            } else {
+                format!(
+                    "; more than {} unmeasured: the canary cannot pass on what fledge cannot see",
+                    pct(MAX_UNMEASURED_SHARE)
+                )
+            }
+        );
+        checks.push(CheckResult {
+            check: "measured",
+            verdict: if within {
+                Verdict::Pass
+            } else {
+                Verdict::NotEnoughData
+            },
+            summary,
+            evidence: evidence(share, 0.0, share, MAX_UNMEASURED_SHARE),
+        });
+    }
+
     let overall = if checks.iter().any(|c| c.verdict == Verdict::Fail) {
         Verdict::Fail
     } else if checks.iter().all(|c| c.verdict == Verdict::Pass) {
@@ -271,6 +302,9 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
         checks,
     }
 }
+
+/// The largest share of the canary's requests that may go unmeasured for it to pass.
+pub const MAX_UNMEASURED_SHARE: f64 = 0.01;
 
 /// Requests a silent canary should have had, at its share so far, before silence fails it.
 const STARVED_EXPECTED: f64 = 20.0;

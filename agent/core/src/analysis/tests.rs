@@ -116,6 +116,64 @@ fn a_silent_canary_fails_on_its_own_reason() {
     }
 }
 
+/// A measured bucket plus requests the proxy could not measure.
+struct Partly(Hand, u64);
+
+impl Bucket for Partly {
+    fn requests(&self) -> u64 {
+        self.0.requests()
+    }
+    fn failures(&self) -> u64 {
+        self.0.failures()
+    }
+    fn unmeasured(&self) -> u64 {
+        self.1
+    }
+    fn count_above(&self, us: u64) -> u64 {
+        self.0.count_above(us)
+    }
+    fn add_latencies_to(&self, into: &mut Histogram<u64>) {
+        self.0.add_latencies_to(into)
+    }
+}
+
+#[test]
+fn a_canary_with_too_many_unmeasured_requests_never_passes() {
+    // Identical healthy arms for ten minutes: only the canary's unmeasured share differs.
+    // (unmeasured per 100 measured each second, the verdict at the end, the check's verdict)
+    for (unmeasured, verdict, check) in [
+        (0, Verdict::Pass, None),
+        (1, Verdict::Pass, Some(Verdict::Pass)),
+        (2, Verdict::NotEnoughData, Some(Verdict::NotEnoughData)),
+        (50, Verdict::NotEnoughData, Some(Verdict::NotEnoughData)),
+    ] {
+        let mut a = StepAnalysis::new(AnalysisSpec::default());
+        let latencies: Vec<u64> = (0..100).map(|i| 20_000 + i * 100).collect();
+        for _ in 0..600 {
+            let canary = Partly(Hand(100, 0, latencies.clone()), unmeasured);
+            let baseline = Hand(100, 0, latencies.clone());
+            a.observe(Duration::from_secs(1), &canary, &baseline);
+            a.look();
+        }
+        let j = a.look();
+        assert_eq!(j.verdict, verdict, "{unmeasured} unmeasured: {j:#?}");
+        let measured = j.checks.iter().find(|c| c.check == "measured");
+        assert_eq!(
+            measured.map(|c| c.verdict),
+            check,
+            "{unmeasured} unmeasured"
+        );
+        if let Some(c) = measured.filter(|c| c.verdict != Verdict::Pass) {
+            assert!(
+                c.summary.contains("could not be measured")
+                    && c.summary.contains("more than 1.00% unmeasured"),
+                "{}",
+                c.summary
+            );
+        }
+    }
+}
+
 #[test]
 fn both_arms_silent_is_not_a_failure() {
     let mut a = StepAnalysis::new(AnalysisSpec::default());

@@ -39,7 +39,10 @@ fn report(seq: u64, requests: u64) -> v1::Report {
         series: vec![v1::Series {
             host: "reviews".into(),
             version: "v2".into(),
-            requests,
+            counts: Some(v1::Counts {
+                requests,
+                ..Default::default()
+            }),
             latency_us_hdr,
             ..Default::default()
         }],
@@ -83,7 +86,7 @@ fn said(action: &Action) -> String {
                 .report
                 .series
                 .iter()
-                .map(|(key, delta)| format!("{} x{}", key, delta.requests))
+                .map(|(key, delta)| format!("{} x{}", key, delta.counts.requests))
                 .collect();
             format!("merge {} at {}", keys.join(", "), merge.report.second)
         }
@@ -156,7 +159,12 @@ fn the_role_in_hello_says_which_side_reports_measure() {
             Side::Client => Side::Server,
             Side::Server => Side::Client,
         };
-        let requests = |side| windows.window(&key.clone().on(side), 0, i64::MAX).requests;
+        let requests = |side| {
+            windows
+                .window(&key.clone().on(side), 0, i64::MAX)
+                .counts
+                .requests
+        };
         assert_eq!((requests(side), requests(other)), (10, 0), "role {role}");
     }
 }
@@ -222,7 +230,9 @@ fn an_invalid_report_is_refused_with_the_validators_reason_and_message() {
     late.window_end_unix_ms = NOW_MS - 300_000;
     late.window_start_unix_ms = late.window_end_unix_ms - 1000;
     let mut inconsistent = report(5, 10);
-    inconsistent.series[0].errors_5xx = 11;
+    if let Some(c) = inconsistent.series[0].counts.as_mut() {
+        c.errors_5xx = 11;
+    }
     let cases = [
         (garbled(2), "histogram"),
         (backwards, "window"),
