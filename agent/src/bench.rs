@@ -1,6 +1,6 @@
 //! `fledge-agent bench ingest`: how many filter reports one core decodes, validates and merges
 //! per second. Reports are made up front (4 series each, lognormal latencies, V2-encoded like the
-//! filter's), then timed through the same `validate` + `Store::merge` the gRPC server runs.
+//! filter's), then timed through the same `validate` + `Windows::merge` the gRPC server runs.
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,9 @@
-//! The fledge agent: merges the filters' telemetry, judges canary against baseline, walks each
-//! Rollout through its strategy, and writes routes. Pure modules hold the decisions; `http`,
-//! `cli`, `store` (YAML files or the Kubernetes API) and the telemetry gRPC server are adapters
-//! around them; `local` and `cluster` wire them into a running agent (`serve`).
+//! The fledge agent: the adapters around `fledge-core`, which holds every decision. `telemetry`
+//! takes the filters' reports over gRPC (a sans-IO session behind tonic) into the core's
+//! windows; `controller` runs the core's planner every tick and applies what it plans; `store`
+//! keeps Rollouts, VirtualServices and events (YAML files or the Kubernetes API); `http`, `cli`
+//! and `metrics` are the surfaces people use; `local` and `cluster` wire them into a running
+//! agent (`serve`). What it is not: a place for policy — a decision found here belongs in the core.
 
 pub mod bench;
 pub mod cli;

@@ -1,6 +1,6 @@
 //! `fledge-agent local --dir DIR`: the whole agent on one machine with no cluster — telemetry
 //! gRPC server, reconcile loop over a folder of YAML files, HTTP API. Also used in-process by the
-//! sandbox demo and the end-to-end tests, which start, stop and restart it.
+//! demo (`fledge-demo`) and the end-to-end tests, which start, stop and restart it.
 //!
 //! Only the local store's wiring lives here; the servers and the loop are `serve::Agent`.
 
