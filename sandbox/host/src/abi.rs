@@ -11,6 +11,7 @@ pub(crate) enum Status {
     Ok = 0,
     NotFound = 1,
     BadArgument = 2,
+    SerializationFailure = 3,
     ParseFailure = 4,
     InvalidMemoryAccess = 6,
     InternalFailure = 10,
@@ -200,6 +201,15 @@ pub(crate) fn map_replace(map: &mut Vec<(String, String)>, key: &str, value: Str
                 index - 1 == first || !k.eq_ignore_ascii_case(key)
             });
         }
+        None => map.push((key.to_ascii_lowercase(), value)),
+    }
+}
+
+/// nginx's replace (ngx_wasm_module): the first entry of that key takes the value and later ones
+/// stay; a missing key is appended.
+pub(crate) fn map_replace_first(map: &mut Vec<(String, String)>, key: &str, value: String) {
+    match map.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+        Some((_, first)) => *first = value,
         None => map.push((key.to_ascii_lowercase(), value)),
     }
 }

@@ -16,6 +16,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::grpc::{Deliver, GrpcEvent};
 use crate::program::Program;
+use crate::quirks::{Faults, HostQuirks};
 use crate::state::{GrpcState, Shared, VmState};
 use crate::vm::Vm;
 use crate::{HostConfig, HostError, HostStats, LogInfo, Result};
@@ -54,12 +55,21 @@ impl FilterHost {
     /// Compiles the module, starts `workers` VMs (vm start + configure each) and their ticks.
     /// Fails with the plugin's own log lines when it refuses its configuration.
     pub async fn start(config: HostConfig) -> Result<FilterHost> {
+        Self::start_with(config, HostQuirks::default()).await
+    }
+
+    /// [`FilterHost::start`] for a host that answers as `quirks` say instead of as Envoy does.
+    pub async fn start_with(config: HostConfig, quirks: HostQuirks) -> Result<FilterHost> {
         if config.workers == 0 {
             return Err(HostError::NoWorkers);
         }
         let program = Program::compile(&config.module)?;
         let workers = config.workers;
-        let shared = Arc::new(Shared::new(config, tokio::runtime::Handle::current()));
+        let shared = Arc::new(Shared::new(
+            config,
+            quirks,
+            tokio::runtime::Handle::current(),
+        ));
         let slots = (0..workers)
             .map(|_| Slot {
                 state: Mutex::new(SlotState {
@@ -145,6 +155,7 @@ impl FilterHost {
             vm_restarts: shared.vm_restarts.load(Ordering::Relaxed),
             unimplemented_calls: shared.unimplemented_calls.load(Ordering::Relaxed),
             property_misses: shared.property_misses.load(Ordering::Relaxed),
+            injected_statuses: shared.injected_statuses.load(Ordering::Relaxed),
             unimplemented_imports: shared
                 .unimplemented_imports
                 .lock()
@@ -209,6 +220,8 @@ impl Inner {
             deliver,
             tick,
             captured: Some(Vec::new()),
+            faults: self.shared.quirks.every_status.map(Faults::new),
+            properties_answered: 0,
         };
         Vm::create(&self.program, state, &self.shared.config.module)
     }

@@ -13,7 +13,23 @@ use wasmtime::{Caller, Linker, Val};
 
 use crate::abi::{self, BufferType, MetricKind, Status};
 use crate::properties::{self, ProxyFacts, RequestFacts};
+use crate::quirks::Import;
 use crate::state::VmState;
+
+/// Returns the status the host's quirks give this call of `$import` instead of carrying it out
+/// (wrapped in `Ok` for calls that may trap, written `fault!(c, Import, Ok)`).
+macro_rules! fault {
+    ($c:ident, $import:ident) => {
+        if let Some(code) = $crate::imports::injected(&mut $c, $crate::quirks::Import::$import) {
+            return code;
+        }
+    };
+    ($c:ident, $import:ident, Ok) => {
+        if let Some(code) = $crate::imports::injected(&mut $c, $crate::quirks::Import::$import) {
+            return Ok(code);
+        }
+    };
+}
 
 mod maps;
 mod streams;
@@ -24,16 +40,19 @@ use streams::{call_foreign_function, get_status, grpc_send, grpc_stream};
 type Ctx<'a> = Caller<'a, VmState>;
 type Call<T = u32> = wasmtime::Result<T>;
 
-/// Defines every implemented host call in module `env`.
+/// Defines every implemented host call in module `env`. Each first asks the host's quirks
+/// ([`injected`]) whether to answer with a status instead of carrying the call out.
 pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_log", proxy_log)?;
     linker.func_wrap("env", "proxy_get_log_level", |mut c: Ctx, ret: u32| {
+        fault!(c, GetLogLevel);
         status(write_u32(&mut c, ret, log_level()))
     })?;
     linker.func_wrap(
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut c: Ctx, ret: u32| {
+            fault!(c, GetCurrentTime);
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();
@@ -43,7 +62,8 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_tick_period_milliseconds",
-        |c: Ctx, ms: u32| {
+        |mut c: Ctx, ms: u32| {
+            fault!(c, SetTickPeriod);
             c.data()
                 .tick
                 .send_replace(std::time::Duration::from_millis(u64::from(ms)));
@@ -54,6 +74,7 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_effective_context",
         |mut c: Ctx, id: u32| {
+            fault!(c, SetEffectiveContext);
             let known = id == c.data().root_id || c.data().contexts.contains_key(&id);
             if known {
                 c.data_mut().current = id;
@@ -75,25 +96,28 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_replace_header_map_value",
-        |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| {
-                abi::map_replace(map, key, value)
-            })
+        |mut c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            fault!(c, ReplaceHeaderMapValue);
+            if c.data().shared.quirks.replace_keeps_duplicates {
+                edit_map(c, t, kp, kl, Some((vp, vl)), abi::map_replace_first)
+            } else {
+                edit_map(c, t, kp, kl, Some((vp, vl)), abi::map_replace)
+            }
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_add_header_map_value",
-        |c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
-            edit_map(c, t, kp, kl, Some((vp, vl)), |map, key, value| {
-                abi::map_add(map, key, value)
-            })
+        |mut c: Ctx, t: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            fault!(c, AddHeaderMapValue);
+            edit_map(c, t, kp, kl, Some((vp, vl)), abi::map_add)
         },
     )?;
     linker.func_wrap(
         "env",
         "proxy_remove_header_map_value",
-        |c: Ctx, t: u32, kp: u32, kl: u32| {
+        |mut c: Ctx, t: u32, kp: u32, kl: u32| {
+            fault!(c, RemoveHeaderMapValue);
             edit_map(c, t, kp, kl, None, |map, key, _| abi::map_remove(map, key))
         },
     )?;
@@ -102,17 +126,24 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_increment_metric",
-        |c: Ctx, id: u32, offset: i64| status(metrics(&c, |m| m.increment(id, offset))),
+        |mut c: Ctx, id: u32, offset: i64| {
+            fault!(c, IncrementMetric);
+            status(metrics(&c, |m| m.increment(id, offset)))
+        },
     )?;
     linker.func_wrap(
         "env",
         "proxy_record_metric",
-        |c: Ctx, id: u32, value: u64| status(metrics(&c, |m| m.record(id, value))),
+        |mut c: Ctx, id: u32, value: u64| {
+            fault!(c, RecordMetric);
+            status(metrics(&c, |m| m.record(id, value)))
+        },
     )?;
     linker.func_wrap(
         "env",
         "proxy_get_metric",
         |mut c: Ctx, id: u32, ret: u32| {
+            fault!(c, GetMetric);
             let value = metrics(&c, |m| m.get(id));
             status(value.and_then(|v| write(&mut c, ret, &v.to_le_bytes())))
         },
@@ -121,6 +152,7 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_grpc_stream", grpc_stream)?;
     linker.func_wrap("env", "proxy_grpc_send", grpc_send)?;
     linker.func_wrap("env", "proxy_grpc_close", |mut c: Ctx, token: u32| {
+        fault!(c, GrpcClose);
         match c.data_mut().grpc.open.get_mut(&token) {
             Some(stream) => {
                 stream.close();
@@ -131,6 +163,7 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         .code()
     })?;
     linker.func_wrap("env", "proxy_grpc_cancel", |mut c: Ctx, token: u32| {
+        fault!(c, GrpcCancel);
         match c.data_mut().grpc.open.remove(&token) {
             Some(_reset_on_drop) => Status::Ok,
             None => Status::NotFound,
@@ -139,6 +172,17 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     })?;
     linker.func_wrap("env", "proxy_get_status", get_status)?;
     Ok(())
+}
+
+/// The status the host's quirks ([`crate::HostQuirks::every_status`]) answer this call of
+/// `import` with instead of carrying it out; `None` (always, without quirks): carry it out.
+fn injected(c: &mut Ctx, import: Import) -> Option<u32> {
+    let status = c.data_mut().faults.as_mut()?.next(import)?;
+    c.data()
+        .shared
+        .injected_statuses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(status.code())
 }
 
 /// Gives every function import of `module` a body answering Unimplemented. Call it first, on a
@@ -274,6 +318,7 @@ fn status(result: Result<(), Status>) -> u32 {
 // === logging, buffers, properties, metrics ===
 
 fn proxy_log(mut c: Ctx, level: u32, ptr: u32, len: u32) -> u32 {
+    fault!(c, Log);
     let message = match text(&c, ptr, len) {
         Ok(message) => message,
         Err(e) => return e.code(),
@@ -321,6 +366,7 @@ fn get_buffer_bytes(
     ptr_ptr: u32,
     size_ptr: u32,
 ) -> Call {
+    fault!(c, GetBufferBytes, Ok);
     let data = match buffer(c.data(), kind) {
         Ok(data) => data,
         Err(e) => return Ok(e.code()),
@@ -330,6 +376,7 @@ fn get_buffer_bytes(
 }
 
 fn get_buffer_status(mut c: Ctx, kind: u32, len_ptr: u32, flags_ptr: u32) -> u32 {
+    fault!(c, GetBufferStatus);
     let result = buffer(c.data(), kind)
         .and_then(|data| write_u32(&mut c, len_ptr, data.len() as u32))
         .and_then(|()| write_u32(&mut c, flags_ptr, 0));
@@ -337,6 +384,7 @@ fn get_buffer_status(mut c: Ctx, kind: u32, len_ptr: u32, flags_ptr: u32) -> u32
 }
 
 fn get_property(mut c: Ctx, ptr: u32, len: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+    fault!(c, GetProperty, Ok);
     let value = {
         let path = match guest(&c, ptr, len) {
             Ok(path) => path,
@@ -356,12 +404,18 @@ fn get_property(mut c: Ctx, ptr: u32, len: u32, ptr_ptr: u32, size_ptr: u32) -> 
         properties::lookup(path, &proxy, request.as_ref())
     };
     match value {
-        Some(value) => Ok(status(copy_out(
-            &mut c,
-            value.as_bytes(),
-            ptr_ptr,
-            size_ptr,
-        )?)),
+        Some(value) => {
+            let state = c.data_mut();
+            let form = state
+                .shared
+                .quirks
+                .properties
+                .nth(state.properties_answered);
+            state.properties_answered = state.properties_answered.wrapping_add(1);
+            let mut buffer = properties::NumberBuffer::default();
+            let bytes = value.encode(form, &mut buffer);
+            Ok(status(copy_out(&mut c, bytes, ptr_ptr, size_ptr)?))
+        }
         None => {
             c.data()
                 .shared
@@ -386,6 +440,7 @@ fn metrics<T>(
 }
 
 fn define_metric(mut c: Ctx, kind: u32, ptr: u32, len: u32, ret: u32) -> u32 {
+    fault!(c, DefineMetric);
     let Some(kind) = MetricKind::from_abi(kind) else {
         return Status::BadArgument.code();
     };

@@ -17,6 +17,7 @@ mod host;
 mod imports;
 mod program;
 mod properties;
+mod quirks;
 mod state;
 mod vm;
 
@@ -26,6 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use host::{FilterHost, RequestHandle};
+pub use quirks::{HostQuirks, PropertyForm};
 
 /// Everything a host needs to run one plugin.
 #[derive(Debug, Clone)]
@@ -123,6 +125,9 @@ pub struct HostStats {
     /// `proxy_get_property` calls answered NotFound (a path this host does not have, or a value
     /// the request does not have, such as `response.code` of a reset).
     pub property_misses: u64,
+    /// Host calls answered with a status [`HostQuirks::every_status`] chose instead of being
+    /// carried out.
+    pub injected_statuses: u64,
     /// HTTP contexts alive in the VMs: requests handed out and not yet logged or dropped.
     pub open_contexts: usize,
     /// Current values of the metrics the plugin defined, by name.

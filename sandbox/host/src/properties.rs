@@ -1,12 +1,16 @@
 //! Answers `proxy_get_property` as Envoy does for the paths fledge reads: request and response
 //! attributes, the upstream cluster, the listener direction, the node (under both `xds.node` and
 //! the older top-level `node`), and the plugin's names. Integers are 8-byte little endian,
-//! timestamps and durations nanoseconds, strings their bytes.
+//! timestamps and durations nanoseconds, strings their bytes; [`Value::encode`] also writes
+//! numbers as other hosts do ([`PropertyForm`]).
 //!
 //! Pure: takes what the host knows about the node and the request as values. Unknown paths are
 //! `None` (the host answers NotFound), never an empty success.
 
+use std::io::Write;
+
 use crate::abi::map_get;
+use crate::quirks::PropertyForm;
 use crate::{ListenerDirection, LogInfo, NodeInfo};
 
 /// The plugin's name, root id and VM id (`plugin_name`, `plugin_root_id`, `plugin_vm_id`).
@@ -27,19 +31,66 @@ pub(crate) struct RequestFacts<'a> {
     pub log: Option<&'a LogInfo>,
 }
 
-/// A property's value: integers (8 bytes) stay on the stack, strings are copied once.
+/// A property's value: numbers stay on the stack, strings are copied once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Value {
-    Int([u8; 8]),
+    /// An integer: `response.code`, `response.grpc_status`, `listener_direction`.
+    Int(i64),
+    /// Bits: `response.flags`.
+    Bits(u64),
+    /// A duration in nanoseconds: `request.duration`.
+    Duration(i64),
+    /// A point in time in nanoseconds since the epoch: `request.time`.
+    Time(i64),
     Bytes(Vec<u8>),
 }
 
+/// Room for any number [`Value::encode`] writes (20 digits, a sign and a fraction).
+pub(crate) type NumberBuffer = [u8; 32];
+
 impl Value {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        match self {
-            Value::Int(bytes) => bytes,
-            Value::Bytes(bytes) => bytes,
-        }
+    /// The bytes the host writes for this value in `form`; numbers are written into `buffer`.
+    /// [`PropertyForm::Mixed`] is resolved by the caller ([`PropertyForm::nth`]); here it is
+    /// Envoy's form.
+    pub(crate) fn encode<'a>(
+        &'a self,
+        form: PropertyForm,
+        buffer: &'a mut NumberBuffer,
+    ) -> &'a [u8] {
+        let bits = match *self {
+            Value::Bytes(ref bytes) => return bytes,
+            Value::Int(n) | Value::Duration(n) | Value::Time(n) => n as u64,
+            Value::Bits(bits) => bits,
+        };
+        let len = match form {
+            PropertyForm::Envoy | PropertyForm::Mixed => {
+                buffer[..8].copy_from_slice(&bits.to_le_bytes());
+                8
+            }
+            PropertyForm::WrongSize => {
+                buffer[..4].copy_from_slice(&bits.to_le_bytes()[..4]);
+                4
+            }
+            PropertyForm::Text => {
+                let capacity = buffer.len();
+                let mut out = &mut buffer[..];
+                let written = match *self {
+                    Value::Int(n) => write!(out, "{n}"),
+                    Value::Bits(bits) => write!(out, "{bits}"),
+                    // Seconds with milliseconds, as nginx writes `$request_time` and `$msec`.
+                    Value::Duration(ns) | Value::Time(ns) => {
+                        let sign = if ns < 0 { "-" } else { "" };
+                        let ns = ns.unsigned_abs();
+                        let (seconds, ms) = (ns / 1_000_000_000, ns % 1_000_000_000 / 1_000_000);
+                        write!(out, "{sign}{seconds}.{ms:03}")
+                    }
+                    Value::Bytes(_) => Ok(()),
+                };
+                debug_assert!(written.is_ok(), "32 bytes hold any number written here");
+                capacity - out.len()
+            }
+        };
+        &buffer[..len]
     }
 }
 
@@ -61,7 +112,7 @@ pub(crate) fn lookup(
     let tokens = tokens.get(..count)?;
     match tokens {
         ["xds", "node", rest @ ..] | ["node", rest @ ..] => node(proxy.node, rest),
-        ["listener_direction"] => Some(int(proxy.direction.envoy_code())),
+        ["listener_direction"] => Some(Value::Int(proxy.direction.envoy_code())),
         ["plugin_name"] | ["plugin_root_id"] | ["plugin_vm_id"] => {
             Some(Value::Bytes(PLUGIN_NAME.into()))
         }
@@ -84,8 +135,8 @@ fn request_property(tokens: &[&str], req: &RequestFacts) -> Option<Value> {
     let header =
         |name: &str| map_get(req.request_headers, name).map(|v| Value::Bytes(v.as_bytes().into()));
     match tokens {
-        ["request", "time"] => Some(int(req.start_unix_ns)),
-        ["request", "duration"] => Some(int(nanos(req.log?.duration))),
+        ["request", "time"] => Some(Value::Time(req.start_unix_ns)),
+        ["request", "duration"] => Some(Value::Duration(nanos(req.log?.duration))),
         ["request", "path"] => header(":path"),
         ["request", "host"] => header(":authority"),
         ["request", "method"] => header(":method"),
@@ -93,12 +144,12 @@ fn request_property(tokens: &[&str], req: &RequestFacts) -> Option<Value> {
         ["request", "id"] => header("x-request-id"),
         ["request", "headers", name] => header(name),
         ["response", "code"] => match req.log {
-            Some(log) => Some(int(i64::from(log.response_code?))),
-            None => Some(int(map_get(req.response_headers, ":status")?
-                .parse()
-                .ok()?)),
+            Some(log) => Some(Value::Int(i64::from(log.response_code?))),
+            None => Some(Value::Int(
+                map_get(req.response_headers, ":status")?.parse().ok()?,
+            )),
         },
-        ["response", "flags"] => Some(Value::Int(req.log?.response_flags.to_le_bytes())),
+        ["response", "flags"] => Some(Value::Bits(req.log?.response_flags)),
         ["response", "grpc_status"] => {
             // As Envoy: the `grpc-status` of trailers or headers, else one inferred from the
             // HTTP status for any request, gRPC or not (so 200 without one is Unknown).
@@ -106,7 +157,7 @@ fn request_property(tokens: &[&str], req: &RequestFacts) -> Option<Value> {
             let status = log
                 .grpc_status
                 .or_else(|| log.response_code.map(http_to_grpc_status))?;
-            Some(int(i64::from(status)))
+            Some(Value::Int(i64::from(status)))
         }
         ["response", "headers", name] => {
             map_get(req.response_headers, name).map(|v| Value::Bytes(v.as_bytes().into()))
@@ -129,10 +180,6 @@ fn http_to_grpc_status(code: u16) -> i32 {
         429 | 502 | 503 | 504 => 14, // Unavailable
         _ => 2,                      // Unknown
     }
-}
-
-fn int(value: i64) -> Value {
-    Value::Int(value.to_le_bytes())
 }
 
 fn nanos(duration: std::time::Duration) -> i64 {
@@ -228,9 +275,10 @@ mod tests {
             (&["xds", "cluster_name"], Some(&before_log), None),
             (&["no", "such"], Some(&at_log), None),
         ];
+        let envoy = |v: Value| v.encode(PropertyForm::Envoy, &mut [0; 32]).to_vec();
         for (tokens, request, expected) in cases {
             assert_eq!(
-                lookup(&path(tokens), &proxy, request).map(|v| v.as_bytes().to_vec()),
+                lookup(&path(tokens), &proxy, request).map(envoy),
                 expected,
                 "{tokens:?}"
             );
@@ -264,10 +312,50 @@ mod tests {
                 ..before_log
             };
             assert_eq!(
-                lookup(&path(&["response", "grpc_status"]), &proxy, Some(&facts))
-                    .map(|v| v.as_bytes().to_vec()),
+                lookup(&path(&["response", "grpc_status"]), &proxy, Some(&facts)).map(envoy),
                 i(inferred),
                 "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_each_hosts_form() {
+        use PropertyForm::*;
+        let cases = [
+            (Value::Int(503), Envoy, 503i64.to_le_bytes().to_vec()),
+            (Value::Int(503), Text, b"503".to_vec()),
+            (Value::Int(503), WrongSize, vec![0xf7, 0x01, 0, 0]),
+            (Value::Bits(0x24), Text, b"36".to_vec()),
+            (Value::Bits(u64::MAX), Envoy, vec![0xff; 8]),
+            (Value::Duration(254_000_000), Text, b"0.254".to_vec()),
+            (Value::Duration(1_500_000), Text, b"0.001".to_vec()),
+            (Value::Duration(90_500_000_000), Text, b"90.500".to_vec()),
+            (
+                Value::Duration(254_000_000),
+                Envoy,
+                254_000_000i64.to_le_bytes().to_vec(),
+            ),
+            (
+                Value::Time(1_718_000_000_123_456_789),
+                Text,
+                b"1718000000.123".to_vec(),
+            ),
+            (Value::Time(-1_500_000_000), Text, b"-1.500".to_vec()),
+            (
+                Value::Int(i64::MIN),
+                Text,
+                i64::MIN.to_string().into_bytes(),
+            ),
+            (Value::Bytes(b"v2".to_vec()), Text, b"v2".to_vec()),
+            (Value::Bytes(b"v2".to_vec()), WrongSize, b"v2".to_vec()),
+        ];
+        for (value, form, expected) in cases {
+            let mut buffer = [0; 32];
+            assert_eq!(
+                value.encode(form, &mut buffer),
+                expected,
+                "{value:?} {form:?}"
             );
         }
     }

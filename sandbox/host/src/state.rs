@@ -16,6 +16,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 
 use crate::abi::{MetricKind, Status};
 use crate::grpc::{Deliver, StreamHandle};
+use crate::quirks::{Faults, HostQuirks};
 use crate::{HostConfig, LogInfo};
 
 /// Lines kept from a VM's start, so a refused configuration can be reported in the plugin's words.
@@ -24,6 +25,8 @@ const CAPTURED_LINES: usize = 64;
 /// Everything the VMs of one host share.
 pub(crate) struct Shared {
     pub config: HostConfig,
+    /// How this host departs from Envoy's answers (none by default).
+    pub quirks: HostQuirks,
     /// The PluginConfiguration and VmConfiguration buffers, shared without copying.
     pub plugin_config: Bytes,
     pub vm_config: Bytes,
@@ -35,11 +38,18 @@ pub(crate) struct Shared {
     pub unimplemented_calls: AtomicU64,
     pub unimplemented_imports: Mutex<BTreeSet<String>>,
     pub property_misses: AtomicU64,
+    /// Host calls answered with a status the quirks chose instead of being carried out.
+    pub injected_statuses: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn new(config: HostConfig, runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(
+        config: HostConfig,
+        quirks: HostQuirks,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         Self {
+            quirks,
             plugin_config: Bytes::from(config.plugin_config.clone().into_bytes()),
             vm_config: Bytes::from(config.vm_config.clone().into_bytes()),
             config,
@@ -51,6 +61,7 @@ impl Shared {
             unimplemented_calls: AtomicU64::new(0),
             unimplemented_imports: Mutex::default(),
             property_misses: AtomicU64::new(0),
+            injected_statuses: AtomicU64::new(0),
         }
     }
 
@@ -170,6 +181,10 @@ pub(crate) struct VmState {
     pub deliver: Deliver,
     pub tick: tokio::sync::watch::Sender<Duration>,
     pub captured: Option<Vec<String>>,
+    /// This VM's place in each call's statuses, with [`HostQuirks::every_status`].
+    pub faults: Option<Faults>,
+    /// Properties answered so far, for [`crate::PropertyForm::Mixed`].
+    pub properties_answered: u64,
 }
 
 impl VmState {

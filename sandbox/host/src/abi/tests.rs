@@ -139,3 +139,18 @@ fn grpc_targets_are_cluster_names_or_grpc_service_protos() {
         assert_eq!(grpc_target(&upstream, known), expected, "{name}");
     }
 }
+
+#[test]
+fn nginx_replace_keeps_later_copies() {
+    for (key, expected) in [
+        ("a", pairs(&[("a", "9"), ("b", "2"), ("A", "3")])),
+        (
+            "C",
+            pairs(&[("a", "1"), ("b", "2"), ("A", "3"), ("c", "9")]),
+        ),
+    ] {
+        let mut map = pairs(&[("a", "1"), ("b", "2"), ("A", "3")]);
+        map_replace_first(&mut map, key, "9".into());
+        assert_eq!(map, expected, "{key}");
+    }
+}

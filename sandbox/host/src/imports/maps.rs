@@ -45,6 +45,7 @@ fn map_ref(state: &VmState, kind: u32) -> Result<Option<&Vec<(String, String)>>,
 
 /// Envoy answers a map that is not available with no pairs.
 pub(super) fn get_map_pairs(mut c: Ctx, kind: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+    fault!(c, GetHeaderMapPairs, Ok);
     // Serialized straight into the module's memory once it has allocated the size.
     let len = match map_ref(c.data(), kind) {
         Ok(Some(map)) if !map.is_empty() => abi::map_serialized_size(map),
@@ -65,6 +66,7 @@ pub(super) fn get_map_pairs(mut c: Ctx, kind: u32, ptr_ptr: u32, size_ptr: u32) 
 }
 
 pub(super) fn set_map_pairs(mut c: Ctx, kind: u32, ptr: u32, len: u32) -> u32 {
+    fault!(c, SetHeaderMapPairs);
     let pairs = bytes(&c, ptr, len).and_then(|b| abi::decode_pairs(&b).ok_or(Status::ParseFailure));
     let result = pairs.and_then(|pairs| {
         let lowered = pairs
@@ -78,6 +80,7 @@ pub(super) fn set_map_pairs(mut c: Ctx, kind: u32, ptr: u32, len: u32) -> u32 {
 }
 
 pub(super) fn get_map_size(mut c: Ctx, kind: u32, ret: u32) -> u32 {
+    fault!(c, GetHeaderMapSize);
     let size = map_mut(c.data_mut(), kind).map(|m| abi::map_serialized_size(m) as u32);
     status(size.and_then(|size| write_u32(&mut c, ret, size)))
 }
@@ -92,6 +95,7 @@ pub(super) fn get_map_value(
     ptr_ptr: u32,
     size_ptr: u32,
 ) -> Call {
+    fault!(c, GetHeaderMapValue, Ok);
     // Find the entry in place, let the module allocate, then copy the value straight across.
     let found = guest(&c, kp, kl).and_then(|key| {
         Ok(map_ref(c.data(), kind)?.and_then(|map| {

@@ -19,6 +19,7 @@ pub(super) fn call_foreign_function(
     ptr_ptr: u32,
     size_ptr: u32,
 ) -> u32 {
+    fault!(c, CallForeignFunction);
     match guest(&c, np, nl) {
         Ok(b"clear_route_cache") => {}
         Ok(_) => return Status::NotFound.code(),
@@ -53,6 +54,7 @@ pub(super) fn grpc_stream(
     mdl: u32,
     ret: u32,
 ) -> u32 {
+    fault!(c, GrpcStream);
     let args = (|| {
         let upstream = bytes(&c, up, upl)?;
         let path = format!("/{}/{}", text(&c, sp, sl)?, text(&c, mp, ml)?);
@@ -99,6 +101,7 @@ pub(super) fn grpc_stream(
 }
 
 pub(super) fn grpc_send(mut c: Ctx, token: u32, ptr: u32, len: u32, end_stream: u32) -> u32 {
+    fault!(c, GrpcSend);
     let message = match bytes(&c, ptr, len) {
         Ok(message) => Bytes::from(message),
         Err(e) => return e.code(),
@@ -114,6 +117,7 @@ pub(super) fn grpc_send(mut c: Ctx, token: u32, ptr: u32, len: u32, end_stream: 
 
 /// The status of the stream whose close callback is running (code 0 and no message otherwise).
 pub(super) fn get_status(mut c: Ctx, code_ptr: u32, ptr_ptr: u32, size_ptr: u32) -> Call {
+    fault!(c, GetStatus, Ok);
     let (code, message) = c.data().grpc.status.clone();
     if let Err(e) = write_u32(&mut c, code_ptr, code) {
         return Ok(e.code());
