@@ -56,7 +56,6 @@ pub fn sample_reports(distinct: usize, requests: u64, now_ms: i64, seed: u64) ->
                             ..Default::default()
                         }),
                         latency_us_hdr,
-                        ..Default::default()
                     }
                 })
                 .collect();
