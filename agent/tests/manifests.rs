@@ -1,8 +1,8 @@
 //! manifests/agent.yaml works as shipped: every document parses, the Deployment's args are a
 //! valid `fledge-agent kube` command line whose listen ports are the container's ports, the
 //! Service and the probes point at those ports, the pod runs as non-root on a read-only root
-//! file system, and the WasmPlugins' agent cluster names this Service. The ClusterRole's rules
-//! are checked against the calls the store makes in tests/kube (`the_cluster_role_…`).
+//! file system, and every filter install's agent cluster names this Service. The ClusterRole's
+//! rules are checked against the calls the store makes in tests/kube (`the_cluster_role_…`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -159,37 +159,55 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
     assert_eq!(by_target["http"]["port"].as_u64(), Some(ports["http"]));
     assert!(text(&by_target["http"]["name"]).starts_with("http"));
 
-    // Every WasmPlugin sends its telemetry to this Service's gRPC port.
+    // Every filter of every install sends its telemetry to this Service's gRPC port.
     let host = format!(
         "{}.{ns}.svc.cluster.local",
         text(&service["metadata"]["name"])
     );
     let cluster = format!("outbound|{}||{host}", grpc["port"]);
-    let plugins = docs_of_kind("wasmplugin.yaml", "WasmPlugin");
-    assert!(
-        !plugins.is_empty(),
-        "no WasmPlugin in manifests/wasmplugin.yaml"
-    );
-    for plugin in plugins {
-        let agent = &plugin["spec"]["pluginConfig"]["agent"];
-        assert_eq!(
-            agent["cluster"],
-            cluster.as_str(),
-            "{}",
-            plugin["metadata"]["name"]
-        );
-        assert_eq!(
-            agent["authority"],
-            host.as_str(),
-            "{}",
-            plugin["metadata"]["name"]
-        );
+    let configs = filter_configs();
+    assert!(configs.len() >= 5, "{configs:?}");
+    for (origin, config) in configs {
+        assert_eq!(config["agent"]["cluster"], cluster.as_str(), "{origin}");
+        assert_eq!(config["agent"]["authority"], host.as_str(), "{origin}");
     }
 }
 
-fn docs_of_kind(file: &str, kind: &str) -> Vec<Value> {
-    docs(file)
-        .into_iter()
-        .filter(|d| d["kind"] == kind)
-        .collect()
+/// The plugin configuration of every filter in `manifests/filter/*/` (WasmPlugin and
+/// TrafficExtension `pluginConfig`, EnvoyFilter `configuration` JSON), with where it is.
+fn filter_configs() -> Vec<(String, Value)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/filter");
+    let mut configs = Vec::new();
+    for way in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir:?}: {e}")) {
+        let way = way.unwrap().path();
+        for file in std::fs::read_dir(&way).unwrap() {
+            let file = file.unwrap().path();
+            let name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "kustomization.yaml" {
+                continue;
+            }
+            let way = way.file_name().unwrap().to_string_lossy();
+            for doc in docs(&format!("filter/{way}/{name}")) {
+                let origin = format!("{way}/{name}: {}/{}", doc["kind"], doc["metadata"]["name"]);
+                let spec = &doc["spec"];
+                match text(&doc["kind"]) {
+                    "WasmPlugin" => configs.push((origin, spec["pluginConfig"].clone())),
+                    "TrafficExtension" => {
+                        configs.push((origin, spec["wasm"]["pluginConfig"].clone()))
+                    }
+                    "EnvoyFilter" => {
+                        for patch in spec["configPatches"].as_array().unwrap() {
+                            let config = &patch["patch"]["value"]["typed_config"]["config"];
+                            let value = &config["configuration"]["value"];
+                            if let Some(json) = value.as_str() {
+                                configs.push((origin.clone(), serde_json::from_str(json).unwrap()));
+                            }
+                        }
+                    }
+                    other => panic!("{origin}: a {other} in a filter install"),
+                }
+            }
+        }
+    }
+    configs
 }

@@ -1,8 +1,9 @@
-//! The install manifest `manifests/wasmplugin.yaml` works as shipped: every WasmPlugin in it is
-//! valid against Istio's own WasmPlugin CRD schema (the pinned bundle in `FLEDGE_ISTIO_CRDS`),
-//! and the real filter module, loaded in the host, accepts its `pluginConfig` (Istio hands it to
-//! the filter as JSON). A manifest the filter would refuse would leave every sidecar unfiltered.
-//! Each kind of listener (a sidecar's outbound and inbound, the ingress gateway) runs exactly one.
+//! The install manifest `manifests/filter/wasmplugin/wasmplugin.yaml` works as shipped: every
+//! WasmPlugin in it is valid against Istio's own WasmPlugin CRD schema (the pinned bundle in
+//! `FLEDGE_ISTIO_CRDS`), and the real filter module, loaded in the host, accepts its
+//! `pluginConfig` (Istio hands it to the filter as JSON). A manifest the filter would refuse
+//! would leave every sidecar unfiltered. Each kind of listener (a sidecar's outbound and
+//! inbound, the ingress gateway) runs exactly one.
 
 mod common;
 
@@ -99,7 +100,8 @@ fn the_listener_coverage_check_can_fail() {
 
 #[tokio::test]
 async fn every_wasmplugin_in_the_install_manifest_is_valid_and_accepted_by_the_filter() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/wasmplugin.yaml");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../manifests/filter/wasmplugin/wasmplugin.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     let plugins: Vec<Value> = yaml_documents(&text)
         .into_iter()
