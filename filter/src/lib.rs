@@ -5,8 +5,8 @@
 //!
 //! Every decision lives in plain-Rust modules that build and test natively: [`config`] (the
 //! plugin's JSON), [`identity`] (the node and the side the filter takes, resolved once),
-//! [`routing`] (which version a request goes to), [`outcome`] (what a finished request did),
-//! [`stats`] (the per-series counts and histograms, and the Report delta) and [`stream`] (the
+//! [`routing`] (which version a request goes to), [`outcome`] (what a finished request did,
+//! from numbers [`property`] reads in Envoy's binary form or as text), [`stats`] (the per-series counts and histograms, and the Report delta) and [`stream`] (the
 //! connection to the agent as a state machine). `plugin` is the only module that talks to the
 //! proxy-wasm host; it exists only for `wasm32` and holds no policy.
 
@@ -23,6 +23,7 @@
 pub mod config;
 pub mod identity;
 pub mod outcome;
+pub mod property;
 pub mod routing;
 pub mod stats;
 pub mod stream;

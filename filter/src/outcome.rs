@@ -1,9 +1,19 @@
-//! What a finished request did, told from the properties Envoy gives at `on_log`: its latency,
-//! status class, gRPC status, and whether it ended in a reset or a timeout (Envoy's legacy
-//! response flag bits), and which version served it (the routing decision, the subset in the
-//! upstream cluster name, or the workload's own label).
+//! What a finished request did, told from the properties the proxy gives at `on_log`: its
+//! latency, status class, gRPC status, and whether it ended in a reset or a timeout (Envoy's
+//! legacy response flag bits), and which version served it (the routing decision, the subset in
+//! the upstream cluster name, or the workload's own label).
 //!
-//! This module only interprets values; the plugin adapter reads them from the host.
+//! A request is measured only when every fact it needs was there and readable ([`Facts::read`]);
+//! otherwise it is [`Unmeasured`], and counted as such: never recorded as a latency of 0 or as a
+//! success.
+//!
+//! This module only interprets values; the plugin adapter reads them from the host through
+//! [`Properties`].
+
+use crate::property;
+
+#[cfg(test)]
+mod tests;
 
 /// Envoy's legacy response flag bits (`StreamInfo::ResponseFlag`) the filter looks at.
 pub mod flags {
@@ -39,19 +49,101 @@ pub mod flags {
         | DURATION_TIMEOUT;
 }
 
+/// The property paths read at `on_log` (tokens joined by NUL).
+pub mod paths {
+    pub const DURATION: &[u8] = b"request\0duration";
+    pub const START_TIME: &[u8] = b"request\0time";
+    pub const RESPONSE_CODE: &[u8] = b"response\0code";
+    pub const RESPONSE_FLAGS: &[u8] = b"response\0flags";
+    pub const GRPC_STATUS: &[u8] = b"response\0grpc_status";
+}
+
+/// The properties a finished request is told from, as the host answers them.
+pub trait Properties {
+    /// The value of the property at `path` (one of [`paths`]); `None` when the host has none.
+    fn get(&self, path: &[u8]) -> Option<Vec<u8>>;
+    /// The host's clock in nanoseconds since the epoch; `None` when it does not answer.
+    fn now_ns(&self) -> Option<u64>;
+}
+
+/// Why a finished request could not be measured: what was missing or unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmeasured {
+    /// Neither `request.duration`, nor `request.time` with the host's clock, gave a latency.
+    Latency,
+    /// `response.code` was unreadable, or absent with no response flag saying why.
+    ResponseCode,
+    /// `response.flags` was unreadable.
+    ResponseFlags,
+    /// A gRPC request's `response.grpc_status` was unreadable, or absent after a response.
+    GrpcStatus,
+}
+
 /// The facts about one finished request, as read from the host.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Facts {
-    /// `request.duration` in nanoseconds, when the host had it.
-    pub duration_ns: Option<u64>,
-    /// `response.code`; `None` (or 0) when no response was sent.
+    /// `request.duration` in nanoseconds (or the time since `request.time`).
+    pub duration_ns: u64,
+    /// `response.code`; `None` when no response was sent (then a flag says why).
     pub response_code: Option<u16>,
-    /// `response.flags`.
+    /// `response.flags`; 0 when the host has no such property.
     pub response_flags: u64,
     /// `response.grpc_status`, read only for gRPC requests ([`is_grpc`]): Envoy answers it for
     /// every request, inferring a status from the HTTP code when there is no `grpc-status`
     /// (200 becomes Unknown), so for plain HTTP it would count every request as a gRPC error.
     pub grpc_status: Option<i32>,
+}
+
+impl Facts {
+    /// Reads the facts of a finished request from `properties`; `grpc` says whether it was a
+    /// gRPC request. Numbers may come as Envoy's 8-byte integers or as ASCII decimal
+    /// ([`crate::property`]). `request.time` is read only when `request.duration` gives nothing,
+    /// `response.grpc_status` only for gRPC requests.
+    pub fn read(properties: &impl Properties, grpc: bool) -> Result<Facts, Unmeasured> {
+        let duration_ns = properties
+            .get(paths::DURATION)
+            .and_then(|bytes| property::duration_ns(&bytes))
+            .or_else(|| {
+                let start = property::timestamp_ns(&properties.get(paths::START_TIME)?)?;
+                let now = i64::try_from(properties.now_ns()?).ok()?;
+                u64::try_from(now.checked_sub(start)?).ok()
+            })
+            .ok_or(Unmeasured::Latency)?;
+        let response_flags = match properties.get(paths::RESPONSE_FLAGS) {
+            Some(bytes) => property::unsigned(&bytes).ok_or(Unmeasured::ResponseFlags)?,
+            None => 0,
+        };
+        let response_code = match properties.get(paths::RESPONSE_CODE) {
+            Some(bytes) => {
+                let code = property::integer(&bytes).ok_or(Unmeasured::ResponseCode)?;
+                let code = u16::try_from(code).map_err(|_| Unmeasured::ResponseCode)?;
+                (code != 0).then_some(code)
+            }
+            None => None,
+        };
+        // Without a response, only a flag can say how the request ended.
+        if response_code.is_none() && response_flags & (flags::RESETS | flags::TIMEOUTS) == 0 {
+            return Err(Unmeasured::ResponseCode);
+        }
+        let grpc_status = if grpc {
+            match properties.get(paths::GRPC_STATUS) {
+                Some(bytes) => {
+                    let status = property::integer(&bytes).ok_or(Unmeasured::GrpcStatus)?;
+                    Some(i32::try_from(status).map_err(|_| Unmeasured::GrpcStatus)?)
+                }
+                None if response_code.is_some() => return Err(Unmeasured::GrpcStatus),
+                None => None,
+            }
+        } else {
+            None
+        };
+        Ok(Facts {
+            duration_ns,
+            response_code,
+            response_flags,
+            grpc_status,
+        })
+    }
 }
 
 /// The classes one request counts in; several may hold at once.
@@ -74,7 +166,7 @@ impl Outcome {
     pub fn of(facts: &Facts) -> Outcome {
         let code = facts.response_code.unwrap_or(0);
         Outcome {
-            latency_us: facts.duration_ns.map_or(0, |ns| ns / 1000),
+            latency_us: facts.duration_ns / 1000,
             error_5xx: (500..=599).contains(&code),
             error_4xx: (400..=499).contains(&code),
             grpc_error: facts.grpc_status.is_some_and(|s| s != 0),
@@ -123,142 +215,4 @@ pub fn version_of<'a>(
         .or(own_label)
         .filter(|v| !v.is_empty())
         .unwrap_or("unknown")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_requests_are_told_by_content_type() {
-        for yes in [
-            "application/grpc",
-            "application/grpc+proto",
-            "application/grpc-web+proto",
-            "Application/GRPC",
-            "application/grpc;charset=utf-8",
-        ] {
-            assert!(is_grpc(yes.as_bytes()), "{yes}");
-        }
-        for no in [
-            "",
-            "application/json",
-            "application/grpcx",
-            "application/gr",
-            "text/application/grpc",
-        ] {
-            assert!(!is_grpc(no.as_bytes()), "{no}");
-        }
-    }
-
-    #[test]
-    fn outcomes_are_classified_from_code_grpc_status_and_flags() {
-        let cases = [
-            // (code, grpc, flags, 5xx, 4xx, grpc_err, reset, timeout)
-            (Some(200), None, 0, false, false, false, false, false),
-            (
-                Some(503),
-                None,
-                flags::UPSTREAM_CONNECTION_FAILURE,
-                true,
-                false,
-                false,
-                true,
-                false,
-            ),
-            (
-                Some(504),
-                None,
-                flags::UPSTREAM_REQUEST_TIMEOUT,
-                true,
-                false,
-                false,
-                false,
-                true,
-            ),
-            (Some(404), None, 0, false, true, false, false, false),
-            (Some(200), Some(14), 0, false, false, true, false, false),
-            (Some(200), Some(0), 0, false, false, false, false, false),
-            (
-                None,
-                None,
-                flags::UPSTREAM_REMOTE_RESET,
-                false,
-                false,
-                false,
-                true,
-                false,
-            ),
-            (
-                Some(0),
-                None,
-                flags::DURATION_TIMEOUT,
-                false,
-                false,
-                false,
-                false,
-                true,
-            ),
-            (
-                Some(499),
-                None,
-                flags::STREAM_IDLE_TIMEOUT,
-                false,
-                true,
-                false,
-                false,
-                true,
-            ),
-            (
-                Some(200),
-                None,
-                0x100, /* NR: not ours */
-                false,
-                false,
-                false,
-                false,
-                false,
-            ),
-        ];
-        for (code, grpc, fl, e5, e4, ge, reset, timeout) in cases {
-            let o = Outcome::of(&Facts {
-                duration_ns: Some(2_500_000),
-                response_code: code,
-                response_flags: fl,
-                grpc_status: grpc,
-            });
-            let got = (o.error_5xx, o.error_4xx, o.grpc_error, o.reset, o.timeout);
-            assert_eq!(
-                got,
-                (e5, e4, ge, reset, timeout),
-                "{code:?} {grpc:?} {fl:#x}"
-            );
-            assert_eq!(o.latency_us, 2500);
-        }
-    }
-
-    #[test]
-    fn version_comes_from_decision_then_cluster_then_label() {
-        let cases = [
-            (Some("v3"), Some("outbound|80|v2|reviews"), Some("v1"), "v3"),
-            (
-                None,
-                Some("outbound|80|v2|reviews.shop.svc.cluster.local"),
-                Some("v1"),
-                "v2",
-            ),
-            (None, Some("outbound|80||reviews"), Some("v1"), "v1"),
-            (None, Some("inbound|9080||"), Some("v1"), "v1"),
-            (None, Some("PassthroughCluster"), None, "unknown"),
-            (None, None, None, "unknown"),
-            (None, None, Some(""), "unknown"),
-        ];
-        for (decided, cluster, label, expected) in cases {
-            assert_eq!(
-                version_of(decided, cluster, label),
-                expected,
-                "{decided:?} {cluster:?}"
-            );
-        }
-    }
 }

@@ -50,12 +50,14 @@ struct Shared {
 struct Counts {
     routed: Cell<u64>,
     recorded: Cell<u64>,
+    unmeasured: Cell<u64>,
 }
 
 impl Counts {
     fn flush(&self, metrics: &Metrics) {
         Metrics::add(metrics.routed, self.routed.take());
         Metrics::add(metrics.recorded, self.recorded.take());
+        Metrics::add(metrics.unmeasured, self.unmeasured.take());
     }
 }
 
@@ -65,6 +67,7 @@ impl Counts {
 struct Metrics {
     routed: Option<u32>,
     recorded: Option<u32>,
+    unmeasured: Option<u32>,
     dropped: Option<u32>,
     reports: Option<u32>,
     stream_opens: Option<u32>,
@@ -81,6 +84,7 @@ impl Metrics {
         Metrics {
             routed: counter("fledge_filter_requests_routed"),
             recorded: counter("fledge_filter_requests_recorded"),
+            unmeasured: counter("fledge_filter_requests_unmeasured"),
             dropped: counter("fledge_filter_samples_dropped"),
             reports: counter("fledge_filter_reports_sent"),
             stream_opens: counter("fledge_filter_stream_opens"),
@@ -154,11 +158,10 @@ fn now_ms() -> Option<u64> {
     absorb(abi::current_time_ns()).map(|ns| ns / 1_000_000)
 }
 
-/// An integer property: 8 bytes, little endian. `path` is serialized (tokens joined by NUL).
-fn property_i64(path: &[u8]) -> Option<i64> {
-    let bytes = read(abi::property(path))?;
-    let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    Some(i64::from_le_bytes(raw))
+/// An integer property, as Envoy's 8 bytes or as ASCII decimal ([`crate::property::integer`]).
+/// `path` is serialized (tokens joined by NUL).
+fn property_integer(path: &[u8]) -> Option<i64> {
+    crate::property::integer(&read(abi::property(path))?)
 }
 
 fn property_string(path: &[u8]) -> Option<String> {

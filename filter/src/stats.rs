@@ -1,7 +1,8 @@
 //! What one VM recorded since its last report: per (host, version, traffic) series, the request,
 //! error, reset and timeout counts and an HDR histogram of latency in microseconds (2 significant
-//! digits). The number of series is bounded; samples beyond the bound go to a `dropped` count that
-//! is reported, never silently lost.
+//! digits), and the requests that could not be measured, counted apart. The number of series is
+//! bounded; samples beyond the bound go to a `dropped` count that is reported, never silently
+//! lost.
 //!
 //! [`Stats::take`] hands out everything since the last take as a [`Delta`], which becomes a
 //! `fledge.v1.Report` with the histograms in hdrhistogram's V2 format (no deflate). A delta that
@@ -113,17 +114,33 @@ impl Stats {
 
     /// Counts one finished request. Beyond the series limit it only counts as dropped.
     pub fn record(&mut self, host: &str, version: &str, traffic: Traffic, outcome: &Outcome) {
-        if let Some(series) = self
-            .series
-            .iter_mut()
-            .find(|s| s.is(host, version, traffic))
-        {
-            series.add(outcome);
-            return;
-        }
-        match self.open(host, version, traffic) {
+        match self.series_of(host, version, traffic) {
             Some(series) => series.add(outcome),
             None => self.dropped += 1,
+        }
+    }
+
+    /// Counts one finished request whose latency or outcome could not be read: in `requests`
+    /// and `unmeasured` only, not in the histogram. Beyond the series limit it counts as dropped.
+    pub fn record_unmeasured(&mut self, host: &str, version: &str, traffic: Traffic) {
+        match self.series_of(host, version, traffic) {
+            Some(series) => {
+                series.counts.requests += 1;
+                series.counts.unmeasured += 1;
+            }
+            None => self.dropped += 1,
+        }
+    }
+
+    /// The series of (host, version, traffic), opened if the limit admits it.
+    fn series_of(&mut self, host: &str, version: &str, traffic: Traffic) -> Option<&mut Series> {
+        let held = self
+            .series
+            .iter()
+            .position(|s| s.is(host, version, traffic));
+        match held {
+            Some(i) => self.series.get_mut(i),
+            None => self.open(host, version, traffic),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The per-request context of the proxy-wasm adapter: on request headers it routes (unless the
 //! root context resolved the server side) by asking the routing core and writing the chosen
-//! version header; at `on_log` it reads what the request did and records it. It keeps only its
-//! own decision until the request ends and never pauses or fails the request.
+//! version header; at `on_log` it reads what the request did and records it, or counts it as
+//! unmeasured when the host's answers do not tell. It keeps only its own decision until the
+//! request ends and never pauses or fails the request.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -9,8 +10,8 @@ use std::rc::Rc;
 use fledge_proto::v1::Traffic;
 
 use super::abi;
-use super::{Shared, absorb, property_i64, property_string, read};
-use crate::outcome::{self, Facts, Outcome};
+use super::{Shared, absorb, property_string, read};
+use crate::outcome::{self, Facts, Outcome, Properties};
 use crate::routing::{self, Cause, Destination, Table};
 
 /// One request: what was decided for it, kept until `on_log`.
@@ -64,10 +65,15 @@ impl Request {
             return;
         };
         let header = decision.route.version_header.as_str();
-        absorb(match decision.version {
+        let written = absorb(match decision.version {
             Some(version) => abi::replace_header(abi::REQUEST_HEADERS, header, version.as_bytes()),
             None => abi::remove_header(abi::REQUEST_HEADERS, header),
         });
+        if written.is_none() {
+            // The router never saw the decision: the request is counted under the version the
+            // upstream cluster names, not one it may never have reached.
+            return;
+        }
         // The router picked its route before this filter ran; make it look again.
         read(abi::foreign_function("clear_route_cache", &[]));
         shared.counts.routed.set(shared.counts.routed.get() + 1);
@@ -76,29 +82,6 @@ impl Request {
             cause: decision.cause,
             table: Rc::clone(&table),
         });
-    }
-
-    fn facts(&self) -> Facts {
-        let duration_ns = property_i64(b"request\0duration")
-            .or_else(|| {
-                let start = property_i64(b"request\0time")?;
-                let now = i64::try_from(absorb(abi::current_time_ns())?).ok()?;
-                Some(now - start)
-            })
-            .and_then(|ns| u64::try_from(ns).ok());
-        Facts {
-            duration_ns,
-            response_code: property_i64(b"response\0code")
-                .and_then(|c| u16::try_from(c).ok())
-                .filter(|&c| c != 0),
-            response_flags: property_i64(b"response\0flags")
-                .map_or(0, |f| u64::from_le_bytes(f.to_le_bytes())),
-            grpc_status: if self.grpc {
-                property_i64(b"response\0grpc_status").and_then(|s| i32::try_from(s).ok())
-            } else {
-                None
-            },
-        }
     }
 
     pub(super) fn on_request_headers(&mut self) {
@@ -122,7 +105,7 @@ impl Request {
             // Headers never arrived (e.g. a reset before them): nothing to attribute.
             return;
         };
-        let outcome = Outcome::of(&self.facts());
+        let facts = Facts::read(&HostProperties, self.grpc);
         let (host, decided) = match self.decided.as_ref().and_then(Decided::host_and_version) {
             Some((host, version)) => (host, version),
             None => (destination.host.as_str(), None),
@@ -140,9 +123,20 @@ impl Request {
         } else {
             Traffic::Live
         };
-        if let Ok(mut stats) = shared.stats.try_borrow_mut() {
-            stats.record(host, version, traffic, &outcome);
-            shared.counts.recorded.set(shared.counts.recorded.get() + 1);
+        let Ok(mut stats) = shared.stats.try_borrow_mut() else {
+            return;
+        };
+        let counts = &shared.counts;
+        match facts {
+            Ok(facts) => {
+                stats.record(host, version, traffic, &Outcome::of(&facts));
+                counts.recorded.set(counts.recorded.get() + 1);
+            }
+            // Counted, never guessed: not a latency of 0, not a success.
+            Err(_) => {
+                stats.record_unmeasured(host, version, traffic);
+                counts.unmeasured.set(counts.unmeasured.get() + 1);
+            }
         }
     }
 }
@@ -161,5 +155,18 @@ impl routing::Request for RequestHeaders {
         Some(Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|e| {
             String::from_utf8_lossy(e.as_bytes()).into_owned()
         })))
+    }
+}
+
+/// The properties of the running request, as the host answers them.
+struct HostProperties;
+
+impl Properties for HostProperties {
+    fn get(&self, path: &[u8]) -> Option<Vec<u8>> {
+        read(abi::property(path))
+    }
+
+    fn now_ns(&self) -> Option<u64> {
+        absorb(abi::current_time_ns())
     }
 }

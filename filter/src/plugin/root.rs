@@ -14,7 +14,7 @@ use crate::stats::Stats;
 use crate::stream::{self, Link, Node, Received, Step};
 
 use super::abi::{self, LogLevel};
-use super::{Counts, Metrics, Shared, absorb, log, now_ms, property_i64, property_string};
+use super::{Counts, Metrics, Shared, absorb, log, now_ms, property_integer, property_string};
 
 pub(super) struct Root {
     shared: Option<Rc<Shared>>,
@@ -277,5 +277,5 @@ fn node_property(path: &[&str]) -> Option<String> {
 
 /// The direction of the listener this plugin is configured on; `None` when unknown.
 fn listener_direction() -> Option<Direction> {
-    property_i64(b"listener_direction").and_then(Direction::from_envoy)
+    property_integer(b"listener_direction").and_then(Direction::from_envoy)
 }

@@ -229,3 +229,34 @@ fn latencies_beyond_an_hour_are_clamped_not_lost() {
     );
     assert!(h.max() >= fledge_proto::HISTOGRAM_MAX_US);
 }
+
+#[test]
+fn unmeasured_requests_are_counted_apart_and_never_in_the_histogram() {
+    let mut stats = Stats::new(2, 0);
+    stats.record("a", "v2", Traffic::Live, &ok(250_000));
+    stats.record_unmeasured("a", "v2", Traffic::Live);
+    stats.record_unmeasured("a", "v2", Traffic::Live);
+    // A series that saw only unmeasured requests; then one the limit no longer admits.
+    stats.record_unmeasured("b", "v1", Traffic::Live);
+    stats.record_unmeasured("c", "v1", Traffic::Live);
+    assert_eq!((stats.series_count(), stats.dropped()), (2, 1));
+    // A delta that could not be sent merges with what came after, unmeasured included.
+    let delta = stats.take(10);
+    stats.record_unmeasured("a", "v2", Traffic::Live);
+    stats.restore(delta);
+    let report = stats.take(20).to_report(1);
+    let counts = |host: &str| {
+        let s = report.series.iter().find(|s| s.host == host).unwrap();
+        (s.counts.unwrap_or_default(), &s.latency_us_hdr)
+    };
+    let (a, a_hdr) = counts("a");
+    assert_eq!((a.requests, a.unmeasured, a.measured()), (4, 3, 1));
+    assert_eq!((a.errors_5xx, a.failures), (0, 0));
+    let h = decode(a_hdr);
+    assert_eq!(h.len(), 1);
+    assert!(h.min() >= 249_000, "no latency of 0 for the unmeasured");
+    let (b, b_hdr) = counts("b");
+    assert_eq!((b.requests, b.unmeasured), (1, 1));
+    assert!(b_hdr.is_empty(), "nothing measured, no histogram");
+    assert_eq!(report.dropped, 1);
+}

@@ -148,8 +148,15 @@ impl FilterHost {
                     .map_or(0, Vm::open_contexts)
             })
             .sum();
+        let ticking = self
+            .inner
+            .slots
+            .iter()
+            .filter(|slot| !slot.tick.borrow().is_zero())
+            .count();
         HostStats {
             open_contexts,
+            ticking,
             requests: shared.requests.load(Ordering::Relaxed),
             traps: shared.traps.load(Ordering::Relaxed),
             vm_restarts: shared.vm_restarts.load(Ordering::Relaxed),

@@ -128,6 +128,8 @@ pub struct HostStats {
     /// Host calls answered with a status [`HostQuirks::every_status`] chose instead of being
     /// carried out.
     pub injected_statuses: u64,
+    /// VMs whose plugin set a tick period (and so gets `proxy_on_tick`).
+    pub ticking: usize,
     /// HTTP contexts alive in the VMs: requests handed out and not yet logged or dropped.
     pub open_contexts: usize,
     /// Current values of the metrics the plugin defined, by name.

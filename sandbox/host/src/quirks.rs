@@ -13,10 +13,12 @@ use crate::abi::Status;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostQuirks {
     /// `Some(offset)`: each host call is answered, in turn, with every status the ABI 0.2.1 spec
-    /// allows for it and Unimplemented (a host without the call), an Ok before each of them:
-    /// Ok, s1, Ok, s2, …. A failed call does nothing. Call `n` (from 0, per VM) of the `i`-th
-    /// import in [`Import::ALL`] gets entry `offset + i + n` of that sequence, so that different
-    /// calls fail at different points and each offset starts the plugin differently.
+    /// allows for it and Unimplemented (a host without the call), two Oks before each of them:
+    /// Ok, Ok, s1, Ok, Ok, s2, … (two, so that a plugin that makes calls in pairs, such as a
+    /// Hello then a Report on each new stream, still gets somewhere). A failed call does
+    /// nothing. Call `n` (from 0, per VM) of the `i`-th import in [`Import::ALL`] gets entry
+    /// `offset + i + n` of that sequence, so that different calls fail at different points and
+    /// each offset starts the plugin differently.
     pub every_status: Option<usize>,
     /// How integer, duration and timestamp properties are written.
     pub properties: PropertyForm,
@@ -187,11 +189,11 @@ impl Faults {
         let turn = self.offset.wrapping_add(i).wrapping_add(*n);
         *n = n.wrapping_add(1);
         let failures = import.failures();
-        let entry = turn % (2 * failures.len());
-        if entry.is_multiple_of(2) {
+        let entry = turn % (3 * failures.len());
+        if entry % 3 != 2 {
             return None;
         }
-        failures.get(entry / 2).copied()
+        failures.get(entry / 3).copied()
     }
 }
 
@@ -200,33 +202,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_call_gets_every_allowed_status_in_turn_with_ok_between() {
-        let mut faults = Faults::new(0);
-        // GrpcStream is the 21st import: its sequence starts at entry 20 % 10 = 0.
+    fn each_call_gets_every_allowed_status_in_turn_with_oks_between() {
+        let mut faults = Faults::new(10);
+        // GrpcStream is the 21st import: from offset 10 its sequence starts at (10 + 20) % 15 = 0.
         let answers: Vec<Option<Status>> =
-            (0..10).map(|_| faults.next(Import::GrpcStream)).collect();
+            (0..15).map(|_| faults.next(Import::GrpcStream)).collect();
         use Status::*;
+        let ok = None;
         assert_eq!(
             answers,
             [
-                None,
+                ok,
+                ok,
                 Some(BadArgument),
-                None,
+                ok,
+                ok,
                 Some(ParseFailure),
-                None,
+                ok,
+                ok,
                 Some(InternalFailure),
-                None,
+                ok,
+                ok,
                 Some(InvalidMemoryAccess),
-                None,
+                ok,
+                ok,
                 Some(Unimplemented),
             ]
         );
+        assert_eq!(faults.next(Import::GrpcStream), None);
         // Log (index 0) is counted apart, and the offset shifts every sequence.
+        let mut faults = Faults::new(0);
         assert_eq!(faults.next(Import::Log), None);
-        let mut shifted = Faults::new(1);
+        let mut shifted = Faults::new(2);
         assert_eq!(shifted.next(Import::Log), Some(BadArgument));
-        assert_eq!(shifted.next(Import::SetTickPeriod), None);
+        // SetTickPeriod (index 3): entries 5 % 3 = 2, then 0.
         assert_eq!(shifted.next(Import::SetTickPeriod), Some(Unimplemented));
+        assert_eq!(shifted.next(Import::SetTickPeriod), None);
     }
 
     #[test]
