@@ -65,10 +65,17 @@ impl Request {
             return;
         };
         let header = decision.route.version_header.as_str();
-        let written = absorb(match decision.version {
-            Some(version) => abi::replace_header(abi::REQUEST_HEADERS, header, version.as_bytes()),
-            None => abi::remove_header(abi::REQUEST_HEADERS, header),
-        });
+        // Every copy a client sent goes first: some hosts (nginx) replace only the first copy,
+        // and a copy left behind would let a client pick its own version at the gateway.
+        let removed = absorb(abi::remove_header(abi::REQUEST_HEADERS, header));
+        let written = match decision.version {
+            Some(version) => absorb(abi::replace_header(
+                abi::REQUEST_HEADERS,
+                header,
+                version.as_bytes(),
+            )),
+            None => removed,
+        };
         if written.is_none() {
             // The router never saw the decision: the request is counted under the version the
             // upstream cluster names, not one it may never have reached.

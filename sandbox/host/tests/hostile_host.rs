@@ -297,3 +297,70 @@ async fn numbers_of_the_wrong_size_are_counted_as_unmeasured() {
     host.shutdown().await;
     server.stop().await;
 }
+
+/// A client on `reviews` with a rule only: `x-beta: 1` goes to v2; without a split, any other
+/// request has the version header removed.
+fn rule_only_config() -> String {
+    format!(
+        r#"{{
+  "agent": {{"cluster": "{AGENT_CLUSTER}"}},
+  "role": "client",
+  "routes": [{{
+    "host": "{REVIEWS}",
+    "rules": [{{"header": {{"name": "x-beta", "exact": "1"}}, "version": "v2"}}]
+  }}]
+}}"#
+    )
+}
+
+fn copies(headers: &[(String, String)], name: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_copy_of_a_client_supplied_version_header_is_replaced() {
+    let nginx = HostQuirks {
+        replace_keeps_duplicates: true,
+        ..HostQuirks::default()
+    };
+    for (host_kind, quirks) in [("Envoy", HostQuirks::default()), ("nginx", nginx)] {
+        for (config, beta, expected) in [
+            (client_config(0, 100), "1", vec!["v2"]),
+            (client_config(0, 100), "0", vec!["v1"]),
+            (rule_only_config(), "1", vec!["v2"]),
+            (rule_only_config(), "0", vec![]),
+        ] {
+            let config = HostConfig::new(filter_wasm(), config);
+            let host = FilterHost::start_with(config, quirks.clone())
+                .await
+                .unwrap();
+            // Two copies a client sent, as an HTTP/1 request may carry them.
+            let mut headers = request_headers(&[
+                ("x-fledge-version", "v9"),
+                ("x-beta", beta),
+                ("X-Fledge-Version", "v8"),
+            ]);
+            let handle = host.on_request_headers(&mut headers);
+            assert_eq!(
+                copies(&headers, "x-fledge-version"),
+                expected,
+                "{host_kind} host, x-beta {beta}"
+            );
+            assert!(handle.route_cache_cleared());
+            drop(handle);
+            // The host itself keeps both copies: a request the filter does not route passes
+            // with both.
+            let mut headers =
+                request_headers(&[("x-fledge-version", "v9"), ("X-Fledge-Version", "v8")]);
+            headers[0].1 = "ratings.shop.svc.cluster.local".into();
+            drop(host.on_request_headers(&mut headers));
+            assert_eq!(copies(&headers, "x-fledge-version"), ["v9", "v8"]);
+            assert_eq!(host.stats().traps, 0);
+            host.shutdown().await;
+        }
+    }
+}
