@@ -19,6 +19,9 @@ mod tests;
 pub const REPORT_INTERVAL_MS: (u64, u64) = (100, 60_000);
 /// Most series a VM may hold (each holds a histogram of a few tens of KiB).
 pub const MAX_SERIES_LIMIT: u64 = 4096;
+/// The longest `agent.timeout_ms`: the longest `google.protobuf.Duration` (10,000 years), so that
+/// every accepted value reaches the host in the GrpcService it validates.
+pub const MAX_TIMEOUT_MS: u64 = 315_576_000_000_000;
 
 /// The validated plugin configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +44,8 @@ pub struct Agent {
     pub cluster: String,
     /// The `:authority` of the stream; Envoy's default (the cluster name) when absent.
     pub authority: Option<String>,
-    /// Deadline of one stream in milliseconds, after which the filter reconnects; 0: none.
+    /// Deadline of one stream in milliseconds, after which the filter reconnects; 0: none. At
+    /// most [`MAX_TIMEOUT_MS`].
     pub timeout_ms: u64,
 }
 
@@ -266,10 +270,17 @@ impl AgentJson {
                 ));
             }
         }
+        let timeout_ms = self.timeout_ms.unwrap_or(0);
+        if timeout_ms > MAX_TIMEOUT_MS {
+            return Err(Invalid::new(
+                "agent.timeout_ms",
+                format!("{timeout_ms} is over {MAX_TIMEOUT_MS} (10,000 years)"),
+            ));
+        }
         Ok(Agent {
             cluster: self.cluster,
             authority: self.authority,
-            timeout_ms: self.timeout_ms.unwrap_or(0),
+            timeout_ms,
         })
     }
 }

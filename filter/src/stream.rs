@@ -264,7 +264,9 @@ pub fn receive(bytes: &[u8], held_revision: u64, defaults: &RouteDefaults) -> Re
 
 /// The `upstream` argument of `proxy_grpc_stream`. Envoy takes either a cluster name or a
 /// serialized `envoy.config.core.v3.GrpcService`; the plain name is used unless the
-/// configuration sets an authority or a stream deadline, which only the proto can carry.
+/// configuration sets an authority or a stream deadline, which only the proto can carry. The
+/// proto is not text (a deadline with a fraction of a second, one of 128 s or more, or a cluster
+/// and authority over 123 bytes put non-ASCII bytes in it), so it goes to the host as bytes.
 pub fn upstream(agent: &Agent) -> Vec<u8> {
     if agent.authority.is_none() && agent.timeout_ms == 0 {
         return agent.cluster.clone().into_bytes();

@@ -144,6 +144,10 @@ fn every_rejected_field_is_named_with_its_reason() {
             "agent.timeout_ms: invalid value: integer `-1`, expected u64",
         ),
         (
+            r#"{"agent": {"cluster": "c", "timeout_ms": 315576000000001}}"#.into(),
+            "agent.timeout_ms: 315576000000001 is over 315576000000000 (10,000 years)",
+        ),
+        (
             format!(r#"{{{AGENT}, "report_interval_ms": 50}}"#),
             "report_interval_ms: 50 is under 100",
         ),

@@ -20,7 +20,8 @@ pub(super) struct Root {
     shared: Option<Rc<Shared>>,
     metrics: Metrics,
     link: Link,
-    upstream: String,
+    /// `proxy_grpc_stream`'s upstream: the cluster name or a serialized GrpcService, as bytes.
+    upstream: Vec<u8>,
     worker: u32,
     /// The host's clock at the last reading, kept for when it does not answer.
     clock_ms: u64,
@@ -32,7 +33,7 @@ impl Root {
             shared: None,
             metrics: Metrics::default(),
             link: Link::new(1000),
-            upstream: String::new(),
+            upstream: Vec::new(),
             worker: u32::try_from(super::random_u64() >> 32).unwrap_or(0),
             clock_ms: 0,
         }
@@ -74,14 +75,7 @@ impl Root {
                 return false;
             }
         };
-        let upstream = stream::upstream(&config.agent);
-        self.upstream = String::from_utf8(upstream).unwrap_or_else(|_| {
-            log(
-                LogLevel::Warn,
-                "fledge: agent.authority/timeout_ms cannot be passed to this host; using the cluster name",
-            );
-            config.agent.cluster.clone()
-        });
+        self.upstream = stream::upstream(&config.agent);
         let node = Node {
             proxy_id: node_property(&["id"]).unwrap_or_default(),
             workload: node_property(&["metadata", "WORKLOAD_NAME"]).unwrap_or_default(),
@@ -149,22 +143,21 @@ impl Root {
     }
 
     fn connect(&mut self, shared: &Shared, now: u64) {
-        let token =
-            match abi::grpc_stream(self.upstream.as_bytes(), stream::SERVICE, stream::METHOD) {
-                Ok(token) => token,
-                Err(status) => {
-                    self.link.failed(now);
-                    Metrics::add(self.metrics.stream_failures, 1);
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "fledge: cannot open the agent stream (host status {}); will retry",
-                            status.0
-                        ),
-                    );
-                    return;
-                }
-            };
+        let token = match abi::grpc_stream(&self.upstream, stream::SERVICE, stream::METHOD) {
+            Ok(token) => token,
+            Err(status) => {
+                self.link.failed(now);
+                Metrics::add(self.metrics.stream_failures, 1);
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "fledge: cannot open the agent stream (host status {}); will retry",
+                        status.0
+                    ),
+                );
+                return;
+            }
+        };
         Metrics::add(self.metrics.stream_opens, 1);
         self.link.opened(token, now);
         let revision = shared.table.borrow().revision;

@@ -238,3 +238,47 @@ fn the_upstream_is_the_cluster_name_unless_authority_or_deadline_are_set() {
         })
     );
 }
+
+#[test]
+fn every_accepted_authority_and_deadline_survive_as_bytes() {
+    // Each comes back whole from the bytes handed to the host. Most are not text: a `&str`
+    // (the SDK's open_grpc_stream) could not carry them, so the plugin passes the bytes as they
+    // are. Envoy parses the GrpcService as it would from any configuration.
+    let cluster = "outbound|9090||fledge-agent.fledge-system.svc.cluster.local";
+    let long = format!("{}.fledge-system.svc.cluster.local", "a".repeat(40));
+    let cases = [
+        // (authority, timeout_ms, seconds, nanos, text)
+        (None, 2_000, 2, 0, true),
+        (None, 90_500, 90, 500_000_000, false),
+        (None, 127_000, 127, 0, true),
+        (None, 128_000, 128, 0, false),
+        (Some(long.as_str()), 0, 0, 0, false),
+        (Some("agent"), 1, 0, 1_000_000, false),
+        (
+            Some("agent"),
+            crate::config::MAX_TIMEOUT_MS,
+            315_576_000_000,
+            0,
+            false,
+        ),
+    ];
+    for (authority, timeout_ms, seconds, nanos, text) in cases {
+        let agent = Agent {
+            cluster: cluster.into(),
+            authority: authority.map(str::to_owned),
+            timeout_ms,
+        };
+        let bytes = upstream(&agent);
+        let at = format!("{authority:?} {timeout_ms} ms");
+        assert_eq!(std::str::from_utf8(&bytes).is_ok(), text, "{at}");
+        let service = GrpcService::decode(bytes.as_slice()).unwrap();
+        let envoy = service.envoy_grpc.unwrap();
+        assert_eq!(
+            (envoy.cluster_name.as_str(), envoy.authority.as_str()),
+            (cluster, authority.unwrap_or_default()),
+            "{at}"
+        );
+        let timeout = (timeout_ms > 0).then_some(GrpcDuration { seconds, nanos });
+        assert_eq!(service.timeout, timeout, "{at}");
+    }
+}

@@ -4,6 +4,8 @@
 //! Pure: no wasm runtime here. The wasm adapter (`imports.rs`) decodes guest memory into these
 //! values and back; every rule about what a call means lives here or in `properties.rs`.
 
+use std::time::Duration;
+
 /// `WasmResult` codes returned by host calls (proxy-wasm `Status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -233,52 +235,121 @@ pub(crate) fn map_serialized_size(map: &[(String, String)]) -> usize {
 
 // === gRPC upstreams ===
 
-/// Where `proxy_grpc_stream`'s `upstream` argument points: `(cluster, authority)`. It is either a
-/// cluster name `known` accepts, or (as Envoy reads it) a serialized
-/// `envoy.config.core.v3.GrpcService` whose `envoy_grpc` (field 1) names the cluster (field 1)
-/// and perhaps an authority (field 2). `None` when neither names a known cluster.
-pub(crate) fn grpc_target(
-    upstream: &[u8],
-    known: impl Fn(&str) -> bool,
-) -> Option<(String, Option<String>)> {
+/// Where `proxy_grpc_stream`'s `upstream` argument points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GrpcTarget {
+    pub cluster: String,
+    /// The `:authority` to send; the cluster's address when `None`.
+    pub authority: Option<String>,
+    /// The stream's deadline; none when `None`.
+    pub timeout: Option<Duration>,
+}
+
+/// Where `proxy_grpc_stream`'s `upstream` argument points. It is either a cluster name `known`
+/// accepts, or (as Envoy reads it) a serialized `envoy.config.core.v3.GrpcService` whose
+/// `envoy_grpc` (field 1) names the cluster (field 1) and perhaps an authority (field 2), with
+/// perhaps a `timeout` (field 3, a `google.protobuf.Duration`). `None` when neither names a
+/// known cluster, or the timeout is not a valid Duration (negative, or nanos out of range).
+pub(crate) fn grpc_target(upstream: &[u8], known: impl Fn(&str) -> bool) -> Option<GrpcTarget> {
     if let Ok(name) = std::str::from_utf8(upstream)
         && known(name)
     {
-        return Some((name.to_string(), None));
+        return Some(GrpcTarget {
+            cluster: name.to_string(),
+            authority: None,
+            timeout: None,
+        });
     }
-    let envoy_grpc = proto_field(upstream, 1)?;
-    let cluster = std::str::from_utf8(proto_field(envoy_grpc, 1)?).ok()?;
-    let authority = proto_field(envoy_grpc, 2)
+    let envoy_grpc = proto_bytes(upstream, 1)?;
+    let cluster = std::str::from_utf8(proto_bytes(envoy_grpc, 1)?).ok()?;
+    let authority = proto_bytes(envoy_grpc, 2)
         .and_then(|a| std::str::from_utf8(a).ok())
         .filter(|a| !a.is_empty())
         .map(str::to_string);
-    known(cluster).then(|| (cluster.to_string(), authority))
+    let timeout = match proto_bytes(upstream, 3) {
+        Some(duration) => {
+            // int64 seconds and int32 nanos, as varints (negative ones in ten bytes).
+            let seconds = proto_varint(duration, 1).unwrap_or(0) as i64;
+            let nanos = proto_varint(duration, 2).unwrap_or(0) as i64;
+            let seconds = u64::try_from(seconds).ok()?;
+            let nanos = u32::try_from(nanos).ok().filter(|&n| n < 1_000_000_000)?;
+            Some(Duration::new(seconds, nanos)).filter(|d| !d.is_zero())
+        }
+        None => None,
+    };
+    known(cluster).then(|| GrpcTarget {
+        cluster: cluster.to_string(),
+        authority,
+        timeout,
+    })
 }
 
-/// The last length-delimited field `number` of a protobuf message (a later one wins, as in
-/// protobuf's merge), or `None` when the bytes are not a well-formed message.
-fn proto_field(mut message: &[u8], number: u64) -> Option<&[u8]> {
-    let mut found = None;
+/// The `grpc-timeout` header for `timeout`, as Envoy writes it: milliseconds, or a coarser unit
+/// when that needs more than the eight digits gRPC allows.
+pub(crate) fn grpc_timeout_header(timeout: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let ms = timeout.as_millis();
+    if ms <= MAX {
+        return format!("{ms}m");
+    }
+    let seconds = u128::from(timeout.as_secs());
+    for (unit, per) in [("S", 1), ("M", 60), ("H", 3600)] {
+        if seconds / per <= MAX {
+            return format!("{}{unit}", seconds / per);
+        }
+    }
+    format!("{MAX}H")
+}
+
+/// A protobuf field as [`proto_fields`] finds it.
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+}
+
+/// Every field of a protobuf message with its number; `None` when the bytes are not a
+/// well-formed message.
+fn proto_fields(mut message: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+    let mut fields = Vec::new();
     while !message.is_empty() {
         let key = varint(&mut message)?;
         match key & 7 {
-            0 => {
-                varint(&mut message)?;
-            }
+            0 => fields.push((key >> 3, Field::Varint(varint(&mut message)?))),
             1 => message = message.get(8..)?,
             2 => {
                 let len = usize::try_from(varint(&mut message)?).ok()?;
                 let value = message.get(..len)?;
                 message = &message[len..];
-                if key >> 3 == number {
-                    found = Some(value);
-                }
+                fields.push((key >> 3, Field::Bytes(value)));
             }
             5 => message = message.get(4..)?,
             _ => return None,
         }
     }
-    found
+    Some(fields)
+}
+
+/// The last length-delimited field `number` (a later one wins, as in protobuf's merge), or
+/// `None` when there is none or the bytes are not a well-formed message.
+fn proto_bytes(message: &[u8], number: u64) -> Option<&[u8]> {
+    proto_fields(message)?
+        .into_iter()
+        .rev()
+        .find_map(|(n, field)| match field {
+            Field::Bytes(bytes) if n == number => Some(bytes),
+            _ => None,
+        })
+}
+
+/// The last varint field `number`, as [`proto_bytes`].
+fn proto_varint(message: &[u8], number: u64) -> Option<u64> {
+    proto_fields(message)?
+        .into_iter()
+        .rev()
+        .find_map(|(n, field)| match field {
+            Field::Varint(value) if n == number => Some(value),
+            _ => None,
+        })
 }
 
 fn varint(bytes: &mut &[u8]) -> Option<u64> {

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
 use http::uri::PathAndQuery;
@@ -17,6 +18,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::Endpoint;
+
+use crate::abi;
 
 /// What a stream reports back to the plugin, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +71,11 @@ impl Drop for StreamHandle {
 }
 
 /// Where a stream goes: the cluster's address, the `:authority` to send (the address when
-/// `None`) and the `/{service}/{method}` path.
+/// `None`), its deadline (none when `None`) and the `/{service}/{method}` path.
 pub(crate) struct Target {
     pub addr: SocketAddr,
     pub authority: Option<String>,
+    pub timeout: Option<Duration>,
     pub path: PathAndQuery,
 }
 
@@ -87,7 +91,20 @@ pub(crate) fn open(
 ) -> StreamHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = runtime.spawn(async move {
-        let (code, message) = run(target, metadata, rx, token, &deliver).await;
+        // As Envoy: the deadline goes to the server as `grpc-timeout`, and the stream ends with
+        // DeadlineExceeded when it passes, whatever the server does.
+        let (code, message) = match target.timeout {
+            Some(timeout) => {
+                let stream = run(target, metadata, rx, token, &deliver);
+                tokio::time::timeout(timeout, stream)
+                    .await
+                    .unwrap_or_else(|_| {
+                        let code = tonic::Code::DeadlineExceeded as u32;
+                        (code, format!("stream deadline of {timeout:?} exceeded"))
+                    })
+            }
+            None => run(target, metadata, rx, token, &deliver).await,
+        };
         deliver(token, GrpcEvent::Close(code, message));
     });
     StreamHandle {
@@ -107,6 +124,7 @@ async fn run(
     let Target {
         addr,
         authority,
+        timeout,
         path,
     } = target;
     let unavailable = |what: String| (tonic::Code::Unavailable as u32, what);
@@ -126,6 +144,11 @@ async fn run(
     }
     let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
     *request.metadata_mut() = metadata_map(&metadata);
+    if let Some(timeout) = timeout
+        && let Ok(value) = MetadataValue::try_from(abi::grpc_timeout_header(timeout))
+    {
+        request.metadata_mut().insert("grpc-timeout", value);
+    }
     let response = match client.streaming(request, path, RawCodec).await {
         Ok(response) => response,
         Err(status) => return closed_with(status, token, deliver),

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 type Pairs = Vec<(String, String)>;
@@ -136,7 +138,76 @@ fn grpc_targets_are_cluster_names_or_grpc_service_protos() {
         ("empty", Vec::new(), None),
     ];
     for (name, upstream, expected) in cases {
-        assert_eq!(grpc_target(&upstream, known), expected, "{name}");
+        let target = grpc_target(&upstream, known);
+        assert_eq!(
+            target.clone().map(|t| (t.cluster, t.authority)),
+            expected,
+            "{name}"
+        );
+        // Both protos above carry a 2 s timeout; a plain name has none.
+        if let Some(target) = target {
+            let timeout = (upstream[0] == 0x0a).then_some(Duration::from_secs(2));
+            assert_eq!(target.timeout, timeout, "{name}");
+        }
+    }
+}
+
+#[test]
+fn grpc_service_timeouts_are_read_and_checked() {
+    let cluster = "agent";
+    // GrpcService { envoy_grpc: { cluster_name }, timeout: Duration { seconds, nanos } }.
+    let service = |duration: &[u8]| {
+        let mut bytes = vec![0x0a, 7, 0x0a, 5];
+        bytes.extend_from_slice(cluster.as_bytes());
+        if !duration.is_empty() {
+            bytes.extend_from_slice(&[0x1a, duration.len() as u8]);
+            bytes.extend_from_slice(duration);
+        }
+        bytes
+    };
+    let minus_one = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+    let negative_seconds: Vec<u8> = [&[0x08][..], &minus_one].concat();
+    let negative_nanos: Vec<u8> = [&[0x08, 0x01, 0x10][..], &minus_one].concat();
+    // (case, upstream, timeout: None when the target is refused)
+    type Case = (&'static str, Vec<u8>, Option<Option<Duration>>);
+    let cases: Vec<Case> = vec![
+        ("none", service(&[]), Some(None)),
+        (
+            "90.5 s",
+            // seconds 90, nanos 500,000,000 (varint 80 ca b5 ee 01)
+            service(&[0x08, 90, 0x10, 0x80, 0xca, 0xb5, 0xee, 0x01]),
+            Some(Some(Duration::from_millis(90_500))),
+        ),
+        (
+            "128 s",
+            service(&[0x08, 0x80, 0x01]),
+            Some(Some(Duration::from_secs(128))),
+        ),
+        ("zero is none", service(&[0x08, 0]), Some(None)),
+        ("negative seconds", service(&negative_seconds), None),
+        ("negative nanos", service(&negative_nanos), None),
+        (
+            "nanos of a whole second",
+            service(&[0x10, 0x80, 0x94, 0xeb, 0xdc, 0x03]),
+            None,
+        ),
+    ];
+    for (name, upstream, expected) in cases {
+        let target = grpc_target(&upstream, |name| name == cluster);
+        assert_eq!(target.map(|t| t.timeout), expected, "{name}");
+    }
+}
+
+#[test]
+fn grpc_timeout_headers_are_written_as_envoy_writes_them() {
+    for (timeout, header) in [
+        (Duration::from_millis(90_500), "90500m"),
+        (Duration::from_micros(1_500), "1m"),
+        (Duration::from_millis(99_999_999), "99999999m"),
+        (Duration::from_millis(100_000_000), "100000S"),
+        (Duration::from_secs(315_576_000_000), "87660000H"),
+    ] {
+        assert_eq!(grpc_timeout_header(timeout), header, "{timeout:?}");
     }
 }
 

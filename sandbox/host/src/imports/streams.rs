@@ -39,7 +39,8 @@ pub(super) fn call_foreign_function(
 }
 
 /// Opens a stream for the root context, as Envoy does whatever context asks. The upstream is a
-/// cluster name or a serialized `envoy.config.core.v3.GrpcService`. Statuses are the ones the
+/// cluster name or a serialized `envoy.config.core.v3.GrpcService` (its cluster, authority and
+/// timeout are used). Statuses are the ones the
 /// SDKs expect here: ParseFailure for bad metadata, InternalFailure for an unknown cluster.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn grpc_stream(
@@ -73,7 +74,12 @@ pub(super) fn grpc_stream(
     let target = abi::grpc_target(&upstream, |name| {
         state.shared.config.clusters.contains_key(name)
     });
-    let Some((cluster, authority)) = target else {
+    let Some(abi::GrpcTarget {
+        cluster,
+        authority,
+        timeout,
+    }) = target
+    else {
         tracing::warn!(vm = state.vm, upstream = %String::from_utf8_lossy(&upstream), "proxy_grpc_stream: no such gRPC cluster");
         return Status::InternalFailure.code();
     };
@@ -86,6 +92,7 @@ pub(super) fn grpc_stream(
     let target = grpc::Target {
         addr,
         authority,
+        timeout,
         path,
     };
     let stream = grpc::open(
