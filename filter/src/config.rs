@@ -3,6 +3,21 @@
 //! naming the field path and the reason (`routes[1].split.canary_basis_points: 12000 is over
 //! 10000`), so the plugin can log one line and refuse to start.
 //!
+//! Only `agent.cluster` is required. Every field, with its default:
+//!
+//! | field | default | meaning |
+//! |---|---|---|
+//! | `agent.cluster` | – | the Envoy cluster of the agent's gRPC service |
+//! | `agent.authority` | the cluster name | the stream's `:authority` |
+//! | `agent.timeout_ms` | 0 (none) | deadline of one stream, after which the filter reconnects; at most [`MAX_TIMEOUT_MS`] |
+//! | `report_interval_ms` | 1000 | how often deltas are reported, [`REPORT_INTERVAL_MS`] |
+//! | `version_header` | `x-fledge-version` | the header the chosen version is written to |
+//! | `role` | `auto` | [`Role`]: `client`, `server`, or from the listener's direction |
+//! | `sticky_key` | random | `{"header": name}` or `{"cookie": name}`: what keeps a user on one version |
+//! | `clear_route_cache` | `true` | after writing the version header, ask the host to pick the route again (Envoy's `clear_route_cache` foreign function; a host without it, or any failure, is ignored). Set `false` for hosts that pick the route again by themselves when a header changes, to save the call |
+//! | `routes` | none | the initial routing table (revision 0), replaced by the agent's: per `host`, `version_header`, `rules` (`header` exact/prefix/present or `cookie`, and the `version`), `split` (`stable`, `canary`, `canary_basis_points` of 10,000) and `sticky_key` |
+//! | `limits.max_series` | 256 | series held per VM, at most [`MAX_SERIES_LIMIT`] |
+//!
 //! This module does not read the host's buffers or log anything; the plugin adapter does.
 
 use serde::Deserialize;
@@ -35,6 +50,9 @@ pub struct Config {
     pub table: Table,
     /// Series held per VM before samples go to the dropped count.
     pub max_series: usize,
+    /// Whether a request whose version header was written asks the host to pick its route
+    /// again (`clear_route_cache`). Off for hosts that do it themselves on a header change.
+    pub clear_route_cache: bool,
 }
 
 /// Where the agent is.
@@ -115,6 +133,7 @@ struct ConfigJson {
     #[serde(default)]
     routes: Vec<RouteJson>,
     limits: Option<LimitsJson>,
+    clear_route_cache: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +263,7 @@ impl ConfigJson {
             defaults,
             table,
             max_series: usize::try_from(max_series).unwrap_or(256),
+            clear_route_cache: self.clear_route_cache.unwrap_or(true),
         })
     }
 }

@@ -4,7 +4,7 @@ use crate::routing::{Match, Split};
 const AGENT: &str =
     r#""agent": {"cluster": "outbound|9090||fledge-agent.fledge-system.svc.cluster.local"}"#;
 
-/// The full example from INTERFACES.md.
+/// A configuration with every field (the table in config.rs's documentation).
 const FULL: &str = r#"{
   "agent": {
     "cluster": "outbound|9090||fledge-agent.fledge-system.svc.cluster.local",
@@ -29,7 +29,8 @@ const FULL: &str = r#"{
       "sticky_key": {"cookie": "session"}
     }
   ],
-  "limits": {"max_series": 256}
+  "limits": {"max_series": 256},
+  "clear_route_cache": false
 }"#;
 
 #[test]
@@ -47,6 +48,7 @@ fn the_documented_example_parses() {
         (c.report_interval_ms, c.role, c.max_series),
         (1000, Role::Auto, 256)
     );
+    assert!(!c.clear_route_cache);
     assert_eq!(
         c.defaults.sticky_key,
         Some(StickyKey::Header("x-user-id".into()))
@@ -82,6 +84,7 @@ fn only_the_agent_cluster_is_required() {
     assert_eq!(c.defaults.version_header, "x-fledge-version");
     assert_eq!(c.agent.timeout_ms, 0);
     assert!(c.table.routes.is_empty());
+    assert!(c.clear_route_cache);
     // Header names are taken in any case and kept lower case.
     let c = Config::parse(
         format!(r#"{{{AGENT}, "version_header": "X-Version", "role": "server"}}"#).as_bytes(),
@@ -117,7 +120,7 @@ fn every_rejected_field_is_named_with_its_reason() {
         ),
         (
             format!(r#"{{{AGENT}, "colour": 1}}"#),
-            "colour: unknown field `colour`, expected one of `agent`, `report_interval_ms`, `version_header`, `role`, `sticky_key`, `routes`, `limits`",
+            "colour: unknown field `colour`, expected one of `agent`, `report_interval_ms`, `version_header`, `role`, `sticky_key`, `routes`, `limits`, `clear_route_cache`",
         ),
         (
             r#"{"agent": {"cluster": "c", "port": 1}}"#.into(),
@@ -146,6 +149,10 @@ fn every_rejected_field_is_named_with_its_reason() {
         (
             r#"{"agent": {"cluster": "c", "timeout_ms": 315576000000001}}"#.into(),
             "agent.timeout_ms: 315576000000001 is over 315576000000000 (10,000 years)",
+        ),
+        (
+            format!(r#"{{{AGENT}, "clear_route_cache": "no"}}"#),
+            "clear_route_cache: invalid type: string \"no\", expected a boolean",
         ),
         (
             format!(r#"{{{AGENT}, "report_interval_ms": 50}}"#),

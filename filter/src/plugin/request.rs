@@ -81,8 +81,11 @@ impl Request {
             // upstream cluster names, not one it may never have reached.
             return;
         }
-        // The router picked its route before this filter ran; make it look again.
-        read(abi::foreign_function("clear_route_cache", &[]));
+        // The router picked its route before this filter ran; make it look again. A host
+        // without the function, or one that fails it, leaves the route as it was: ignored.
+        if shared.config.clear_route_cache {
+            read(abi::foreign_function("clear_route_cache", &[]));
+        }
         shared.counts.routed.set(shared.counts.routed.get() + 1);
         self.decided = Some(Decided {
             route: index,

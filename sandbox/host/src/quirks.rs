@@ -1,8 +1,9 @@
 //! Ways this host can depart from Envoy's answers, to try a plugin against the proxies nobody on
 //! this project wrote: every status the ABI allows for each host call, in turn; integer,
 //! duration and timestamp properties as ASCII text (as nginx with ngx_wasm_module answers
-//! `request.duration` `"0.254"` and `response.code` `"503"`) or with the wrong size; and
-//! `proxy_replace_header_map_value` leaving later copies of a header in place, as nginx does.
+//! `request.duration` `"0.254"` and `response.code` `"503"`) or with the wrong size;
+//! `proxy_replace_header_map_value` leaving later copies of a header in place, as nginx does;
+//! and no foreign functions.
 //!
 //! Pure: which status a call gets and how a value is written. The wasm adapter (`imports.rs`)
 //! asks before it carries out each call.
@@ -25,6 +26,9 @@ pub struct HostQuirks {
     /// `proxy_replace_header_map_value` replaces only the first copy of a header and keeps the
     /// later ones (nginx); Envoy replaces them all.
     pub replace_keeps_duplicates: bool,
+    /// `proxy_call_foreign_function` knows no function (NotFound for `clear_route_cache` too),
+    /// as a host without Envoy's foreign functions.
+    pub without_foreign_functions: bool,
 }
 
 /// How an integer, duration or timestamp property is written.

@@ -32,6 +32,7 @@ fn hostile(offset: usize) -> HostQuirks {
         every_status: Some(offset),
         properties: PropertyForm::Mixed,
         replace_keeps_duplicates: true,
+        ..HostQuirks::default()
     }
 }
 

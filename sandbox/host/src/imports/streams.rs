@@ -21,6 +21,9 @@ pub(super) fn call_foreign_function(
 ) -> u32 {
     fault!(c, CallForeignFunction);
     match guest(&c, np, nl) {
+        Ok(_) if c.data().shared.quirks.without_foreign_functions => {
+            return Status::NotFound.code();
+        }
         Ok(b"clear_route_cache") => {}
         Ok(_) => return Status::NotFound.code(),
         Err(e) => return e.code(),
