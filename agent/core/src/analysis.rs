@@ -16,10 +16,16 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-pub use judgment::{CheckResult, Evidence, Judgment, MAX_UNMEASURED_SHARE, Verdict};
+pub use judgment::{ADVANCE_CHECK, CheckResult, Evidence, Judgment, MAX_UNMEASURED_SHARE, Verdict};
 pub use spec::{AnalysisSpec, ErrorCheck, InvalidSetting, LatencyCheck};
 
-use sequential::{RateTest, RatioTest};
+use sequential::{RateTest, RatioTest, Side};
+
+/// The latency tail passes once the data rule out a canary share beyond baseline's quantile ×
+/// (1 + tolerance) larger than this many times the baseline's share beyond its quantile. A healthy
+/// canary has about half the baseline's share there, a ×1.5 canary about 2.5 times it; with 1.0
+/// a healthy canary at 20 requests/s needed about 3 minutes to pass, with 1.5 about 1.
+pub const TAIL_PASS_RATIO: f64 = 1.5;
 
 /// One time bucket of one arm's traffic: what the analysis needs to read from it.
 pub trait Bucket {
@@ -72,6 +78,43 @@ impl Totals {
     }
 }
 
+/// A sequential test on both sides of one boundary: `fail` gathers evidence of a regression
+/// beyond it, `pass` evidence that there is none.
+#[derive(Clone, Debug)]
+pub(crate) struct TwoSided<T> {
+    pub fail: T,
+    pub pass: T,
+}
+
+impl TwoSided<RatioTest> {
+    /// Fails above `fail_at`, passes below `pass_at` (≥ `fail_at`; equal for one boundary).
+    fn ratio(fail_at: f64, pass_at: f64) -> Self {
+        Self {
+            fail: RatioTest::on(Side::Above, fail_at),
+            pass: RatioTest::on(Side::Below, pass_at),
+        }
+    }
+
+    fn observe(&mut self, x: u64, n: u64, y: u64, m: u64) {
+        self.fail.observe(x, n, y, m);
+        self.pass.observe(x, n, y, m);
+    }
+}
+
+impl TwoSided<RateTest> {
+    fn rate(p0: f64) -> Self {
+        Self {
+            fail: RateTest::on(Side::Above, p0),
+            pass: RateTest::on(Side::Below, p0),
+        }
+    }
+
+    fn observe(&mut self, x: u64, n: u64) {
+        self.fail.observe(x, n);
+        self.pass.observe(x, n);
+    }
+}
+
 /// The analysis of one rollout step, fed one bucket at a time and judged at every look.
 #[derive(Clone, Debug)]
 pub struct StepAnalysis {
@@ -80,16 +123,19 @@ pub struct StepAnalysis {
     pub(crate) elapsed: Duration,
     pub(crate) canary: Totals,
     pub(crate) baseline: Totals,
-    /// Canary error rate above (1 + tolerance) × baseline's.
-    pub(crate) errors_relative: RatioTest,
-    /// Canary error rate above the floor (None when the floor is 0).
-    pub(crate) errors_floor: Option<RateTest>,
-    pub(crate) errors_max: Option<RateTest>,
+    /// Canary error rate above (1 + tolerance) × baseline's, below (1 + passMargin) × baseline's.
+    pub(crate) errors_relative: TwoSided<RatioTest>,
+    /// Canary error rate vs the floor (None when the floor is 0).
+    pub(crate) errors_floor: Option<TwoSided<RateTest>>,
+    pub(crate) errors_max: Option<TwoSided<RateTest>>,
     /// Canary share beyond (1 + tolerance) × baseline's quantile vs baseline share beyond it.
-    pub(crate) tail: RatioTest,
+    pub(crate) tail: TwoSided<RatioTest>,
     /// The baseline quantile the next buckets are compared at, fixed before they are seen.
     pub(crate) tail_threshold_us: Option<u64>,
-    pub(crate) latency_max: Option<RateTest>,
+    pub(crate) latency_max: Option<TwoSided<RateTest>>,
+    /// Checks that passed at an earlier look. A pass is final within a step (its evidence was
+    /// valid when it crossed), unless the failure side later fails the check.
+    pub(crate) passed: Vec<&'static str>,
     /// How long the canary has gone without a request, and the baseline's requests meanwhile.
     pub(crate) canary_silent: Duration,
     pub(crate) baseline_during_silence: u64,
@@ -99,15 +145,19 @@ impl StepAnalysis {
     /// Starts a step. The spec should have passed [`AnalysisSpec::validate`].
     pub fn new(spec: AnalysisSpec) -> Self {
         let alpha = spec.alpha_per_check();
-        let errors_floor = (spec.errors.floor > 0.0).then(|| RateTest::new(spec.errors.floor));
-        let errors_max = spec.errors.max_rate.map(RateTest::new);
+        let errors_floor = (spec.errors.floor > 0.0).then(|| TwoSided::rate(spec.errors.floor));
+        let errors_max = spec.errors.max_rate.map(TwoSided::rate);
         let latency_max = spec
             .latency
             .max_ms
-            .map(|_| RateTest::new(1.0 - spec.latency.quantile));
+            .map(|_| TwoSided::rate(1.0 - spec.latency.quantile));
         Self {
-            errors_relative: RatioTest::new(1.0 + spec.errors.tolerance),
-            tail: RatioTest::new(1.0),
+            errors_relative: TwoSided::ratio(
+                1.0 + spec.errors.tolerance,
+                1.0 + spec.errors.pass_margin,
+            ),
+            tail: TwoSided::ratio(1.0, TAIL_PASS_RATIO),
+            passed: Vec::new(),
             spec,
             alpha,
             elapsed: Duration::ZERO,
@@ -174,7 +224,13 @@ impl StepAnalysis {
         if self.baseline.requests as f64 * (1.0 - q) >= 10.0 {
             self.tail_threshold_us = Some(self.baseline.latency.value_at_quantile(q));
         }
-        judgment::judge(self)
+        let judgment = judgment::judge(self);
+        for check in &judgment.checks {
+            if check.verdict == Verdict::Pass && !self.passed.contains(&check.check) {
+                self.passed.push(check.check);
+            }
+        }
+        judgment
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Outcome {
     pub detection_secs: Vec<f64>,
     /// Which check failed first, per failing run (first failing check named).
     pub failed_checks: Vec<(String, usize)>,
+    /// Seconds from step start to the first look that passed, for the runs that passed at some
+    /// look (before any Fail), ascending: when an `untilAnalysisPasses` step would have ended.
+    pub pass_secs: Vec<f64>,
 }
 
 impl Outcome {
@@ -60,6 +63,17 @@ impl Outcome {
     pub fn detection_quantile(&self, q: f64) -> Option<f64> {
         let rank = ((q * self.runs as f64).ceil() as usize).max(1);
         self.detection_secs.get(rank - 1).copied()
+    }
+
+    /// Share of the runs that passed at some look before any Fail.
+    pub fn pass_rate(&self) -> f64 {
+        self.pass_secs.len() as f64 / self.runs.max(1) as f64
+    }
+
+    /// Time-to-pass quantile over ALL runs (None when fewer than `q` of them passed).
+    pub fn pass_quantile(&self, q: f64) -> Option<f64> {
+        let rank = ((q * self.runs as f64).ceil() as usize).max(1);
+        self.pass_secs.get(rank - 1).copied()
     }
 }
 
@@ -117,6 +131,46 @@ impl Generator {
     }
 }
 
+/// Simulated seconds of both arms, for callers that run their own loop around the analysis (a
+/// whole rollout through the state machine). The arms may change between seconds, as a weight
+/// change or a traffic swing does.
+pub struct Seconds {
+    rng: StdRng,
+    canary: Generator,
+    baseline: Generator,
+    c: Samples,
+    b: Samples,
+}
+
+impl Seconds {
+    pub fn new(canary: &Arm, baseline: &Arm, seed: u64) -> Self {
+        let empty = || Samples {
+            latencies_us: Vec::new(),
+            failures: 0,
+        };
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            canary: Generator::new(canary),
+            baseline: Generator::new(baseline),
+            c: empty(),
+            b: empty(),
+        }
+    }
+
+    /// From the next second on, traffic follows these arms.
+    pub fn set_arms(&mut self, canary: &Arm, baseline: &Arm) {
+        self.canary = Generator::new(canary);
+        self.baseline = Generator::new(baseline);
+    }
+
+    /// One more second into `analysis`.
+    pub fn feed(&mut self, analysis: &mut StepAnalysis) {
+        self.canary.second(&mut self.rng, &mut self.c);
+        self.baseline.second(&mut self.rng, &mut self.b);
+        analysis.observe(Duration::from_secs(1), &self.c, &self.b);
+    }
+}
+
 impl Scenario {
     /// Refuses settings the simulation cannot mean: names the flag.
     pub fn validate(&self) -> Result<(), String> {
@@ -151,7 +205,7 @@ impl Scenario {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(self.runs);
-        let results: Vec<(Option<f64>, Verdict, Option<&'static str>)> = std::thread::scope(|s| {
+        let results: Vec<Run> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     s.spawn(move || {
@@ -176,8 +230,10 @@ impl Scenario {
             not_enough_data: 0,
             detection_secs: Vec::new(),
             failed_checks: Vec::new(),
+            pass_secs: Vec::new(),
         };
-        for (detected, last, check) in results {
+        for (detected, last, check, passed) in results {
+            outcome.pass_secs.extend(passed);
             match (detected, last) {
                 (Some(t), _) => {
                     outcome.rollbacks += 1;
@@ -193,11 +249,12 @@ impl Scenario {
             }
         }
         outcome.detection_secs.sort_by(f64::total_cmp);
+        outcome.pass_secs.sort_by(f64::total_cmp);
         outcome
     }
 
-    /// One simulated step: (seconds to Fail, last verdict, first failing check).
-    fn one(&self, run: usize) -> (Option<f64>, Verdict, Option<&'static str>) {
+    /// One simulated step: (seconds to Fail, last verdict, first failing check, first pass).
+    fn one(&self, run: usize) -> Run {
         let mut rng = StdRng::seed_from_u64(self.seed.wrapping_add(run as u64));
         let (canary, baseline) = (Generator::new(&self.canary), Generator::new(&self.baseline));
         let mut analysis = StepAnalysis::new(self.spec.clone());
@@ -211,6 +268,7 @@ impl Scenario {
             failures: 0,
         };
         let mut last = Verdict::NotEnoughData;
+        let mut passed = None;
         for second in 1..=self.step.as_secs() {
             canary.second(&mut rng, &mut c);
             baseline.second(&mut rng, &mut b);
@@ -218,19 +276,25 @@ impl Scenario {
             if second % look_every == 0 || second == self.step.as_secs() {
                 let judgment = analysis.look();
                 last = judgment.verdict;
+                if last == Verdict::Pass && passed.is_none() {
+                    passed = Some(second as f64);
+                }
                 if last == Verdict::Fail {
                     let check = judgment
                         .checks
                         .iter()
                         .find(|c| c.verdict == Verdict::Fail)
                         .map(|c| c.check);
-                    return (Some(second as f64), last, check);
+                    return (Some(second as f64), last, check, passed);
                 }
             }
         }
-        (None, last, None)
+        (None, last, None, passed)
     }
 }
+
+/// One run: (seconds to Fail, last verdict, first failing check, seconds to the first pass).
+type Run = (Option<f64>, Verdict, Option<&'static str>, Option<f64>);
 
 /// The printed answer of `fledge-agent simulate`.
 pub fn table(s: &Scenario, out: &Outcome) -> String {

@@ -17,9 +17,16 @@ pub struct AnalysisSpec {
     /// Probability of rolling back a canary that is within tolerance, over the whole step however
     /// often it is looked at (default 0.01). Split evenly across the enabled checks.
     pub false_alarm: f64,
-    /// Canary requests a check needs before it can pass (default 200). Failing needs no minimum:
-    /// the sequential tests stay valid at any sample size.
+    /// Canary requests a check needs before it can pass, and a step before it may send the canary
+    /// more traffic (default 200). Failing needs no minimum: the sequential tests stay valid at
+    /// any sample size.
     pub min_samples: u64,
+    /// How long a step may hold after its pause is over (the evidence leans toward failure, too
+    /// few canary requests, or the analysis has not passed yet) before the rollout is rolled back
+    /// for it (default 10m). Steps that wait for a person are not ended by it.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub progress_deadline: Duration,
     /// A canary that gets no request for this long while the baseline does fails (default 60s).
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
@@ -35,10 +42,18 @@ pub struct AnalysisSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ErrorCheck {
     pub enabled: bool,
-    /// The canary fails when its error rate is above baseline × (1 + tolerance) (default 0.25) ...
+    /// The canary fails when the data show its error rate above baseline × (1 + tolerance)
+    /// (default 0.25), and a step holds while its estimate is there ...
     pub tolerance: f64,
-    /// ... and above this absolute rate (default 0.001): rates below it never fail.
+    /// ... and above this absolute rate (default 0.001): rates below it never fail, and a canary
+    /// shown to stay below it passes.
     pub floor: f64,
+    /// The canary passes when the data rule out an error rate above baseline × (1 + passMargin)
+    /// (default 1.5, i.e. 2.5×; at least `tolerance`). Between the two it may pass or fail. Ruling
+    /// out a smaller regression takes ~1/margin² as many requests: this default lets a healthy
+    /// canary at 20 requests/s and 0.5 % errors pass within 5 minutes in ≥ 95 % of runs, and a
+    /// 3× worse one almost never (BENCHMARKS.md, "Judgment").
+    pub pass_margin: f64,
     /// Optional absolute bound: the canary fails when its error rate is above it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<f64>,
@@ -66,6 +81,7 @@ impl Default for AnalysisSpec {
             interval: Duration::from_secs(2),
             false_alarm: 0.01,
             min_samples: 200,
+            progress_deadline: Duration::from_secs(600),
             no_traffic_timeout: Duration::from_secs(60),
             errors: ErrorCheck::default(),
             latency: LatencyCheck::default(),
@@ -79,6 +95,7 @@ impl Default for ErrorCheck {
             enabled: true,
             tolerance: 0.25,
             floor: 0.001,
+            pass_margin: 1.5,
             max_rate: None,
         }
     }
@@ -127,11 +144,29 @@ impl AnalysisSpec {
                 ),
             );
         }
+        if self.progress_deadline < self.interval {
+            return bad(
+                "progressDeadline",
+                format!(
+                    "{:?} is shorter than the interval {:?}",
+                    self.progress_deadline, self.interval
+                ),
+            );
+        }
         let e = &self.errors;
         if !(e.tolerance.is_finite() && e.tolerance >= 0.0) {
             return bad(
                 "errors.tolerance",
                 format!("{} is not a non-negative number", e.tolerance),
+            );
+        }
+        if !(e.pass_margin.is_finite() && e.pass_margin >= e.tolerance) {
+            return bad(
+                "errors.passMargin",
+                format!(
+                    "{} is not a number at least errors.tolerance ({})",
+                    e.pass_margin, e.tolerance
+                ),
             );
         }
         if !(e.floor.is_finite() && (0.0..1.0).contains(&e.floor)) {

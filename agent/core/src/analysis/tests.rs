@@ -386,3 +386,117 @@ fn a_gap_in_a_trickle_is_not_starvation_but_a_cut_off_canary_is() {
         ["traffic: canary received no requests for 60s while baseline received 10800"]
     );
 }
+
+/// Pass is evidence, not a point estimate: at 20 canary requests/s a healthy canary passes
+/// within 5 minutes, and canaries with 3× the errors or ×1.5 the latency do not pass.
+/// (canary error rate, latency scale, least and most share of runs that pass within 5 minutes)
+#[test]
+fn pass_means_the_data_rule_out_a_regression() {
+    for (errors, scale, least, most) in [
+        (0.005, 1.0, 0.95, 1.0),
+        (0.015, 1.0, 0.0, 0.01),
+        (0.005, 1.5, 0.0, 0.01),
+    ] {
+        let s = scenario(arm(20.0, errors, scale), arm(180.0, 0.005, 1.0), 5, 100);
+        let out = s.run();
+        let rate = out.pass_rate();
+        assert!(
+            (least..=most).contains(&rate),
+            "errors {errors}, latency ×{scale}: passed in {rate} of runs: {out:?}"
+        );
+    }
+}
+
+/// Counts are judged given each second's totals: a weight change inside the step (10 % → 50 %)
+/// and traffic swinging between 40 and 400 requests/s fake no evidence against a healthy canary.
+#[test]
+fn traffic_swings_and_weight_changes_fake_no_evidence() {
+    let runs = 200;
+    let mut rollbacks = 0;
+    for run in 0..runs {
+        let mut traffic = simulate::Seconds::new(
+            &arm(20.0, 0.005, 1.0),
+            &arm(180.0, 0.005, 1.0),
+            30_000 + run,
+        );
+        let mut a = StepAnalysis::new(AnalysisSpec::default());
+        for second in 1..=180u64 {
+            let total = if (second / 20) % 2 == 0 { 40.0 } else { 400.0 };
+            let weight = if second < 90 { 0.1 } else { 0.5 };
+            traffic.set_arms(
+                &arm(total * weight, 0.005, 1.0),
+                &arm(total * (1.0 - weight), 0.005, 1.0),
+            );
+            traffic.feed(&mut a);
+            if second % 2 == 0 && a.look().verdict == Verdict::Fail {
+                rollbacks += 1;
+                break;
+            }
+        }
+    }
+    assert!(
+        rollbacks as f64 <= 0.01 * runs as f64,
+        "{rollbacks} of {runs} healthy canaries rolled back"
+    );
+}
+
+#[test]
+fn verdicts_read_in_words() {
+    // A clearly failing canary, then a healthy one that has passed.
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    for _ in 0..30 {
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(40, 2, vec![1000; 40]),
+            &Hand(360, 2, vec![1000; 360]),
+        );
+    }
+    let j = a.look();
+    let errors = j.checks.iter().find(|c| c.check == "error-rate").unwrap();
+    assert_eq!(errors.verdict, Verdict::Fail, "{}", errors.summary);
+    assert!(
+        errors.summary.starts_with(
+            "canary 5.00% vs baseline 0.56% errors (1,200 vs 10,800 requests); fails above 0.69% (baseline × 1.25, at least 0.10%)"
+        ) && errors
+            .summary
+            .contains("; failing: this is ")
+            && errors
+                .summary
+                .contains(" more likely if the canary is worse than allowed than if it is not (needed: 300×)"),
+        "{}",
+        errors.summary
+    );
+    let advance = j.checks.iter().find(|c| c.check == ADVANCE_CHECK).unwrap();
+    assert_eq!(advance.verdict, Verdict::NotEnoughData);
+    assert!(
+        advance
+            .summary
+            .starts_with("canary errors 5.00% vs baseline 0.56% (allowed up to 0.69%)"),
+        "{}",
+        advance.summary
+    );
+
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    let latencies: Vec<u64> = (0..100).map(|i| 20_000 + i * 100).collect();
+    let mut first = None;
+    for second in 1..=600 {
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(100, 0, latencies.clone()),
+            &Hand(100, 1, latencies.clone()),
+        );
+        if second % 2 == 0 && first.is_none() && a.look().verdict == Verdict::Pass {
+            first = Some(second);
+        }
+    }
+    assert!(first.is_some(), "never passed");
+    let j = a.look();
+    assert_eq!(j.verdict, Verdict::Pass, "{j:#?}");
+    let errors = j.checks.iter().find(|c| c.check == "error-rate").unwrap();
+    assert!(errors.summary.contains("; passing: "), "{}", errors.summary);
+    let advance = j.checks.iter().find(|c| c.check == ADVANCE_CHECK).unwrap();
+    assert_eq!(
+        advance.summary,
+        "no estimate is worse than allowed and the canary had 60,000 requests (at least 200): the step may take more traffic"
+    );
+}

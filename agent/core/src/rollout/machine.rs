@@ -175,10 +175,13 @@ impl Tick<'_> {
             Phase::Progressing if self.status.step_started_at != Some(self.now) => {
                 let passed = analysis.is_some_and(|a| a.verdict == Verdict::Pass);
                 if let Some(stage) = self.stage(&plan) {
-                    if self.gate_open(&stage, passed) {
+                    let hold = self.hold();
+                    if self.gate_open(&stage, passed) && hold.is_none() {
                         self.advance(&plan, "its gate is met");
+                    } else if let Some(over) = self.past_deadline(&stage) {
+                        self.deadline(&plan, &stage, over, hold);
                     } else {
-                        self.status.reason = self.waiting(&plan, &stage);
+                        self.status.reason = self.waiting(&plan, &stage, hold);
                     }
                 }
             }
@@ -411,6 +414,67 @@ impl Tick<'_> {
             .unwrap_or(Duration::ZERO)
     }
 
+    /// Why the analysis keeps the step from taking more traffic, if it does: no judgment of this
+    /// step yet, or its last one held (an estimate worse than allowed, or too few canary requests;
+    /// the analysis's `advance` check says which in words).
+    fn hold(&self) -> Option<String> {
+        let step = self.status.current_step.unwrap_or(0);
+        let Some(last) = self
+            .status
+            .last_analysis
+            .as_ref()
+            .filter(|a| a.step == step)
+        else {
+            return Some("no analysis of this step yet".into());
+        };
+        if last.verdict == Verdict::Pass {
+            return None;
+        }
+        advance_hold(&last.evidence)
+    }
+
+    /// How far past its deadline a step is that holds for the analysis (not for a person).
+    fn past_deadline(&self, stage: &Stage) -> Option<Duration> {
+        if stage.gate.promoted {
+            return None;
+        }
+        let pause = stage.gate.at_least.unwrap_or(Duration::ZERO);
+        let deadline = pause + self.rollout.spec.analysis.progress_deadline;
+        let elapsed = self.elapsed();
+        (elapsed >= deadline).then(|| elapsed - pause)
+    }
+
+    /// Ends a step that could neither pass nor fail within the progress deadline.
+    fn deadline(&mut self, plan: &Plan, stage: &Stage, held: Duration, hold: Option<String>) {
+        let why = match hold {
+            Some(hold) => hold,
+            None if stage.gate.analysis_passes => {
+                let last = self.status.last_analysis.as_ref().map(|a| a.verdict);
+                format!(
+                    "the analysis did not pass (last: {})",
+                    last.map_or("none".to_string(), |v| format!("{v:?}"))
+                )
+            }
+            None => "the step did not complete".into(),
+        };
+        let at = self.status.current_step.unwrap_or(0) as usize;
+        let reason = format!(
+            "step {}/{} held {}s past its pause, beyond the progress deadline of {}s: {why}; every request goes back to {}",
+            at + 1,
+            plan.total(),
+            held.as_secs(),
+            self.rollout.spec.analysis.progress_deadline.as_secs(),
+            self.stable()
+        );
+        self.finish(
+            Phase::RolledBack,
+            0,
+            EventKind::Warning,
+            "ProgressDeadlineExceeded",
+            reason,
+        );
+    }
+
     fn gate_open(&self, stage: &Stage, passed: bool) -> bool {
         let g = &stage.gate;
         g.at_least.is_none_or(|d| self.elapsed() >= d)
@@ -419,8 +483,9 @@ impl Tick<'_> {
     }
 
     /// The reason while a gate holds: what the step waits for.
-    fn waiting(&self, plan: &Plan, stage: &Stage) -> String {
+    fn waiting(&self, plan: &Plan, stage: &Stage, hold: Option<String>) -> String {
         let g = &stage.gate;
+        let at = self.status.current_step.unwrap_or(0) as usize;
         let mut wants = Vec::new();
         if let Some(d) = g.at_least {
             let left = d.saturating_sub(self.elapsed());
@@ -438,12 +503,34 @@ impl Tick<'_> {
         if g.promoted {
             wants.push("a person to promote".into());
         }
-        let at = self.status.current_step.unwrap_or(0) as usize;
-        format!(
-            "{}; waiting for {}",
-            describe(plan, at),
-            wants.join(" and ")
-        )
+        let waiting = if wants.is_empty() {
+            String::new()
+        } else {
+            format!("; waiting for {}", wants.join(" and "))
+        };
+        // While the pause itself runs, the step waits for time, not for the analysis.
+        let pausing = g.at_least.is_some_and(|d| self.elapsed() < d);
+        match hold.filter(|_| !pausing) {
+            Some(hold) => {
+                let deadline = if g.promoted {
+                    String::new()
+                } else {
+                    let pause = g.at_least.unwrap_or(Duration::ZERO);
+                    let end = pause + self.rollout.spec.analysis.progress_deadline;
+                    let left = end.saturating_sub(self.elapsed());
+                    format!(
+                        " (rolled back in {}s if it cannot pass)",
+                        left.as_secs_f64().ceil() as u64
+                    )
+                };
+                format!(
+                    "holding at {}%: {hold}{deadline}; {}{waiting}",
+                    stage.weight,
+                    describe(plan, at)
+                )
+            }
+            None => format!("{}{waiting}", describe(plan, at)),
+        }
     }
 
     // === names ===
@@ -462,6 +549,21 @@ impl Tick<'_> {
         let at = self.status.current_step.unwrap_or(0) + 1;
         format!("{at}/{}", self.status.total_steps.unwrap_or(at))
     }
+}
+
+/// The hold the analysis's `advance` check states in `evidence` (a serialized judgment), if it
+/// holds. Evidence without that check (a judgment from elsewhere) holds nothing.
+fn advance_hold(evidence: &serde_json::Value) -> Option<String> {
+    let checks = evidence.get("checks")?.as_array()?;
+    let advance = checks.iter().find(|c| {
+        c.get("check").and_then(|n| n.as_str()) == Some(crate::analysis::ADVANCE_CHECK)
+    })?;
+    let verdict = advance.get("verdict").and_then(|v| v.as_str());
+    if verdict == Some("Pass") {
+        return None;
+    }
+    let summary = advance.get("summary").and_then(|s| s.as_str());
+    Some(summary.unwrap_or("the analysis holds the step").to_owned())
 }
 
 /// What step `at` does, for a person: `step 2/4: 25% of requests to v2`.

@@ -11,6 +11,7 @@ use crate::rollout::plan::Shape;
 use crate::rollout::spec::*;
 
 mod props;
+mod walk;
 
 pub(super) fn at(secs: u64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs as i64).unwrap()
@@ -263,6 +264,9 @@ fn abort_sends_everything_back_to_stable() {
         Run::new(rollout(three_steps())),
         &[
             (0, None, &[], Progressing, Some(0), 10),
+            // A step advances on evidence only: this one was judged (inconclusive, nothing
+            // leaning) before its minute ran out.
+            (30, Some(Ned), &[], Progressing, Some(0), 10),
             (60, None, &[], Progressing, Some(1), 25),
             (61, Some(Pass), &[Abort, Resume], Aborted, Some(1), 0),
         ],
