@@ -64,7 +64,20 @@ impl Root {
     pub(super) fn on_configure(&mut self, size: usize) -> bool {
         // A host that does not say the size gets asked for everything there is.
         let max = if size == 0 { usize::MAX } else { size };
-        let bytes = absorb(abi::buffer(abi::PLUGIN_CONFIGURATION, 0, max)).unwrap_or_default();
+        let bytes = match abi::buffer(abi::PLUGIN_CONFIGURATION, 0, max) {
+            Ok(bytes) => bytes,
+            Err(status) => {
+                super::failed(status);
+                log(
+                    LogLevel::Error,
+                    &format!(
+                        "fledge: the host did not hand over the plugin configuration (host status {}); not starting",
+                        status.0
+                    ),
+                );
+                return false;
+            }
+        };
         let config = match Config::parse(&bytes) {
             Ok(config) => config,
             Err(e) => {

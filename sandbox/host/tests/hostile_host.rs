@@ -129,8 +129,13 @@ async fn every_status_the_abi_allows_never_traps_and_every_request_is_served() {
             Ok(host) => host,
             // The host refused the plugin its configuration buffer: the filter declines to start
             // (Envoy then runs the listener without it); it did not trap.
-            Err(HostError::Refused { callback, .. }) => {
+            Err(HostError::Refused { callback, log, .. }) => {
                 assert_eq!(callback, "proxy_on_configure", "offset {offset}");
+                // It says why, unless the host refused the log line too.
+                assert!(
+                    log.is_empty() || log.contains("did not hand over the plugin configuration"),
+                    "offset {offset}: {log}"
+                );
                 server.stop().await;
                 continue;
             }
