@@ -114,6 +114,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         requests: u64,
     },
+    /// Peak memory of the telemetry store: SERIES series reporting every second for SECS
+    /// simulated seconds.
+    Store {
+        #[arg(long, default_value_t = 1000)]
+        series: usize,
+        #[arg(long, default_value_t = 1800)]
+        secs: i64,
+        /// Requests per series per second.
+        #[arg(long, default_value_t = 200)]
+        requests: u64,
+    },
+    /// One analysis look's time at 10 s and at 30 min into a step.
+    Look {
+        /// Canary requests per second (the baseline gets 9×).
+        #[arg(long, default_value_t = 20)]
+        requests: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -155,4 +172,8 @@ pub struct SimulateArgs {
     /// Print the outcome as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print the published table instead (BENCHMARKS.md): healthy, error and latency canaries at
+    /// 2, 20 and 200 canary requests/s, with the default analysis, `--runs` per cell, `--step` each.
+    #[arg(long)]
+    pub table: bool,
 }

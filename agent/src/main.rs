@@ -74,6 +74,41 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            what:
+                BenchCommand::Store {
+                    series,
+                    secs,
+                    requests,
+                },
+        } => {
+            let r = fledge_agent::bench::store(series, secs, requests);
+            let mib =
+                |kib: Option<u64>| kib.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+            println!(
+                "store: {} series × {} s at {} requests/s each (retention {} s) in {:.2?}\n  held at the end: {} seconds, {:.1} MiB of latency counters\n  peak RSS: {} MiB before, {} MiB after",
+                r.series,
+                r.simulated_secs,
+                r.requests_per_series_second,
+                r.retention_secs,
+                r.elapsed,
+                r.seconds_held,
+                r.counter_bytes_held as f64 / (1 << 20) as f64,
+                mib(r.peak_rss_kib_before),
+                mib(r.peak_rss_kib_after),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchCommand::Look { requests },
+        } => {
+            let r = fledge_agent::bench::look(&[10, 60, 600, 1800], requests);
+            for (secs, took) in &r.looks {
+                println!("look at {secs:>5} s into the step: {took:.2?}");
+            }
+            println!("feeding one settled second: {:.2?}", r.feed_per_second);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { name, api } => {
             let client = ApiClient::new(&api.api)?;
             let rollouts = match name {
@@ -130,6 +165,13 @@ async fn command_one(
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    if args.table {
+        print!(
+            "{}",
+            simulate::published_table(args.runs, args.step, args.seed)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let baseline = simulate::Arm {
         rps: args.baseline_rps,
         error_rate: args.baseline_errors,

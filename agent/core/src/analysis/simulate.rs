@@ -340,3 +340,63 @@ pub fn table(s: &Scenario, out: &Outcome) -> String {
         out.not_enough_data
     )
 }
+
+/// The published table (`fledge-agent simulate --table`): for each canary (healthy, error
+/// increases, latency shifts) at each canary traffic, rollbacks with their detection time and
+/// passes with their time to pass, over `runs` steps of `step` with the default analysis.
+/// Baseline: 9× the canary's traffic, 0.5 % errors, latency median 50 ms, p99 200 ms.
+pub fn published_table(runs: usize, step: Duration, seed: u64) -> String {
+    let base = |rps: f64| Arm {
+        rps,
+        error_rate: 0.005,
+        median_ms: 50.0,
+        p99_ms: 200.0,
+    };
+    let rows: [(&str, f64, f64); 9] = [
+        ("healthy (same as baseline)", 0.0, 1.0),
+        ("errors ×1.25 (+0.125 points)", 0.00125, 1.0),
+        ("errors +0.5 points (×2)", 0.005, 1.0),
+        ("errors +1 point (×3)", 0.01, 1.0),
+        ("errors +5 points (×11)", 0.05, 1.0),
+        ("latency ×1.1", 0.0, 1.1),
+        ("latency ×1.25", 0.0, 1.25),
+        ("latency ×1.5", 0.0, 1.5),
+        ("latency ×2", 0.0, 2.0),
+    ];
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |t| format!("{t:.0} s"));
+    let mut out = format!(
+        "{runs} runs per cell, steps of {step:?}, a look every 2 s, default analysis (false-alarm level 0.01), seed {seed}\n\n\
+         | canary | canary rps | rolled back | detection median | detection p95 | passed | time to pass median | p95 |\n\
+         |---|---|---|---|---|---|---|---|\n"
+    );
+    for (name, extra_errors, scale) in rows {
+        for rps in [2.0, 20.0, 200.0] {
+            let baseline = base(rps * 9.0);
+            let canary = Arm {
+                rps,
+                error_rate: 0.005 + extra_errors,
+                median_ms: 50.0 * scale,
+                p99_ms: 200.0 * scale,
+            };
+            let o = Scenario {
+                baseline,
+                canary,
+                step,
+                runs,
+                seed,
+                spec: AnalysisSpec::default(),
+            }
+            .run();
+            out.push_str(&format!(
+                "| {name} | {rps} | {:.1}% | {} | {} | {:.1}% | {} | {} |\n",
+                o.rollback_rate() * 100.0,
+                secs(o.detection_quantile(0.5)),
+                secs(o.detection_quantile(0.95)),
+                o.pass_rate() * 100.0,
+                secs(o.pass_quantile(0.5)),
+                secs(o.pass_quantile(0.95)),
+            ));
+        }
+    }
+    out
+}
