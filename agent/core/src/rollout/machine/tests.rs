@@ -26,25 +26,7 @@ pub(super) fn outcome(verdict: Verdict) -> AnalysisOutcome {
 }
 
 pub(super) fn rollout(strategy: Strategy) -> Rollout {
-    let mut r = Rollout::new(
-        "reviews",
-        RolloutSpec {
-            host: "reviews.shop.svc.cluster.local".into(),
-            stable: "v1".into(),
-            canary: "v2".into(),
-            virtual_service: VirtualServiceRef {
-                name: "reviews".into(),
-                namespace: None,
-            },
-            version_header: None,
-            sticky: Sticky::default(),
-            strategy,
-            analysis: Default::default(),
-        },
-    );
-    r.metadata.namespace = Some("shop".into());
-    r.metadata.generation = Some(1);
-    r
+    Rollout::test().with_strategy(strategy)
 }
 
 pub(super) fn pause(secs: Option<u64>, analysis: bool, promoted: bool) -> crate::rollout::Pause {
