@@ -7,18 +7,22 @@
 //! runs, the telemetry store is locked only to copy the seconds the judge wants, so the analysis
 //! never blocks report ingest or the HTTP API. A routing write that fails leaves the status
 //! unpersisted, so the next tick tries the same transition again after the wait
-//! `planner::retry_after` gives for that kind of failure.
+//! `planner::retry_after` gives for that kind of failure; meanwhile the judge keeps reading the
+//! seconds as they settle, so none expires unread. Every tick also tells the telemetry store
+//! which series the Rollouts read (`planner::measured`); nothing else is stored. The status is
+//! persisted when the planner says it is worth it (a change, or evidence at most every few
+//! seconds), so an unchanged rollout costs the store nothing.
 
 mod apply;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fledge_core::ObjectKey;
 use fledge_core::judge::{Judge, Settled};
 use fledge_core::planner::{self, Tick};
-use fledge_core::rollout::{Rollout, UserCommand};
+use fledge_core::rollout::{Rollout, RolloutStatus, UserCommand};
 use fledge_core::windows::Windows;
 use jiff::Timestamp;
 
@@ -37,6 +41,9 @@ struct Entry {
     routing_applied: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    /// The status as last persisted (or read from the store), and when this agent wrote it.
+    persisted: Option<RolloutStatus>,
+    persisted_at: Option<Timestamp>,
 }
 
 #[derive(Default)]
@@ -135,62 +142,90 @@ impl<S: RolloutStore + 'static> Controller<S> {
                             routing_applied: false,
                             failures: 0,
                             retry_at: None,
+                            persisted: rollout.status.clone(),
+                            persisted_at: None,
                         };
                         state.entries.insert(key, entry);
                     }
                 }
             }
             state.loaded = true;
+            self.keep_only_measured(&state);
         }
         for key in keys {
             self.reconcile(&key, now).await;
         }
+        // A rollout that started or ended this tick changes what is measured.
+        self.keep_only_measured(&self.lock());
         self.metrics
             .analysis_seconds
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Tells the telemetry store which series the rollouts read; it drops and ignores the rest.
+    fn keep_only_measured(&self, state: &State) {
+        let needed: HashSet<_> = state
+            .entries
+            .values()
+            .flat_map(|e| planner::measured(&e.rollout))
+            .collect();
+        let mut telemetry = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+        telemetry.keep_only(needed);
+        self.metrics
+            .series_stored
+            .set(telemetry.series_held() as i64);
+    }
+
     #[tracing::instrument(skip(self, key, now), fields(rollout = %key))]
     async fn reconcile(&self, key: &ObjectKey, now: Timestamp) {
         // Take what this tick needs out of the shared state, the judge included.
-        let (rollout, mut judge, commands, routing_applied) = {
+        let (rollout, mut judge, commands, routing_applied, waiting, persisted) = {
             let mut state = self.lock();
             let commands = state.commands.remove(key).unwrap_or_default();
             let Some(entry) = state.entries.get_mut(key) else {
                 return;
             };
-            if entry.retry_at.is_some_and(|at| Instant::now() < at) {
+            let waiting = entry.retry_at.is_some_and(|at| Instant::now() < at);
+            let judge = std::mem::take(&mut entry.judge);
+            let persisted = entry.persisted.clone().map(|s| (s, entry.persisted_at));
+            let rollout = entry.rollout.clone();
+            let routing_applied = entry.routing_applied;
+            if waiting {
                 state
                     .commands
                     .entry(key.clone())
                     .or_default()
                     .extend(commands);
-                return;
+                (rollout, judge, Vec::new(), routing_applied, true, persisted)
+            } else {
+                (rollout, judge, commands, routing_applied, false, persisted)
             }
-            let judge = std::mem::take(&mut entry.judge);
-            (
-                entry.rollout.clone(),
-                judge,
-                commands,
-                entry.routing_applied,
-            )
         };
-        let judgment = planner::target(&rollout).and_then(|(window, arms)| {
+        let target = planner::target(&rollout);
+        if let Some((window, arms)) = &target {
             let spec = &rollout.spec.analysis;
-            if let Some(due) = judge.due(&window, arms, spec, now) {
+            if let Some(due) = judge.due(window, arms.clone(), spec, now) {
                 let settled = {
-                    let telemetry = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
-                    Settled::copy(&telemetry, &due)
+                    let mut telemetry = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
+                    Settled::take(&mut telemetry, &due)
                 };
                 judge.feed(&settled);
             }
-            judge.look(spec, now)
-        });
+        }
+        if waiting {
+            // A failed write waits its turn; the judge has read what settled meanwhile.
+            if let Some(entry) = self.lock().entries.get_mut(key) {
+                entry.judge = judge;
+            }
+            return;
+        }
+        let judgment = target.and_then(|_| judge.look(&rollout.spec.analysis, now));
         let plan = planner::plan(Tick {
             rollout: &rollout,
             judgment: judgment.as_ref(),
             commands: &commands,
             routing_applied,
+            persisted: persisted.as_ref().map(|(s, at)| (s, *at)),
             now,
         });
         if let Some(o) = &plan.outcome {
@@ -219,6 +254,10 @@ impl<S: RolloutStore + 'static> Controller<S> {
                 judge.reset();
             }
             entry.judge = judge;
+            if plan.status_changed {
+                entry.persisted = Some(plan.status.clone());
+                entry.persisted_at = Some(now);
+            }
             entry.rollout.status = Some(plan.status);
             entry.routing_applied = true;
             entry.failures = 0;

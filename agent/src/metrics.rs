@@ -18,6 +18,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label of telemetry the agent did not store: the destination host it was for (hosts beyond
+/// the first 1,024 are counted together as "(other hosts)").
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
 /// Label of a decision: the rollout it was about and what was decided.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
@@ -59,6 +66,20 @@ pub struct Metrics {
     pub writes: Family<WriteLabel, Counter>,
     /// Time one write took, in seconds, by what was written.
     pub write_seconds: Family<WriteKindLabel, Histogram>,
+    /// Series deltas (one series of one report) for series no Rollout reads, by host.
+    pub ignored_series: Family<HostLabel, Counter>,
+    /// Requests in those series, by host.
+    pub ignored_requests: Family<HostLabel, Counter>,
+    /// Series deltas that came after the analysis had read their second, by host.
+    pub late_series: Family<HostLabel, Counter>,
+    /// Requests in those series, by host.
+    pub late_requests: Family<HostLabel, Counter>,
+    /// Requests of series beyond the store's series cap (only when it keeps every series).
+    pub over_cap_requests: Counter,
+    /// Requests the filters could not place in a series (their own series limit).
+    pub filter_dropped_requests: Counter,
+    /// Series the telemetry store holds now.
+    pub series_stored: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,6 +101,52 @@ impl Metrics {
         let writes = Family::<WriteLabel, Counter>::default();
         let write_seconds =
             Family::<WriteKindLabel, Histogram>::new_with_constructor(write_duration as fn() -> _);
+        let ignored_series = Family::<HostLabel, Counter>::default();
+        let ignored_requests = Family::<HostLabel, Counter>::default();
+        let late_series = Family::<HostLabel, Counter>::default();
+        let late_requests = Family::<HostLabel, Counter>::default();
+        let over_cap_requests = Counter::default();
+        let filter_dropped_requests = Counter::default();
+        let series_stored = Gauge::default();
+        for (name, help, family) in [
+            (
+                "ignored_series",
+                "Series deltas for series no Rollout reads, dropped at ingest, by host",
+                &ignored_series,
+            ),
+            (
+                "ignored_requests",
+                "Requests in series no Rollout reads, dropped at ingest, by host",
+                &ignored_requests,
+            ),
+            (
+                "late_series",
+                "Series deltas that arrived after the analysis read their second, by host",
+                &late_series,
+            ),
+            (
+                "late_requests",
+                "Requests that arrived after the analysis read their second, by host",
+                &late_requests,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "over_cap_requests",
+            "Requests of series beyond the telemetry store's series cap",
+            over_cap_requests.clone(),
+        );
+        registry.register(
+            "filter_dropped_requests",
+            "Requests the filters could not place in a series (their series limit)",
+            filter_dropped_requests.clone(),
+        );
+        registry.register(
+            "series_stored",
+            "Series the telemetry store holds now",
+            series_stored.clone(),
+        );
         registry.register(
             "reports_received",
             "Telemetry reports accepted and merged",
@@ -130,7 +197,34 @@ impl Metrics {
             analysis_seconds,
             writes,
             write_seconds,
+            ignored_series,
+            ignored_requests,
+            late_series,
+            late_requests,
+            over_cap_requests,
+            filter_dropped_requests,
+            series_stored,
         }
+    }
+
+    /// Counts what one merge did not store.
+    pub fn merged(&self, merged: &fledge_core::windows::Merged, filter_dropped: u64) {
+        for (series, requests, list) in [
+            (
+                &self.ignored_series,
+                &self.ignored_requests,
+                &merged.ignored,
+            ),
+            (&self.late_series, &self.late_requests, &merged.late),
+        ] {
+            for (host, n) in list {
+                let label = HostLabel { host: host.clone() };
+                series.get_or_create(&label).inc();
+                requests.get_or_create(&label).inc_by(*n);
+            }
+        }
+        self.over_cap_requests.inc_by(merged.over_cap_requests);
+        self.filter_dropped_requests.inc_by(filter_dropped);
     }
 
     /// Counts one write of `write` that ended in `result` after `seconds`.

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::controller::Controller;
 use crate::http::router;
@@ -23,9 +22,18 @@ use crate::telemetry::{Hub, TelemetryService};
 /// How long a stopping agent's telemetry server may take to close its connections.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Telemetry kept for reading: long enough for the longest step a person would analyse.
-const RETENTION_SECS: i64 = 30 * 60;
+/// Seconds of telemetry kept. The analysis reads each second once, as it settles (two seconds
+/// after it ends), into its step's running totals; the retention only covers a slow tick and a
+/// judge that starts a step afresh. Memory is what the Rollouts' series send in this long.
+pub const RETENTION_SECS: i64 = 2 * 60;
+/// Series kept when every series is (never in a running agent, which keeps only what the
+/// Rollouts read): a bound for the store's own tests.
 const MAX_SERIES: usize = 4096;
+/// HTTP/2 streams one telemetry connection may open (a filter VM opens one).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// HTTP/2 pings on an idle telemetry connection, and how long an answer may take.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} for {what}: {source}")]
@@ -79,7 +87,10 @@ impl Agent {
 
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new();
-        let telemetry = Arc::new(Mutex::new(Windows::new(RETENTION_SECS, MAX_SERIES)));
+        // Nothing is stored until the controller names the series its Rollouts read.
+        let mut windows = Windows::new(RETENTION_SECS, MAX_SERIES);
+        windows.keep_only(Default::default());
+        let telemetry = Arc::new(Mutex::new(windows));
         let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone()).into_server();
         let api = router(Arc::new(controller.clone()), metrics.clone());
@@ -89,8 +100,12 @@ impl Agent {
             // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
             // so no filter stays attached to a stopped agent.
             let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+                .http2_keepalive_interval(Some(KEEPALIVE))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .tcp_keepalive(Some(KEEPALIVE))
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), closed)
+                .serve_with_incoming_shutdown(accepted(grpc), closed)
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "telemetry server stopped");
@@ -141,6 +156,24 @@ impl Agent {
     pub async fn wait(self) {
         let _ = self.grpc.await;
     }
+}
+
+/// The listener's connections. An accept that fails (out of file descriptors, most likely) is
+/// logged and retried after a pause, rather than at once in a loop that would take a core.
+fn accepted(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => return Some((Ok(stream), listener)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a telemetry connection; pausing 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
 }
 
 fn local_addr(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 
 use crate::analysis::{AnalysisSpec, Judgment, StepAnalysis, Verdict};
 use crate::rollout::{AnalysisOutcome, AnalysisWindow};
-use crate::windows::{SeriesKey, Side, Traffic, Window, Windows};
+use crate::windows::{Second, SeriesKey, Side, Traffic, Windows};
 
 /// A second `s` (the window [s, s + 1)) is analysed once `now - s >= SETTLE_SECS`, i.e. a
 /// second after it ended.
@@ -68,7 +68,7 @@ pub struct Due {
 /// without holding it: (canary, baseline) per second, in order; a second without traffic is empty.
 #[derive(Clone, Debug, Default)]
 pub struct Settled {
-    seconds: Vec<(Option<Window>, Option<Window>)>,
+    seconds: Vec<(Option<Second>, Option<Second>)>,
 }
 
 impl Settled {
@@ -85,6 +85,15 @@ impl Settled {
             })
             .collect();
         Self { seconds }
+    }
+
+    /// [`Settled::copy`], and notes in `store` that these seconds were read, so data arriving
+    /// for them later is counted as late rather than silently left out of the analysis.
+    pub fn take(store: &mut Windows, due: &Due) -> Self {
+        let settled = Self::copy(store, due);
+        store.read_before(&due.arms.canary, due.seconds.end);
+        store.read_before(&due.arms.baseline, due.seconds.end);
+        settled
     }
 }
 
@@ -126,7 +135,7 @@ impl Judge {
         let Some(running) = self.running.as_mut() else {
             return;
         };
-        let empty = Window::default();
+        let empty = Second::default();
         for (canary, baseline) in &settled.seconds {
             running.analysis.observe(
                 std::time::Duration::from_secs(1),
@@ -186,6 +195,7 @@ pub fn outcome(judgment: &Judgment) -> AnalysisOutcome {
         verdict,
         reason,
         evidence: serde_json::to_value(judgment).unwrap_or_default(),
+        hold: judgment.hold(),
     }
 }
 

@@ -1,6 +1,9 @@
 //! One rollout's tick, decided: what to judge, and — from the judgment, the people's commands and
 //! the time — the new status, the routing to make true, and the events to record, in the order
-//! the writes must happen. Also how long to wait before retrying a write that failed.
+//! the writes must happen; whether the status is worth persisting now (a change of phase, step,
+//! weight or verdict at once, new evidence at most every [`EVIDENCE_EVERY`]). Also which series
+//! a rollout's analysis reads ([`measured`]), so nothing else is stored, and how long to wait
+//! before retrying a write that failed.
 //!
 //! Pure: the agent's controller snapshots what it holds, calls [`target`] and [`plan`], and
 //! applies the [`TickPlan`] (VirtualService, filters' table, events, status). What it is not: it
@@ -14,9 +17,14 @@ use jiff::Timestamp;
 use crate::analysis::Judgment;
 use crate::judge::{Arms, outcome};
 use crate::rollout::{
-    self, Action, AnalysisOutcome, AnalysisWindow, EventKind, Rollout, RolloutStatus,
-    RoutingIntent, UserCommand,
+    self, Action, AnalysisOutcome, AnalysisRecord, AnalysisWindow, EventKind, Plan, Rollout,
+    RolloutStatus, RoutingIntent, UserCommand,
 };
+use crate::windows::SeriesKey;
+
+/// A status whose only change is its evidence (the last analysis's time, numbers and wording, or
+/// the reason's) is persisted at most this often; any other change is persisted at once.
+pub const EVIDENCE_EVERY: Duration = Duration::from_secs(10);
 
 /// What one tick knows about one rollout.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +37,9 @@ pub struct Tick<'a> {
     pub commands: &'a [UserCommand],
     /// Whether the routing the status stands for was applied since this agent started.
     pub routing_applied: bool,
+    /// The status as last persisted, and when this agent persisted it (None: not since it
+    /// started). Without it, the rollout's own status stands for the persisted one.
+    pub persisted: Option<(&'a RolloutStatus, Option<Timestamp>)>,
     pub now: Timestamp,
 }
 
@@ -66,7 +77,9 @@ pub struct TickPlan {
     /// transition's, or after a restart the one the persisted status stands for.
     pub routing: Option<RoutingIntent>,
     pub notices: Vec<Notice>,
-    /// Whether `status` differs from the one the rollout came with.
+    /// Whether to persist `status`: it differs from the persisted one in phase, step, weight,
+    /// verdict or anything but the evidence, or its evidence changed and the persisted one is
+    /// [`EVIDENCE_EVERY`] old.
     pub status_changed: bool,
     /// The analysis outcome the machine was given, for logs.
     pub outcome: Option<AnalysisOutcome>,
@@ -121,7 +134,7 @@ pub fn plan(tick: Tick<'_>) -> TickPlan {
     if routing.is_none() && !tick.routing_applied {
         routing = rollout::routing(tick.rollout);
     }
-    let status_changed = tick.rollout.status.as_ref() != Some(&status);
+    let status_changed = worth_persisting(&tick, &status);
     TickPlan {
         status,
         routing,
@@ -129,6 +142,85 @@ pub fn plan(tick: Tick<'_>) -> TickPlan {
         status_changed,
         outcome,
     }
+}
+
+/// Whether `status` should be written now (see [`TickPlan::status_changed`]).
+fn worth_persisting(tick: &Tick<'_>, status: &RolloutStatus) -> bool {
+    let (persisted, at) = match tick.persisted {
+        Some((persisted, at)) => (Some(persisted), at),
+        None => (tick.rollout.status.as_ref(), None),
+    };
+    let Some(persisted) = persisted else {
+        return true;
+    };
+    if persisted == status {
+        return false;
+    }
+    beyond_evidence(persisted, status)
+        || at.is_none_or(|at| tick.now.duration_since(at).unsigned_abs() >= EVIDENCE_EVERY)
+}
+
+/// Whether two statuses differ in more than their evidence: the reason's wording and the last
+/// analysis's time, reason and numbers. Listing every field makes a new one a compile error here.
+fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
+    let RolloutStatus {
+        phase,
+        reason: _,
+        current_step,
+        total_steps,
+        canary_weight,
+        step_started_at,
+        paused_at,
+        stable_subset,
+        canary_subset,
+        last_analysis,
+        history,
+        observed_generation,
+        routing_revision,
+    } = a;
+    let verdict = |r: &Option<AnalysisRecord>| r.as_ref().map(|r| (r.step, r.verdict));
+    *phase != b.phase
+        || *current_step != b.current_step
+        || *total_steps != b.total_steps
+        || *canary_weight != b.canary_weight
+        || *step_started_at != b.step_started_at
+        || *paused_at != b.paused_at
+        || *stable_subset != b.stable_subset
+        || *canary_subset != b.canary_subset
+        || verdict(last_analysis) != verdict(&b.last_analysis)
+        || *history != b.history
+        || *observed_generation != b.observed_generation
+        || *routing_revision != b.routing_revision
+}
+
+/// The series a rollout's analysis may read, at any of its stages, until it ends: its host's
+/// canary and stable subsets, live or mirrored, on the side each stage judges. The agent stores
+/// only these; a rollout that has ended needs none.
+pub fn measured(rollout: &Rollout) -> Vec<SeriesKey> {
+    let status = rollout.status.as_ref();
+    if status.is_some_and(|s| s.phase.is_final()) {
+        return Vec::new();
+    }
+    let Some(plan) = Plan::of(&rollout.spec) else {
+        return Vec::new();
+    };
+    let spec = &rollout.spec;
+    let stable = status
+        .and_then(|s| s.stable_subset.as_deref())
+        .unwrap_or(&spec.stable);
+    let canary = status
+        .and_then(|s| s.canary_subset.as_deref())
+        .unwrap_or(&spec.canary);
+    let mut keys = Vec::new();
+    for stage in &plan.stages {
+        let arms = Arms::new(&spec.host, stable, canary, stage.judged_traffic());
+        for key in [arms.canary, arms.baseline] {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
 }
 
 /// Why a write failed, as far as what to do next is concerned.

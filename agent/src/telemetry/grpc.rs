@@ -1,13 +1,17 @@
 //! The tonic adapter for `fledge.v1.Telemetry/Connect`: one task per filter stream that hands
 //! each message and each table the hub publishes to the stream's [`Session`], and does what it
 //! answers — registers the stream with the hub, merges reports into the windows (holding their
-//! lock only for the merge), sends tables, and closes a refused stream with `invalid_argument`
-//! and the reason, counted; no other stream notices. When the agent stops, every stream ends
-//! with `unavailable`. The protocol itself lives in `session`.
+//! lock only for the merge, counting per host what was not stored), sends tables, and closes a
+//! refused stream with `invalid_argument` and the reason, counted; no other stream notices. A
+//! message that does not decode (bad framing, invalid UTF-8) is refused the same way (`decode`),
+//! one over [`MAX_MESSAGE_BYTES`] with `resource_exhausted` (`too_large`). A stream that says no
+//! Hello within [`HELLO_TIMEOUT`], or nothing for [`IDLE_TIMEOUT`], ends with
+//! `deadline_exceeded`, counted. When the agent stops, every stream ends with `unavailable`.
+//! The protocol itself lives in `session`.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fledge_proto::v1::{
     self, AgentMessage, FilterMessage,
@@ -15,16 +19,23 @@ use fledge_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::hub::Hub;
 use super::session::{Action, DEFAULT_MAX_SKEW_MS, Merge, Session};
-use super::validate::Rejection;
+use super::validate::{Rejection, quote};
 use crate::metrics::Metrics;
 use fledge_core::windows::Windows;
 
 /// What a filter's stream ends with when the agent stops.
 const STOPPING: &str = "the agent is stopping";
+
+/// The largest message the agent decodes (tonic's default, said here so it is one bound).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// A stream must say Hello within this long.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream that sends nothing for this long is ended (filters report every second).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct TelemetryService {
@@ -32,6 +43,8 @@ pub struct TelemetryService {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     max_skew_ms: i64,
+    hello_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl TelemetryService {
@@ -41,11 +54,20 @@ impl TelemetryService {
             hub,
             metrics,
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            hello_timeout: HELLO_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 
+    /// Other limits than [`HELLO_TIMEOUT`] and [`IDLE_TIMEOUT`] (for tests).
+    pub fn with_timeouts(mut self, hello: Duration, idle: Duration) -> Self {
+        self.hello_timeout = hello;
+        self.idle_timeout = idle;
+        self
+    }
+
     pub fn into_server(self) -> TelemetryServer<Self> {
-        TelemetryServer::new(self)
+        TelemetryServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 
@@ -80,8 +102,43 @@ enum End {
     Closed,
     /// The agent is stopping.
     Stopping,
-    /// The session refused it.
+    /// The session refused it, or a message did not decode.
     Refused(Rejection),
+    /// It said no Hello in time, or went quiet.
+    TimedOut(Rejection),
+}
+
+/// The refusal for a message tonic could not decode, or None when the stream merely ended
+/// (the filter went away, the connection broke).
+pub fn undecodable(status: &Status) -> Option<Rejection> {
+    let message = status.message();
+    match status.code() {
+        Code::OutOfRange if message.contains("message length too large") => Some(Rejection::new(
+            "too_large",
+            format!("a message is larger than the agent's limit of {MAX_MESSAGE_BYTES} bytes"),
+        )),
+        Code::Internal
+            if message.starts_with("failed to decode")
+                || message.starts_with("protocol error: received message") =>
+        {
+            Some(Rejection::new(
+                "decode",
+                format!(
+                    "a message does not decode as fledge.v1.FilterMessage: {}",
+                    quote(message)
+                ),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The status a refused stream ends with.
+fn refusal(rejection: Rejection) -> Status {
+    match rejection.reason {
+        "too_large" => Status::resource_exhausted(rejection.message),
+        _ => Status::invalid_argument(rejection.message),
+    }
 }
 
 impl TelemetryService {
@@ -96,18 +153,26 @@ impl TelemetryService {
         let closed = self.hub.closed();
         tokio::pin!(closed);
         let mut id: Option<u64> = None;
+        let quiet = tokio::time::sleep(self.hello_timeout);
+        tokio::pin!(quiet);
         let end = loop {
             // The newest table, when something may have made it worth sending.
             let offer: Option<Arc<v1::RoutingTable>> = tokio::select! {
                 () = &mut closed => break End::Stopping,
+                () = &mut quiet => break End::TimedOut(match id {
+                    None => Rejection::new("hello_timeout", format!("no Hello within {:?} of opening the stream", self.hello_timeout)),
+                    Some(_) => Rejection::new("idle", format!("nothing sent for {:?}; a filter reports every second", self.idle_timeout)),
+                }),
                 message = inbound.message() => match message {
                     Ok(Some(message)) => match session.received(message, unix_ms()) {
                         Action::Register(hello) => {
                             id = Some(self.hub.register(&hello));
+                            quiet.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
                             tracing::info!(proxy = %hello.proxy_id, worker = hello.worker, revision = hello.table_revision, "filter connected");
                             Some(tables.borrow_and_update().clone())
                         }
                         Action::Merge(merge) => {
+                            quiet.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
                             self.merge(id, merge);
                             None
                         }
@@ -115,10 +180,13 @@ impl TelemetryService {
                         Action::Refuse(rejection) => break End::Refused(rejection),
                     },
                     Ok(None) => break End::Closed,
-                    Err(status) => {
-                        tracing::debug!(%status, "filter stream ended");
-                        break End::Closed;
-                    }
+                    Err(status) => match undecodable(&status) {
+                        Some(rejection) => break End::Refused(rejection),
+                        None => {
+                            tracing::debug!(%status, "filter stream ended");
+                            break End::Closed;
+                        }
+                    },
                 },
                 changed = tables.changed() => match changed {
                     Ok(()) => Some(tables.borrow_and_update().clone()),
@@ -143,9 +211,14 @@ impl TelemetryService {
             }
             End::Refused(rejection) => {
                 self.metrics.rejected(rejection.reason);
-                tracing::warn!(stream = ?id, reason = rejection.reason, "rejected a report: {}", rejection.message);
+                tracing::warn!(stream = ?id, reason = rejection.reason, "refused a filter stream: {}", rejection.message);
+                let _ = tx.send(Err(refusal(rejection))).await;
+            }
+            End::TimedOut(rejection) => {
+                self.metrics.rejected(rejection.reason);
+                tracing::info!(stream = ?id, reason = rejection.reason, "ended a filter stream: {}", rejection.message);
                 let _ = tx
-                    .send(Err(Status::invalid_argument(rejection.message)))
+                    .send(Err(Status::deadline_exceeded(rejection.message)))
                     .await;
             }
         }
@@ -162,7 +235,58 @@ impl TelemetryService {
             self.hub.reported(stream, merge.hosts());
         }
         self.metrics.reports_received.inc();
-        let mut windows = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        merge.into_windows(&mut windows);
+        let dropped = merge.report.dropped;
+        let merged = {
+            let mut windows = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+            merge.into_windows(&mut windows)
+        };
+        self.metrics.merged(&merged, dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_messages_are_told_from_a_stream_that_ended() {
+        for (status, reason) in [
+            (
+                Status::out_of_range(
+                    "Error, decoded message length too large: found 5000000 bytes, the limit is: 4194304 bytes",
+                ),
+                Some("too_large"),
+            ),
+            (
+                Status::internal(
+                    "failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded",
+                ),
+                Some("decode"),
+            ),
+            (
+                Status::internal(
+                    "protocol error: received message with invalid compression flag: 7 (valid flags are 0 and 1), while sending request",
+                ),
+                Some("decode"),
+            ),
+            (Status::cancelled("h2 protocol error: stream reset"), None),
+            (
+                Status::unknown("error reading a body from connection"),
+                None,
+            ),
+            (Status::internal("h2 protocol error: internal error"), None),
+        ] {
+            let got = undecodable(&status);
+            assert_eq!(got.as_ref().map(|r| r.reason), reason, "{status:?}");
+            if let Some(r) = got {
+                let code = refusal(r).code();
+                let expected = if reason == Some("too_large") {
+                    Code::ResourceExhausted
+                } else {
+                    Code::InvalidArgument
+                };
+                assert_eq!(code, expected);
+            }
+        }
     }
 }

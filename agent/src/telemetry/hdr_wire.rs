@@ -16,7 +16,7 @@ const HEADER_LEN: usize = 4 + 4 + 4 + 4 + 8 + 8 + 8;
 pub struct Counters {
     /// (the lowest value the counter stands for, its count), by increasing value.
     pub values: Vec<(u64, u64)>,
-    /// The sum of the counts (saturating, as hdrhistogram's own total).
+    /// The sum of the counts; a payload whose counts add up beyond u64 does not decode.
     pub total: u64,
 }
 
@@ -92,7 +92,13 @@ pub fn decode(bytes: &[u8]) -> Result<Counters, String> {
                 ));
             }
             counters.values.push((layout.value_for(index), count));
-            counters.total = counters.total.saturating_add(count);
+            counters.total = counters.total.checked_add(count).ok_or_else(|| {
+                format!(
+                    "the counts add up to more than {} at byte {}",
+                    u64::MAX,
+                    HEADER_LEN + at
+                )
+            })?;
         }
         index = index.saturating_add(1);
     }

@@ -31,9 +31,13 @@ pub struct StreamInfo {
     /// The newest revision sent on this stream.
     pub sent_revision: u64,
     pub reports: u64,
-    /// Hosts this filter has reported traffic for.
+    /// Hosts this filter has reported traffic for (the first [`HOSTS_PER_STREAM`]).
     pub hosts: BTreeSet<String>,
 }
+
+/// Hosts recorded per stream: an old filter reports every host it sees, and a stream's record
+/// must not grow with them.
+pub const HOSTS_PER_STREAM: usize = 64;
 
 #[derive(Debug, Default)]
 struct State {
@@ -169,7 +173,7 @@ impl Hub {
         if let Some(s) = self.lock().streams.get_mut(&id) {
             s.reports += 1;
             for h in hosts {
-                if !s.hosts.contains(h) {
+                if !s.hosts.contains(h) && s.hosts.len() < HOSTS_PER_STREAM {
                     s.hosts.insert(h.to_string());
                 }
             }

@@ -7,14 +7,16 @@
 //! request the stream's series were measured on (`ROLE_SERVER` the callee's, any other the
 //! caller's), and its table revision is the one the filter holds. Every Report after it is
 //! validated whole; a valid one is merged, an invalid one (or one before Hello, or a message
-//! with neither) refuses the stream with a message a person can act on. A later Hello changes
+//! with neither, or a Hello whose strings are too long) refuses the stream with a message a
+//! person can act on. A report's `seq` must grow on a stream: a replay, or a report older than
+//! one already merged, is refused (`seq`) rather than counted twice. A later Hello changes
 //! nothing. A routing table goes out only when it is newer than the newest the filter holds.
 //! The filter's side of the same stream is `fledge_filter::stream`.
 
 use fledge_proto::v1;
 
-use super::validate::{Rejection, ValidReport, validate};
-use fledge_core::windows::{Side, Windows};
+use super::validate::{Rejection, ValidReport, validate, validate_hello};
+use fledge_core::windows::{Merged, Side, Windows};
 
 #[cfg(test)]
 mod tests;
@@ -51,14 +53,14 @@ impl Merge {
         self.report.series.iter().map(|(key, _)| key.host.as_str())
     }
 
-    /// Adds the report to `windows` at the second its window ends in.
-    pub fn into_windows(self, windows: &mut Windows) {
+    /// Adds the report to `windows` at the second its window ends in; says what was not stored.
+    pub fn into_windows(self, windows: &mut Windows) -> Merged {
         let ValidReport {
             second,
             series,
             dropped,
         } = self.report;
-        windows.merge(second, series, dropped, self.now_secs);
+        windows.merge(second, series, dropped, self.now_secs)
     }
 }
 
@@ -66,8 +68,13 @@ impl Merge {
 enum State {
     /// Nothing has arrived but, perhaps, tables; they wait for the Hello.
     AwaitingHello,
-    /// Hello came: where the filter measures, and the newest table revision it holds.
-    Open { side: Side, held: u64 },
+    /// Hello came: where the filter measures, the newest table revision it holds, and the
+    /// `seq` of the last report merged.
+    Open {
+        side: Side,
+        held: u64,
+        seq: Option<u64>,
+    },
 }
 
 /// One filter stream, as the agent sees it.
@@ -89,8 +96,15 @@ impl Session {
 
     /// A message from the filter arrived; the agent's clock reads `now_ms` (unix milliseconds).
     pub fn received(&mut self, message: v1::FilterMessage, now_ms: i64) -> Action {
+        let report_seq = match &message.msg {
+            Some(v1::filter_message::Msg::Report(r)) => r.seq,
+            _ => 0,
+        };
         match (message.msg, self.state) {
             (Some(v1::filter_message::Msg::Hello(hello)), State::AwaitingHello) => {
+                if let Err(rejection) = validate_hello(&hello) {
+                    return Action::Refuse(rejection);
+                }
                 // A filter in the server role measures the callee's side.
                 let side = if hello.role == v1::Role::Server as i32 {
                     Side::Server
@@ -100,6 +114,7 @@ impl Session {
                 self.state = State::Open {
                     side,
                     held: hello.table_revision,
+                    seq: None,
                 };
                 Action::Register(hello)
             }
@@ -110,9 +125,24 @@ impl Session {
                     format!("report {} came before Hello; send Hello first", report.seq),
                 ))
             }
+            (
+                Some(v1::filter_message::Msg::Report(report)),
+                State::Open {
+                    seq: Some(last), ..
+                },
+            ) if report.seq <= last => Action::Refuse(Rejection::new(
+                "seq",
+                format!(
+                    "report {} does not follow report {last} on this stream; seq must grow (a replayed or reordered report is not merged twice)",
+                    report.seq
+                ),
+            )),
             (Some(v1::filter_message::Msg::Report(report)), State::Open { side, .. }) => {
                 match validate(&report, now_ms, self.max_skew_ms) {
                     Ok(mut report) => {
+                        if let State::Open { seq, .. } = &mut self.state {
+                            *seq = Some(report_seq);
+                        }
                         for (key, _) in &mut report.series {
                             key.side = side;
                         }

@@ -1,18 +1,47 @@
 //! Checking one report from a filter before anything of it is merged: a report is taken whole
 //! or refused whole, with a reason token (for the rejection counter) and a message that names
-//! the problem (for the filter's log and the agent's). Pure.
+//! the problem (for the filter's log and the agent's). Every size a client chooses is bounded
+//! here ([`MAX_HOST_LEN`], [`MAX_VERSION_LEN`], [`MAX_SERIES`], [`MAX_REQUESTS`]), so sums of
+//! accepted counts cannot wrap, and a message quotes at most [`QUOTED`] bytes of a client's
+//! string. Pure.
 
 use fledge_proto::v1;
 
 use super::hdr_wire::{self, Layout};
 use fledge_core::windows::{SeriesDelta, SeriesKey, Traffic};
 
+/// A host name: at most a DNS name's length.
+pub const MAX_HOST_LEN: usize = 253;
+/// A version (subset) name: at most a Kubernetes label value's length.
+pub const MAX_VERSION_LEN: usize = 63;
+/// Series in one report. A filter keeps 256 by default; old filters report every host they see.
+pub const MAX_SERIES: usize = 4096;
+/// Requests of one series in one report (2^40, about 10^12): far beyond any proxy's second, and
+/// small enough that the agent's sums over millions of reports cannot wrap.
+pub const MAX_REQUESTS: u64 = 1 << 40;
+/// How much of a client's string a message quotes.
+pub const QUOTED: usize = 64;
+
+/// `s` for a message: whole when short, else its first [`QUOTED`] bytes (at a character
+/// boundary) and its length.
+pub fn quote(s: &str) -> String {
+    if s.len() <= QUOTED {
+        return s.to_string();
+    }
+    let mut end = QUOTED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
 /// Why a report was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Rejection {
     /// A short stable token. From `validate`: `window`, `clock`, `series`, `counts`,
-    /// `histogram`; from the stream's session: `before_hello`, `empty`.
+    /// `histogram`; from the stream's session: `before_hello`, `empty`, `hello`, `seq`; from the
+    /// gRPC adapter: `decode`, `too_large`, `hello_timeout`, `idle`.
     pub reason: &'static str,
     pub message: String,
 }
@@ -33,6 +62,26 @@ pub struct ValidReport {
     pub second: i64,
     pub series: Vec<(SeriesKey, SeriesDelta)>,
     pub dropped: u64,
+}
+
+/// Checks a Hello's strings against their bounds (a proxy id of at most 512 bytes, names of at
+/// most a DNS name's, a version label of at most a label value's, a build of at most 128).
+pub fn validate_hello(hello: &v1::Hello) -> Result<(), Rejection> {
+    for (field, value, max) in [
+        ("proxy_id", &hello.proxy_id, 512),
+        ("workload", &hello.workload, MAX_HOST_LEN),
+        ("namespace", &hello.namespace, MAX_HOST_LEN),
+        ("version_label", &hello.version_label, MAX_VERSION_LEN),
+        ("filter_build", &hello.filter_build, 128),
+    ] {
+        if value.len() > max {
+            return Err(Rejection::new(
+                "hello",
+                format!("Hello {field} {} is longer than {max} bytes", quote(value)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks `report` against the agent's clock `now_ms`; windows ending more than `max_skew_ms`
@@ -60,16 +109,45 @@ pub fn validate(
             ),
         ));
     }
+    if report.series.len() > MAX_SERIES {
+        return Err(Rejection::new(
+            "series",
+            format!(
+                "report {seq}: {} series are more than the {MAX_SERIES} a report may carry",
+                report.series.len()
+            ),
+        ));
+    }
     let mut series = Vec::with_capacity(report.series.len());
     let highest_us = Layout::fledge().highest_value();
     for (i, s) in report.series.iter().enumerate() {
-        let name = |s: &v1::Series| format!("report {seq}: series[{i}] {} {}", s.host, s.version);
         if s.host.is_empty() {
             return Err(Rejection::new(
                 "series",
                 format!("report {seq}: series[{i}] has no host"),
             ));
         }
+        for (field, value, max) in [
+            ("host", &s.host, MAX_HOST_LEN),
+            ("version", &s.version, MAX_VERSION_LEN),
+        ] {
+            if value.len() > max {
+                return Err(Rejection::new(
+                    "series",
+                    format!(
+                        "report {seq}: series[{i}] {field} {} is longer than {max} bytes",
+                        quote(value)
+                    ),
+                ));
+            }
+        }
+        let name = |s: &v1::Series| {
+            format!(
+                "report {seq}: series[{i}] {} {}",
+                quote(&s.host),
+                quote(&s.version)
+            )
+        };
         let traffic = match v1::Traffic::try_from(s.traffic) {
             Ok(v1::Traffic::Live) => Traffic::Live,
             Ok(v1::Traffic::Shadow) => Traffic::Shadow,
@@ -82,6 +160,16 @@ pub fn validate(
         };
         // An absent `counts` is proto3's empty message: no requests.
         let counts = s.counts.unwrap_or_default();
+        if counts.requests > MAX_REQUESTS {
+            return Err(Rejection::new(
+                "counts",
+                format!(
+                    "{}: requests {} is more than {MAX_REQUESTS} in one report",
+                    name(s),
+                    counts.requests
+                ),
+            ));
+        }
         if counts.unmeasured > counts.requests {
             return Err(Rejection::new(
                 "counts",
@@ -356,5 +444,75 @@ mod tests {
                 assert!(["histogram", "counts"].contains(&e.reason));
             }
         }
+    }
+
+    #[test]
+    fn client_sizes_are_bounded_and_quoted_short() {
+        let mut long_host = series(1, 0);
+        long_host.host = "h".repeat(3_900_000);
+        let mut long_version = series(1, 0);
+        long_version.version = "é".repeat(40);
+        let mut huge = series(0, 0);
+        huge.counts = Some(v1::Counts {
+            requests: u64::MAX - 49,
+            ..Default::default()
+        });
+        let many = report((0..=MAX_SERIES).map(|_| series(1, 0)).collect());
+        let cases = [
+            (
+                report(vec![long_host]),
+                "series",
+                "report 7: series[0] host hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh… (3900000 bytes) is longer than 253 bytes",
+            ),
+            (
+                report(vec![long_version]),
+                "series",
+                "is longer than 63 bytes",
+            ),
+            (
+                report(vec![huge]),
+                "counts",
+                "report 7: series[0] reviews v2: requests 18446744073709551566 is more than 1099511627776 in one report",
+            ),
+            (
+                many,
+                "series",
+                "report 7: 4097 series are more than the 4096",
+            ),
+        ];
+        for (r, reason, message) in cases {
+            let err = validate(&r, 100_000, 60_000).unwrap_err();
+            assert_eq!(err.reason, reason, "{err}");
+            assert!(
+                err.message.contains(message),
+                "{:?} lacks {message:?}",
+                err.message
+            );
+            assert!(
+                err.message.len() < 200,
+                "a long message: {} bytes",
+                err.message.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_histogram_whose_counts_wrap_is_refused() {
+        // Four counters of 2^62 each: their sum does not fit a u64.
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).unwrap();
+        for v in [1000, 2000, 3000, 5000] {
+            h.record_n(v, 1 << 62).unwrap();
+        }
+        let mut bytes = Vec::new();
+        V2Serializer::new().serialize(&h, &mut bytes).unwrap();
+        let mut s = series(1, 0);
+        s.latency_us_hdr = bytes;
+        let err = validate(&report(vec![s]), 100_000, 60_000).unwrap_err();
+        assert_eq!(err.reason, "histogram", "{err}");
+        assert!(
+            err.message.contains("add up to more than"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -35,6 +35,7 @@ fn tick(
         judgment: judgment.as_ref(),
         commands,
         routing_applied,
+        persisted: None,
         now: at(secs),
     });
     rollout.status = Some(plan.status.clone());
@@ -168,6 +169,7 @@ fn notices_carry_the_evidence_and_the_phase() {
         judgment: Some(&failing),
         commands: &[],
         routing_applied: true,
+        persisted: None,
         now: at(4),
     });
     assert_eq!(plan.status.phase, Phase::RolledBack);
@@ -239,4 +241,88 @@ fn retries_back_off_by_what_failed() {
             "{failure:?} × {failures}"
         );
     }
+}
+
+/// A look that changes only the evidence is persisted at most every EVIDENCE_EVERY; a change of
+/// verdict, step, weight or phase at once.
+#[test]
+fn status_is_persisted_on_a_change_and_evidence_at_most_every_few_seconds() {
+    let mut rollout = Rollout::test().with_steps(&[
+        (10, Pause::until_analysis_passes()),
+        (50, Pause::until_analysis_passes()),
+    ]);
+    let mut persisted: Option<(RolloutStatus, Timestamp)> = None;
+    // (secs, verdict, persisted)
+    let rows = [
+        (0, None, true),
+        (2, Some(Verdict::NotEnoughData), true),
+        (4, Some(Verdict::NotEnoughData), false),
+        (6, Some(Verdict::NotEnoughData), false),
+        (12, Some(Verdict::NotEnoughData), true),
+        (14, Some(Verdict::NotEnoughData), false),
+        // Nothing new since 14 s, but 14 s's evidence was never written: it goes out at 22 s.
+        (16, None, false),
+        (22, None, true),
+        (24, None, false),
+        (26, Some(Verdict::Pass), true),
+    ];
+    let mut evidence = 0.0;
+    for (secs, verdict, expected) in rows {
+        let judgment = verdict.map(|v| {
+            evidence += 1.0;
+            Judgment {
+                elapsed_secs: evidence,
+                ..judgment(v)
+            }
+        });
+        let plan = plan(Tick {
+            rollout: &rollout,
+            judgment: judgment.as_ref(),
+            commands: &[],
+            routing_applied: true,
+            persisted: persisted.as_ref().map(|(s, at)| (s, Some(*at))),
+            now: at(secs),
+        });
+        assert_eq!(plan.status_changed, expected, "at {secs}s");
+        if plan.status_changed {
+            persisted = Some((plan.status.clone(), at(secs)));
+        }
+        rollout.status = Some(plan.status);
+    }
+    let status = rollout.status.unwrap();
+    assert_eq!(status.canary_weight, 50, "the pass advanced the step");
+    assert_eq!(persisted.map(|(s, _)| s), Some(status));
+}
+
+#[test]
+fn measures_only_what_the_analysis_reads_until_the_rollout_ends() {
+    let host = "reviews.shop.svc.cluster.local";
+    let canary = Rollout::test().canary(10);
+    let live = Arms::new(host, "v1", "v2", Traffic::Live);
+    assert_eq!(
+        measured(&canary),
+        vec![live.canary.clone(), live.baseline.clone()]
+    );
+
+    let strategy: Strategy = serde_json::from_value(serde_json::json!({
+        "shadow": { "mirrorPercent": 50, "duration": "30s", "then": "handOverToCanary",
+                    "steps": [{ "weight": 20, "pause": { "untilAnalysisPasses": true } }] }
+    }))
+    .unwrap();
+    let shadow = Rollout::test().with_strategy(strategy);
+    let mirrored = Arms::new(host, "v1", "v2", Traffic::Shadow);
+    assert_eq!(
+        measured(&shadow),
+        vec![
+            mirrored.canary,
+            mirrored.baseline,
+            live.canary,
+            live.baseline
+        ]
+    );
+
+    let mut ended = Rollout::test().canary(10);
+    tick(&mut ended, 0, None, &[UserCommand::Abort], true);
+    assert_eq!(ended.status.as_ref().unwrap().phase, Phase::Aborted);
+    assert!(measured(&ended).is_empty());
 }

@@ -300,3 +300,55 @@ fn merged_reports_are_counted_as_received_and_refusals_by_reason() {
         BTreeMap::from([("before_hello", 1), ("empty", 1), ("histogram", 1)])
     );
 }
+
+#[test]
+fn a_seq_that_does_not_grow_is_refused_not_counted_twice() {
+    let cases = [
+        (vec![1, 2, 3], vec!["merge", "merge", "merge"]),
+        // A gap is only a gap: reports were lost or refused elsewhere.
+        (vec![1, 5], vec!["merge", "merge"]),
+        (
+            vec![1, 1],
+            vec!["merge", "refuse seq: report 1 does not follow report 1"],
+        ),
+        (
+            vec![4, 3],
+            vec!["merge", "refuse seq: report 3 does not follow report 4"],
+        ),
+    ];
+    for (seqs, expected) in cases {
+        let mut session = Session::new(DEFAULT_MAX_SKEW_MS);
+        session.received(hello(CLIENT, 0), NOW_MS);
+        let got: Vec<String> = seqs
+            .iter()
+            .map(|&seq| said(&session.received(sent(report(seq, 1)), NOW_MS)))
+            .collect();
+        for (got, expected) in got.iter().zip(&expected) {
+            assert!(
+                got.starts_with(expected),
+                "{seqs:?}: {got:?} is not {expected:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_hello_with_overlong_strings_is_refused_quoting_a_prefix_only() {
+    let long = "p".repeat(4_000_000);
+    let mut message = hello(CLIENT, 0);
+    if let Some(v1::filter_message::Msg::Hello(h)) = message.msg.as_mut() {
+        h.proxy_id = long;
+    }
+    let mut session = Session::new(DEFAULT_MAX_SKEW_MS);
+    let Action::Refuse(r) = session.received(message, NOW_MS) else {
+        panic!("an overlong Hello was accepted");
+    };
+    assert_eq!(r.reason, "hello");
+    assert!(r.message.len() < 200, "{}", r.message.len());
+    assert!(
+        r.message
+            .ends_with("… (4000000 bytes) is longer than 512 bytes"),
+        "{}",
+        r.message
+    );
+}
