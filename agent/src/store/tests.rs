@@ -198,6 +198,7 @@ async fn tick(dir: &Path, secs: i64, verdict: Option<Verdict>, commands: &[UserC
         verdict: v,
         reason: format!("{v:?}"),
         evidence: json!({}),
+        hold: None,
     });
     let (status, actions) = rollout::step(&r, analysis.as_ref(), commands, at(secs));
     for action in &actions {

@@ -56,6 +56,15 @@ impl Judgment {
             .map(|c| format!("{}: {}", c.check, c.summary))
             .collect()
     }
+
+    /// Why the step may not take more traffic yet, in the `advance` check's words; None when it
+    /// may (or when this judgment has no such check).
+    pub fn hold(&self) -> Option<String> {
+        self.checks
+            .iter()
+            .find(|c| c.check == ADVANCE_CHECK && c.verdict != Verdict::Pass)
+            .map(|c| c.summary.clone())
+    }
 }
 
 /// A count for reading: `12,345`.

@@ -25,6 +25,9 @@ pub struct AnalysisOutcome {
     pub reason: String,
     /// The numbers behind the verdict, kept in `status.lastAnalysis`.
     pub evidence: serde_json::Value,
+    /// Why the step may not take more traffic yet (an estimate worse than allowed, too few
+    /// canary requests), in words; None when it may.
+    pub hold: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -380,6 +383,7 @@ impl Tick<'_> {
             verdict: outcome.verdict,
             reason: outcome.reason.clone(),
             evidence: outcome.evidence.clone(),
+            hold: outcome.hold.clone(),
         });
         if outcome.verdict == Verdict::Fail {
             self.finish(
@@ -430,7 +434,7 @@ impl Tick<'_> {
         if last.verdict == Verdict::Pass {
             return None;
         }
-        advance_hold(&last.evidence)
+        last.hold.clone()
     }
 
     /// How far past its deadline a step is that holds for the analysis (not for a person).
@@ -549,21 +553,6 @@ impl Tick<'_> {
         let at = self.status.current_step.unwrap_or(0) + 1;
         format!("{at}/{}", self.status.total_steps.unwrap_or(at))
     }
-}
-
-/// The hold the analysis's `advance` check states in `evidence` (a serialized judgment), if it
-/// holds. Evidence without that check (a judgment from elsewhere) holds nothing.
-fn advance_hold(evidence: &serde_json::Value) -> Option<String> {
-    let checks = evidence.get("checks")?.as_array()?;
-    let advance = checks.iter().find(|c| {
-        c.get("check").and_then(|n| n.as_str()) == Some(crate::analysis::ADVANCE_CHECK)
-    })?;
-    let verdict = advance.get("verdict").and_then(|v| v.as_str());
-    if verdict == Some("Pass") {
-        return None;
-    }
-    let summary = advance.get("summary").and_then(|s| s.as_str());
-    Some(summary.unwrap_or("the analysis holds the step").to_owned())
 }
 
 /// What step `at` does, for a person: `step 2/4: 25% of requests to v2`.

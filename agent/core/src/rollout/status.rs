@@ -77,6 +77,9 @@ pub struct AnalysisRecord {
     pub reason: String,
     #[schemars(schema_with = "any_value")]
     pub evidence: serde_json::Value,
+    /// Why the step may not take more traffic yet, in words; absent when it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
 }
 
 /// One decision: what the rollout did, when, and why.

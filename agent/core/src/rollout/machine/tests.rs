@@ -22,6 +22,7 @@ pub(super) fn outcome(verdict: Verdict) -> AnalysisOutcome {
         verdict,
         reason: format!("error-rate: {verdict:?} in test"),
         evidence: serde_json::json!({ "canaryRequests": 1000, "verdict": format!("{verdict:?}") }),
+        hold: None,
     }
 }
 
