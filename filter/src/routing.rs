@@ -172,6 +172,13 @@ impl Table {
         })
     }
 
+    /// Whether requests to `host` are measured: the table names the hosts rollouts concern (the
+    /// configured initial table until the agent's first arrives). Every other request takes the
+    /// fast path — nothing read at log time, nothing recorded — in either role.
+    pub fn measures(&self, host: &str) -> bool {
+        self.route_index(host).is_some()
+    }
+
     /// Picks the version for a request to `host`, with the index of the route that decided (so
     /// a caller can keep `(index, cause)` instead of copies of the strings); `None` when the host
     /// has no route (the request passes untouched). `rng` is drawn from only when the split needs

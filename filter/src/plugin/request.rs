@@ -98,8 +98,24 @@ impl Request {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let authority = request_header(":authority").unwrap_or_default();
-        self.destination = Some(Destination::from_authority_bytes(authority));
+        // Only hosts the routing table names are measured: the rest of the mesh's traffic
+        // passes with this one header read and nothing at log time. A request whose authority
+        // the host does not give is still counted, under the host "unknown".
+        let destination = match request_header(":authority") {
+            Some(authority) => {
+                let destination = Destination::from_authority_bytes(authority);
+                let measured = shared
+                    .table
+                    .try_borrow()
+                    .is_ok_and(|table| table.measures(&destination.host));
+                if !measured {
+                    return;
+                }
+                destination
+            }
+            None => Destination::from_authority_bytes(Vec::new()),
+        };
+        self.destination = Some(destination);
         self.grpc = request_header("content-type")
             .is_some_and(|content_type| outcome::is_grpc(&content_type));
         if !shared.identity.side.is_server() {

@@ -331,3 +331,23 @@ fn authorities_become_destinations() {
     let d = Destination::from_authority_bytes(b"Revi\xffews:80".to_vec());
     assert_eq!((d.host.as_str(), d.shadow), ("revi\u{fffd}ews", false));
 }
+
+#[test]
+fn only_hosts_the_table_names_are_measured() {
+    let table = table();
+    // (destination host as parsed from :authority, measured)
+    for (host, measured) in [
+        ("reviews.shop.svc.cluster.local", true),
+        // A short name the route's host extends, as a caller in the namespace writes it.
+        ("reviews", true),
+        ("reviews.shop", true),
+        // A route with neither rules nor split still names a host to measure.
+        ("details.shop.svc.cluster.local", true),
+        ("productpage.shop.svc.cluster.local", false),
+        ("review", false),
+        ("", false),
+    ] {
+        assert_eq!(table.measures(host), measured, "{host:?}");
+    }
+    assert!(!Table::default().measures("reviews.shop.svc.cluster.local"));
+}

@@ -271,3 +271,38 @@ async fn grpc_errors_count_only_for_grpc_requests() {
     host.shutdown().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_hosts_the_routing_table_names_are_reported() {
+    let (agent, server) = StandInAgent::start().await;
+    let host = FilterHost::start(host_config(server.addr, 2000))
+        .await
+        .unwrap();
+    // Requests to a host no route names pass untouched and are never reported.
+    for _ in 0..50 {
+        let mut headers = request_headers(&[("x-user-id", "user-1")]);
+        headers.retain(|(name, _)| name != ":authority");
+        headers.push((
+            ":authority".into(),
+            "ratings.shop.svc.cluster.local:9080".into(),
+        ));
+        let handle = host.on_request_headers(&mut headers);
+        assert_eq!(header(&headers, "x-fledge-version"), None, "not routed");
+        complete(handle, "v1", Duration::from_millis(5), 200);
+    }
+    let sent = run(&host, 0, 100);
+    assert!(
+        eventually(Duration::from_secs(10), || reported_total(&agent) >= 100).await,
+        "reports did not arrive"
+    );
+    tokio::time::sleep(Duration::from_millis(3 * REPORT_MS)).await;
+    let seen = agent.seen();
+    let hosts: Vec<&str> = seen.series().iter().map(|s| s.host.as_str()).collect();
+    assert!(hosts.iter().all(|h| *h == REVIEWS), "{hosts:?}");
+    assert_eq!(
+        reported_total(&agent),
+        sent.values().map(|l| l.len() as u64).sum::<u64>()
+    );
+    host.shutdown().await;
+    server.stop().await;
+}
