@@ -130,6 +130,10 @@ pub struct StepAnalysis {
     pub(crate) errors_max: Option<TwoSided<RateTest>>,
     /// Canary share beyond (1 + tolerance) × baseline's quantile vs baseline share beyond it.
     pub(crate) tail: TwoSided<RatioTest>,
+    /// The same canary share against the quantile's own share × [`TAIL_PASS_RATIO`]: evidence
+    /// for a pass where the baseline has (almost) nothing beyond its quantile, as with latencies
+    /// that take a few values, and the ratio test alone could never conclude.
+    pub(crate) tail_within: RateTest,
     /// The baseline quantile the next buckets are compared at, fixed before they are seen.
     pub(crate) tail_threshold_us: Option<u64>,
     pub(crate) latency_max: Option<TwoSided<RateTest>>,
@@ -157,6 +161,7 @@ impl StepAnalysis {
                 1.0 + spec.errors.pass_margin,
             ),
             tail: TwoSided::ratio(1.0, TAIL_PASS_RATIO),
+            tail_within: RateTest::on(Side::Below, (1.0 - spec.latency.quantile) * TAIL_PASS_RATIO),
             passed: Vec::new(),
             spec,
             alpha,
@@ -194,12 +199,10 @@ impl StepAnalysis {
         }
         if let Some(threshold) = self.tail_threshold_us {
             let scaled = (threshold as f64 * (1.0 + self.spec.latency.tolerance)) as u64;
-            self.tail.observe(
-                canary.count_above(scaled),
-                n,
-                baseline.count_above(threshold),
-                m,
-            );
+            let beyond = canary.count_above(scaled);
+            self.tail
+                .observe(beyond, n, baseline.count_above(threshold), m);
+            self.tail_within.observe(beyond, n);
         }
         if let (Some(test), Some(max_ms)) = (&mut self.latency_max, self.spec.latency.max_ms) {
             test.observe(canary.count_above((max_ms * 1000.0) as u64), n);

@@ -282,17 +282,21 @@ pub(super) fn judge(a: &StepAnalysis) -> Judgment {
         let allowed_share = b_share.max(1.0 - q);
         let sides = Sides {
             fail: a.tail.fail.evidence(),
-            pass: a.tail.pass.evidence(),
+            // Allowed: within TAIL_PASS_RATIO × the baseline's share or × the quantile's own
+            // share, whichever is larger. Under "worse than both" each test's evidence is
+            // valid, so their mean is too.
+            pass: (a.tail.pass.evidence() + a.tail_within.evidence()) / 2.0,
             leaning: a.tail_threshold_us.is_some() && c_share > allowed_share,
         };
         let (v, why) = decide(a, "latency-tail", &sides, bar);
         let summary = if a.tail_threshold_us.is_some() {
             format!(
-                "{qname} canary {cq:.1} ms vs baseline {bq:.1} ms {requests}; {} of canary requests are slower than baseline {qname} × {:.2}, {} of baseline's beyond its {qname} (fails above as many, passes once above {:.1} times as many is ruled out); {why}",
+                "{qname} canary {cq:.1} ms vs baseline {bq:.1} ms {requests}; {} of canary requests are slower than baseline {qname} × {:.2}, {} of baseline's beyond its {qname} (fails above as many, passes once above {:.1} times as many, or {}, is ruled out); {why}",
                 pct(c_share),
                 1.0 + tol,
                 pct(b_share),
                 super::TAIL_PASS_RATIO,
+                pct((1.0 - q) * super::TAIL_PASS_RATIO),
             )
         } else {
             format!(

@@ -500,3 +500,46 @@ fn verdicts_read_in_words() {
         "no estimate is worse than allowed and the canary had 60,000 requests (at least 200): the step may take more traffic"
     );
 }
+
+#[test]
+fn a_tail_with_nothing_beyond_the_quantile_still_passes() {
+    // Latencies that take three values (8, 20 and 60 ms): nothing lies beyond the baseline's
+    // p99, so the ratio of tail shares never concludes; the share against the quantile's own
+    // does. Identical arms, 100 and 300 requests a second, five minutes.
+    let shape = |n: u64| -> Vec<u64> {
+        (0..n)
+            .map(|i| match i * 10 / n {
+                0..=4 => 8_000,
+                5..=8 => 20_000,
+                _ => 60_000,
+            })
+            .collect()
+    };
+    let mut a = StepAnalysis::new(AnalysisSpec::default());
+    let mut tail = None;
+    for _ in 0..300 {
+        a.observe(
+            Duration::from_secs(1),
+            &Hand(100, 1, shape(100)),
+            &Hand(300, 3, shape(300)),
+        );
+        let j = a.look();
+        tail = j.checks.iter().find(|c| c.check == "latency-tail").cloned();
+    }
+    let tail = tail.expect("a latency-tail check");
+    assert_eq!(tail.verdict, Verdict::Pass, "{}", tail.summary);
+    // A canary whose tail is 30 % of its requests at 90 ms never passes it.
+    let mut slow = StepAnalysis::new(AnalysisSpec::default());
+    for _ in 0..300 {
+        let mut canary = shape(100);
+        canary.iter_mut().take(30).for_each(|v| *v = 90_000);
+        slow.observe(
+            Duration::from_secs(1),
+            &Hand(100, 1, canary),
+            &Hand(300, 3, shape(300)),
+        );
+        let j = slow.look();
+        let t = j.checks.iter().find(|c| c.check == "latency-tail").unwrap();
+        assert_ne!(t.verdict, Verdict::Pass, "{}", t.summary);
+    }
+}
