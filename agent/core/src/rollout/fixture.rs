@@ -43,18 +43,7 @@ impl Rollout {
 
     /// A canary strategy with these steps (weight %, pause).
     pub fn with_steps(mut self, steps: &[(u32, Pause)]) -> Self {
-        self.spec.strategy = Strategy {
-            canary: Some(CanaryStrategy {
-                steps: steps
-                    .iter()
-                    .map(|(weight, pause)| CanaryStep {
-                        weight: *weight,
-                        pause: pause.clone(),
-                    })
-                    .collect(),
-            }),
-            ..Default::default()
-        };
+        self.spec.strategy = Strategy::canary_steps(steps);
         self
     }
 
@@ -67,6 +56,24 @@ impl Rollout {
     pub fn with_status(mut self, status: RolloutStatus) -> Self {
         self.status = Some(status);
         self
+    }
+}
+
+impl Strategy {
+    /// A canary strategy with these steps (weight %, pause).
+    pub fn canary_steps(steps: &[(u32, Pause)]) -> Self {
+        Strategy {
+            canary: Some(CanaryStrategy {
+                steps: steps
+                    .iter()
+                    .map(|(weight, pause)| CanaryStep {
+                        weight: *weight,
+                        pause: pause.clone(),
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
     }
 }
 

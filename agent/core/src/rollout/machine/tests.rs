@@ -39,18 +39,7 @@ pub(super) fn pause(secs: Option<u64>, analysis: bool, promoted: bool) -> crate:
 }
 
 pub(super) fn canary(steps: &[(u32, crate::rollout::Pause)]) -> Strategy {
-    Strategy {
-        canary: Some(CanaryStrategy {
-            steps: steps
-                .iter()
-                .map(|(weight, pause)| CanaryStep {
-                    weight: *weight,
-                    pause: pause.clone(),
-                })
-                .collect(),
-        }),
-        ..Default::default()
-    }
+    Strategy::canary_steps(steps)
 }
 
 /// A rollout being ticked, keeping every action.
