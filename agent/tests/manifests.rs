@@ -1,4 +1,4 @@
-//! manifests/agent.yaml works as shipped: every document parses, the Deployment's args are a
+//! manifests/install/base/agent.yaml works as shipped: every document parses, the Deployment's args are a
 //! valid `fledge-agent kube` command line whose listen ports are the container's ports, the
 //! Service and the probes point at those ports, the pod runs as non-root on a read-only root
 //! file system, and every filter install's agent cluster names this Service. The ClusterRole's
@@ -38,7 +38,7 @@ fn text(v: &Value) -> &str {
 
 #[test]
 fn the_agent_manifest_matches_the_cli_and_its_service() {
-    let docs = docs("agent.yaml");
+    let docs = docs("install/base/agent.yaml");
     let kinds: Vec<&str> = docs.iter().map(|d| text(&d["kind"])).collect();
     assert_eq!(
         kinds,

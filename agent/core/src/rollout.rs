@@ -28,7 +28,7 @@ pub use status::{AnalysisRecord, Decision, Phase, RolloutStatus, Verdict};
 pub use validate::{InvalidRollout, Problem};
 
 /// The Rollout CustomResourceDefinition as YAML for `kubectl apply`, as committed in
-/// `manifests/crd.yaml` (`fledge-agent crd` prints it; a test keeps the file in step).
+/// `manifests/install/base/crd.yaml` (`fledge-agent crd` prints it; a test keeps the file in step).
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
     let body = serde_norway::to_string(&Rollout::crd())

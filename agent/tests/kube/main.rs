@@ -4,7 +4,7 @@
 //! same statuses and VirtualServices; a concurrent edit is not overwritten and is retried; a
 //! Rollout that does not read is a problem while others proceed; the status survives a restart;
 //! readiness waits for the Rollout cache; errors name the object and the missing permission;
-//! and the ClusterRole in manifests/agent.yaml grants exactly what the store used.
+//! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
 
 mod apiserver;
 
@@ -456,7 +456,7 @@ async fn errors_name_the_object_and_the_missing_permission() {
         .expect("no CRD, no store")
         .to_string();
     assert!(
-        err.starts_with("cannot list Rollouts in namespace shop: the Rollout CustomResourceDefinition (rollouts.fledge.dev, version v1alpha1) is not installed: kubectl apply -f manifests/crd.yaml"),
+        err.starts_with("cannot list Rollouts in namespace shop: the Rollout CustomResourceDefinition (rollouts.fledge.dev, version v1alpha1) is not installed: kubectl apply -f manifests/install/base/crd.yaml"),
         "{err}"
     );
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
@@ -486,10 +486,10 @@ fn granted(role: &Value) -> BTreeSet<Access> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_role_grants_exactly_what_the_store_uses() {
-    let role = yaml_docs(&manifests().join("agent.yaml"))
+    let role = yaml_docs(&manifests().join("install/base/agent.yaml"))
         .into_iter()
         .find(|d| d["kind"] == "ClusterRole")
-        .expect("a ClusterRole in manifests/agent.yaml");
+        .expect("a ClusterRole in manifests/install/base/agent.yaml");
     let granted = granted(&role);
 
     let server = cluster().await;

@@ -209,14 +209,14 @@ fn misspelt_fields_are_refused_when_read() {
     assert!(err.contains("untilAnalysisPass"), "{err}");
 }
 
-/// `manifests/crd.yaml` is what `fledge-agent crd` prints today.
+/// `manifests/install/base/crd.yaml` is what `fledge-agent crd` prints today.
 #[test]
 fn the_committed_crd_manifest_is_current() {
-    let path = examples_dir().join("../crd.yaml");
+    let path = examples_dir().join("../install/base/crd.yaml");
     let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     assert!(
         committed == crd_yaml(),
-        "{path:?} is stale: regenerate it with `cargo run -p fledge-agent -- crd > manifests/crd.yaml`"
+        "{path:?} is stale: regenerate it with `cargo run -p fledge-agent -- crd > manifests/install/base/crd.yaml`"
     );
 }
 

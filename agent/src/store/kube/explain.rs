@@ -91,7 +91,7 @@ pub(super) fn unlistable(e: ::kube::Error, scope: &Scope) -> Error {
     let why = match &e {
         ::kube::Error::Api(status) if status.code == 404 => format!(
             "the Rollout CustomResourceDefinition (rollouts.fledge.dev, version v1alpha1) is not \
-             installed: kubectl apply -f manifests/crd.yaml ({})",
+             installed: kubectl apply -f manifests/install/base/crd.yaml ({})",
             status.message
         ),
         _ => why(&e, "list", "rollouts.fledge.dev"),
@@ -132,7 +132,7 @@ fn why(e: &::kube::Error, verb: &str, resource: &str) -> String {
         ::kube::Error::Api(status) => match status.code {
             403 => format!(
                 "forbidden: the agent's ServiceAccount needs RBAC verb `{verb}` on `{resource}` \
-                 (the ClusterRole in manifests/agent.yaml grants it): {}",
+                 (the ClusterRole in manifests/install/base/agent.yaml grants it): {}",
                 status.message
             ),
             401 => format!(
