@@ -99,7 +99,7 @@ impl DemoConfig {
             users: 500,
             seed: 7,
             linger: Duration::from_secs(2),
-            timeout: Duration::from_secs(110),
+            timeout: Duration::from_secs(480),
         })
     }
 }

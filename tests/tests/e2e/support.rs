@@ -17,7 +17,7 @@ pub fn config(scenario: Scenario) -> DemoConfig {
         hold: Duration::from_secs(10),
         rate: 150.0,
         users: 300,
-        timeout: Duration::from_secs(90),
+        timeout: Duration::from_secs(420),
         ..config
     }
 }
