@@ -196,24 +196,20 @@ pub fn look(at: &[u64], requests: u64) -> LookResult {
     use fledge_core::analysis::{AnalysisSpec, StepAnalysis};
     use fledge_core::windows::Second;
     let now_ms = 1_800_000_000_000;
-    let canary: Vec<Second> = sample_reports(8, requests, now_ms, 3)
-        .iter()
-        .flat_map(|r| validate(r, now_ms, 120_000).expect("valid").series)
-        .map(|(_, d)| {
-            let mut s = Second::default();
-            s.add(&d);
-            s
-        })
-        .collect();
-    let baseline: Vec<Second> = sample_reports(8, requests * 9, now_ms, 4)
-        .iter()
-        .flat_map(|r| validate(r, now_ms, 120_000).expect("valid").series)
-        .map(|(_, d)| {
-            let mut s = Second::default();
-            s.add(&d);
-            s
-        })
-        .collect();
+    // One second per validated series of made-up reports, as the store keeps them.
+    let seconds = |requests: u64, seed: u64| -> Vec<Second> {
+        sample_reports(8, requests, now_ms, seed)
+            .iter()
+            .flat_map(|r| validate(r, now_ms, 120_000).expect("valid").series)
+            .map(|(_, d)| {
+                let mut s = Second::default();
+                s.add(&d);
+                s
+            })
+            .collect()
+    };
+    let canary = seconds(requests, 3);
+    let baseline = seconds(requests * 9, 4);
     let mut analysis = StepAnalysis::new(AnalysisSpec::default());
     let mut looks = Vec::new();
     let mut fed = 0u64;
