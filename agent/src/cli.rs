@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -66,7 +66,7 @@ impl WaitOutcome {
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl ApiClient {
@@ -164,10 +164,18 @@ impl ApiClient {
             url: url.clone(),
             reason,
         };
-        let request = Request::builder()
-            .method(method)
-            .uri(&url)
-            .body(Empty::new())
+        // A command is a POST with a JSON body: the API refuses any other kind (see http::guard).
+        let (body, content_type) = if method == Method::POST {
+            (Bytes::from_static(b"{}"), Some("application/json"))
+        } else {
+            (Bytes::new(), None)
+        };
+        let mut request = Request::builder().method(method).uri(&url);
+        if let Some(content_type) = content_type {
+            request = request.header(hyper::header::CONTENT_TYPE, content_type);
+        }
+        let request = request
+            .body(Full::new(body))
             .map_err(|e| ClientError::BadUrl {
                 url: url.clone(),
                 reason: e.to_string(),

@@ -3,7 +3,8 @@
 //! and evidence, `POST /api/v1/rollouts/{ns}/{name}/{promote|abort|pause|resume}` for commands.
 //!
 //! An adapter only: it converts HTTP to calls on a [`ControlPlane`] and back. What a command
-//! does is the rollout state machine's business, not this module's.
+//! does is the rollout state machine's business, not this module's; who may send one over HTTP
+//! is [`guard`]'s (no web page, JSON only, loopback names on a loopback listener).
 
 use std::sync::Arc;
 
@@ -11,11 +12,13 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use fledge_core::rollout::{UnknownCommand, UserCommand};
 
+pub use self::guard::Guard;
 use crate::metrics::Metrics;
 use crate::plane::{ControlPlane, UnknownRollout};
 
@@ -66,18 +69,21 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// The agent's HTTP routes.
-pub fn router(plane: Arc<dyn ControlPlane>, metrics: Arc<Metrics>) -> Router {
+/// The agent's HTTP routes; commands pass `guard` first.
+pub fn router(plane: Arc<dyn ControlPlane>, metrics: Arc<Metrics>, guard: Guard) -> Router {
+    let commands = Router::new()
+        .route(
+            "/api/v1/rollouts/{namespace}/{name}/{command}",
+            post(command),
+        )
+        .route_layer(middleware::from_fn_with_state(guard, guard::mutations));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/rollouts", get(list))
         .route("/api/v1/rollouts/{namespace}/{name}", get(one))
-        .route(
-            "/api/v1/rollouts/{namespace}/{name}/{command}",
-            post(command),
-        )
+        .merge(commands)
         .with_state(AppState { plane, metrics })
 }
 
@@ -132,6 +138,8 @@ async fn command(
         Json(serde_json::json!({ "accepted": command, "rollout": format!("{namespace}/{name}") })),
     ))
 }
+
+pub mod guard;
 
 #[cfg(test)]
 mod tests;

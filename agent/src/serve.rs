@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::controller::Controller;
-use crate::http::router;
+use crate::http::{Guard, router};
 use crate::metrics::Metrics;
 use crate::store::RolloutStore;
 use fledge_core::windows::Windows;
@@ -93,7 +93,10 @@ impl Agent {
         let telemetry = Arc::new(Mutex::new(windows));
         let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone()).into_server();
-        let api = router(Arc::new(controller.clone()), metrics.clone());
+        let guard = Guard {
+            loopback: http_addr.ip().is_loopback(),
+        };
+        let api = router(Arc::new(controller.clone()), metrics.clone(), guard);
 
         let closed = hub.closed();
         let grpc = tokio::spawn(async move {

@@ -61,7 +61,7 @@ fn rollout(ns: &str, name: &str, phase: &str) -> Value {
 
 async fn serve(plane: Arc<Recording>) -> (String, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let app = router(plane, metrics.clone());
+    let app = router(plane, metrics.clone(), Guard { loopback: true });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -180,6 +180,33 @@ async fn errors_name_what_was_wrong() {
     );
 }
 
+/// A POST with the given headers and body, answered as (status, JSON body).
+async fn post(
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> (u16, Value) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut request = hyper::Request::post(format!("{base}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, serde_json::from_slice(&body).expect("json"))
+}
+
 #[tokio::test]
 async fn unknown_command_is_a_bad_request() {
     let plane = Arc::new(Recording::default());
@@ -189,22 +216,67 @@ async fn unknown_command_is_a_bad_request() {
         .expect("lock")
         .push(rollout("shop", "reviews", "Progressing"));
     let (base, _) = serve(plane).await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let request = hyper::Request::post(format!("{base}/api/v1/rollouts/shop/reviews/restart"))
-        .body(http_body_util::Empty::new())
-        .expect("request");
-    let response = client.request(request).await.expect("response");
-    assert_eq!(response.status(), 400);
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    let body: Value = serde_json::from_slice(&body).expect("json");
+    let json = [("content-type", "application/json")];
+    let (status, body) = post(&base, "/api/v1/rollouts/shop/reviews/restart", &json, "{}").await;
+    assert_eq!(status, 400);
     assert_eq!(
         body["error"],
         "unknown command \"restart\": expected one of promote, abort, pause, resume"
     );
+}
+
+#[tokio::test]
+async fn commands_from_web_pages_forms_and_foreign_hosts_are_refused() {
+    let plane = Arc::new(Recording::default());
+    plane
+        .rollouts
+        .lock()
+        .expect("lock")
+        .push(rollout("shop", "reviews", "Progressing"));
+    let (base, _) = serve(plane.clone()).await;
+    let path = "/api/v1/rollouts/shop/reviews/abort";
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+    let cases: [Case; 4] = [
+        (
+            &[
+                ("content-type", "application/json"),
+                ("origin", "http://evil.example"),
+            ],
+            "{}",
+            403,
+            "commands are not taken from web pages",
+        ),
+        (
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "a=1",
+            415,
+            "a command's body must be JSON",
+        ),
+        (&[("content-type", "text/plain")], "{}", 415, "must be JSON"),
+        (
+            &[
+                ("content-type", "application/json"),
+                ("host", "evil.example:9091"),
+            ],
+            "{}",
+            403,
+            "takes commands only for Host localhost",
+        ),
+    ];
+    for (headers, body, expected, needle) in cases {
+        let (status, answer) = post(&base, path, headers, body).await;
+        assert_eq!(status, expected, "{headers:?}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    }
+    assert!(
+        plane.commands.lock().expect("lock").is_empty(),
+        "no command got through"
+    );
+
+    let json = [("content-type", "application/json")];
+    assert_eq!(post(&base, path, &json, "{}").await.0, 202);
+    assert_eq!(plane.commands.lock().expect("lock").len(), 1);
 }
 
 #[tokio::test]

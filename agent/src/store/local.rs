@@ -20,13 +20,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Error, Listing, ObjectKey, Result, RolloutEvent, RolloutStore};
-use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
+use fledge_core::rollout::{EventKind, Phase, Rollout, RolloutStatus};
 
 const ROLLOUT_API: &str = "fledge.dev/v1alpha1";
 
@@ -36,6 +36,8 @@ const ROLLOUT_API: &str = "fledge.dev/v1alpha1";
 pub struct LocalStore {
     dir: PathBuf,
     writes: AtomicU64,
+    /// Whether the temporaries a killed agent left behind were removed (on the first listing).
+    swept: AtomicBool,
 }
 
 /// One YAML document of one file.
@@ -60,6 +62,7 @@ impl LocalStore {
         Self {
             dir: dir.into(),
             writes: AtomicU64::new(0),
+            swept: AtomicBool::new(false),
         }
     }
 
@@ -114,8 +117,33 @@ impl LocalStore {
             .map_err(io("append to", &path))
     }
 
+    /// Removes the temporary files of [`Self::write_atomically`] that another process (an agent
+    /// killed between create and rename) left in the folder or under `status/`. The file they
+    /// were to replace is intact: the rename never happened.
+    fn sweep_temporaries(&self) {
+        if self.swept.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let own = format!(".{}-", std::process::id());
+        for dir in [self.dir.clone(), self.dir.join("status")] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let stale = name.is_some_and(|n| {
+                    n.starts_with('.') && n.ends_with(".tmp") && !n.contains(&own)
+                });
+                if stale && fs::remove_file(&path).is_ok() {
+                    tracing::info!(path = %path.display(), "removed a temporary file left by an interrupted write");
+                }
+            }
+        }
+    }
+
     /// Every document of every YAML file, files in name order; unreadable files as problems.
     fn documents(&self) -> Result<(Vec<Doc>, Vec<Error>)> {
+        self.sweep_temporaries();
         let io = |source| Error::Io {
             action: "list",
             at: self.dir.display().to_string(),
@@ -168,6 +196,11 @@ impl LocalStore {
                     continue;
                 }
             };
+            // The key names files under status/: only a Kubernetes name may do that.
+            if let Err(e) = key.check() {
+                problems.push(unreadable(e.to_string()));
+                continue;
+            }
             if let Some(first) = seen.get(&key) {
                 problems.push(Error::Duplicate {
                     kind: "Rollout",
@@ -215,6 +248,20 @@ impl LocalStore {
             at: path.display().to_string(),
             problem: e.to_string(),
         })?;
+        // A status that has started has the generation it was computed from; one without it was
+        // damaged, and taking it as new would start the rollout again from its first step.
+        if file.status.phase != Phase::Pending && file.status.observed_generation.is_none() {
+            return Err(Error::Unreadable {
+                kind: "status of Rollout",
+                key: key.to_string(),
+                at: path.display().to_string(),
+                problem: format!(
+                    "status.observedGeneration is missing from a {} status: restore the file, \
+                     or delete it to start the rollout again from its first step",
+                    file.status.phase
+                ),
+            });
+        }
         let generation = if file.spec_digest == digest(r) {
             file.generation
         } else {
@@ -379,7 +426,11 @@ fn read_documents(path: &Path) -> Result<Vec<Value>> {
     })?;
     let mut out = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
-        match Value::deserialize(doc) {
+        // Read as YAML's own value first: it refuses a key given twice (which is also what two
+        // objects without the `---` between them look like) instead of keeping the last one.
+        let value = serde_norway::Value::deserialize(doc)
+            .and_then(|v| serde_json::to_value(v).map_err(serde::de::Error::custom));
+        match value {
             Ok(Value::Null) => {}
             Ok(v) => out.push(v),
             Err(e) => {

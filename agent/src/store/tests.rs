@@ -189,6 +189,106 @@ async fn broken_files_are_reported_without_hiding_good_ones() {
     );
 }
 
+#[tokio::test]
+async fn names_that_could_collide_or_escape_the_folder_are_refused() {
+    let dir = folder();
+    let canary = fs::read_to_string(dir.path().join("canary.yaml")).unwrap();
+    let named = |namespace: &str, name: &str| {
+        canary.replace(
+            "name: reviews\n  namespace: shop",
+            &format!("name: {name}\n  namespace: {namespace}"),
+        )
+    };
+    // Both would have been `status/a_b_c.yaml`; the third would have written outside the folder.
+    fs::write(dir.path().join("x1.yaml"), named("a_b", "c")).unwrap();
+    fs::write(dir.path().join("x2.yaml"), named("a", "b_c")).unwrap();
+    fs::write(dir.path().join("x3.yaml"), named("../../../escaped", "x")).unwrap();
+
+    let store = LocalStore::new(dir.path());
+    let listing = store.rollouts().await.unwrap();
+    let keys: Vec<_> = listing.rollouts.iter().map(|r| r.key()).collect();
+    assert_eq!(keys, ["shop/reviews"]);
+    let problems: Vec<String> = listing.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    for needle in [
+        "Rollout a_b/c in ",
+        "metadata.namespace \"a_b\" may hold only lower-case letters, digits and '-'",
+        "Rollout a/b_c in ",
+        "metadata.name \"b_c\" may hold only",
+        "metadata.namespace \"../../../escaped\" may hold only",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{needle}: {problems:#?}"
+        );
+    }
+    let r = &listing.rollouts[0];
+    store
+        .write_status(r, &rollout::step(r, None, &[], at(0)).0)
+        .await
+        .unwrap();
+    assert_eq!(files(&dir.path().join("status")), ["shop_reviews.yaml"]);
+    let parent = dir.path().parent().unwrap();
+    assert!(!parent.join("escaped_x.yaml").exists());
+}
+
+#[tokio::test]
+async fn damaged_files_that_still_parse_are_refused_with_the_reason() {
+    // A status that has started but lost its observedGeneration would restart the rollout.
+    let dir = folder();
+    let store = LocalStore::new(dir.path());
+    let r = store.rollouts().await.unwrap().rollouts.remove(0);
+    let (status, _) = rollout::step(&r, None, &[UserCommand::Abort], at(0));
+    assert_eq!(status.phase, Phase::Aborted);
+    store.write_status(&r, &status).await.unwrap();
+    let path = dir.path().join("status/shop_reviews.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("observedGeneration: 1"), "{text}");
+    fs::write(&path, text.replace("  observedGeneration: 1\n", "")).unwrap();
+    let listing = LocalStore::new(dir.path()).rollouts().await.unwrap();
+    assert!(
+        listing.rollouts.is_empty(),
+        "the Rollout is left alone, not restarted"
+    );
+    let problem = listing.problems[0].to_string();
+    assert!(
+        problem.contains("status.observedGeneration is missing from a Aborted status"),
+        "{problem}"
+    );
+
+    // Two objects without the `---` between them are one mapping with every key twice: refused,
+    // not read as the second object alone.
+    let dir = folder();
+    let vs = fs::read_to_string(dir.path().join("virtualservice.yaml")).unwrap();
+    let canary = fs::read_to_string(dir.path().join("canary.yaml")).unwrap();
+    fs::write(
+        dir.path().join("canary.yaml"),
+        format!("{}\n{canary}", vs.trim_start_matches("---\n")),
+    )
+    .unwrap();
+    let listing = LocalStore::new(dir.path()).rollouts().await.unwrap();
+    assert!(listing.rollouts.is_empty());
+    let problem = listing.problems[0].to_string();
+    assert!(
+        problem.contains("duplicate entry with key \"apiVersion\""),
+        "{problem}"
+    );
+    assert!(problem.contains("canary.yaml"), "{problem}");
+
+    // The temporary file of a write cut short by a kill is removed; the object it was to replace
+    // is intact.
+    let dir = folder();
+    let stale = dir.path().join(".virtualservice.yaml.4242424-7.tmp");
+    fs::write(&stale, "half a fi").unwrap();
+    fs::create_dir(dir.path().join("status")).unwrap();
+    let stale_status = dir.path().join("status/.shop_reviews.yaml.4242424-8.tmp");
+    fs::write(&stale_status, "phase: Progr").unwrap();
+    let listing = LocalStore::new(dir.path()).rollouts().await.unwrap();
+    assert_eq!(listing.rollouts.len(), 1, "{:?}", listing.problems);
+    assert!(!stale.exists() && !stale_status.exists());
+    assert!(dir.path().join("virtualservice.yaml").exists());
+}
+
 /// One agent tick against the store, as the reconcile loop will do it: read, step, write the
 /// routes, persist the status. A new store each time: the agent restarts between every tick.
 async fn tick(dir: &Path, secs: i64, verdict: Option<Verdict>, commands: &[UserCommand]) -> Phase {

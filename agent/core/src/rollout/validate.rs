@@ -37,10 +37,10 @@ impl Rollout {
     /// Checks the whole object; the error lists every problem found.
     pub fn validate(&self) -> Result<(), InvalidRollout> {
         let mut problems = Vec::new();
-        if self.metadata.name.as_deref().unwrap_or("").is_empty() {
+        if let Err(e) = crate::key::ObjectKey::of(self).check() {
             problems.push(Problem {
-                field: "metadata.name".into(),
-                problem: "is empty".into(),
+                field: format!("metadata.{}", e.field),
+                problem: format!("{:?} {}", e.value, e.problem),
             });
         }
         problems.extend(self.spec.problems());
