@@ -235,17 +235,31 @@ impl<S: RolloutStore + 'static> Controller<S> {
 
         let mut state = self.lock();
         if let Err(e) = applied {
-            state
-                .commands
-                .entry(key.clone())
-                .or_default()
-                .splice(0..0, commands);
+            if !e.status_written {
+                // Nothing of this tick stands: its commands are given again next time.
+                state
+                    .commands
+                    .entry(key.clone())
+                    .or_default()
+                    .splice(0..0, commands);
+            }
             if let Some(entry) = state.entries.get_mut(key) {
+                if e.status_written {
+                    // The intent is persisted: it stands, and its routes are applied again
+                    // after the wait, as a restarted agent would.
+                    if plan.finished() {
+                        judge.reset();
+                    }
+                    entry.persisted = Some(plan.status.clone());
+                    entry.persisted_at = Some(now);
+                    entry.rollout.status = Some(plan.status);
+                    entry.routing_applied = false;
+                }
                 entry.judge = judge;
                 entry.failures += 1;
                 let wait = planner::retry_after(e.failure, entry.failures);
                 entry.retry_at = Some(Instant::now() + wait);
-                tracing::warn!(error = %e, failure = e.failure.label(), retry_in = ?wait, "routing write failed; status kept until it succeeds");
+                tracing::warn!(error = %e, failure = e.failure.label(), retry_in = ?wait, "write failed; will retry");
             }
             return;
         }

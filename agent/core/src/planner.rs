@@ -67,9 +67,10 @@ impl Notice {
     }
 }
 
-/// What to write for one tick, in order: routing first (a failed routing write leaves the status
-/// unpersisted, so the next tick tries the same transition again), then the events, then the
-/// status when it changed.
+/// What to write for one tick, in order: the status when it changed (it is the intent: a
+/// failed status write writes nothing else, and the next tick tries the same transition again),
+/// then the routing that status stands for (a failed routing write is retried from the persisted
+/// status, as a restarted agent would), then the events.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TickPlan {
     pub status: RolloutStatus,

@@ -1,10 +1,15 @@
-//! Carries out one rollout's [`TickPlan`]: the VirtualService and the filters' table first, then
-//! the events, then the status — each write timed and counted by what it wrote and how it ended
-//! (`fledge_agent_writes_total{write,result}`, `fledge_agent_write_duration_seconds{write}`).
+//! Carries out one rollout's [`TickPlan`]: the status first, then the VirtualService and the
+//! filters' table, then the events — each write timed and counted by what it wrote and how it
+//! ended (`fledge_agent_writes_total{write,result}`, `fledge_agent_write_duration_seconds{write}`).
+//!
+//! The status goes first because it is the intent: an agent killed between the two writes (or
+//! a leader that dies there) leaves a status one step ahead of the routes, and the next agent
+//! re-applies the routes that status stands for. The other order left routes ahead of the
+//! status, and the next agent moved the weight back to the persisted step's.
 //!
 //! The split linkerd's policy-controller uses: the planner computes what to write, this applies
-//! it. It decides nothing: a failed routing write is returned, typed, and the controller waits
-//! as `planner::retry_after` says before the same transition is tried again.
+//! it. It decides nothing: a failed write is returned, typed, and the controller waits as
+//! `planner::retry_after` says before trying again.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,14 +23,18 @@ use crate::metrics::Metrics;
 use crate::store::{RolloutEvent, RolloutStore};
 use crate::telemetry::Hub;
 
-/// A routing write that failed; the status was not persisted.
+/// A write that failed, and whether the status (the intent) was persisted before it.
 #[derive(Debug, thiserror::Error)]
-#[error("{failure:?} writing the routing of Rollout {rollout}: {message}")]
+#[error("{failure:?} writing the {write} of Rollout {rollout}: {message}")]
 pub struct ApplyError {
     pub rollout: ObjectKey,
+    /// `status` or `routing`.
+    pub write: &'static str,
     pub failure: WriteFailure,
     /// What went wrong, naming the object and, where there is one, the field.
     pub message: String,
+    /// The plan's status was written: the routes behind it are still to be applied.
+    pub status_written: bool,
 }
 
 /// What the controller writes with.
@@ -49,15 +58,19 @@ impl<S: RolloutStore> Applier<S> {
     /// Applies `plan` for `rollout` (the rollout as it was before the tick).
     pub async fn apply(&self, rollout: &Rollout, plan: &TickPlan) -> Result<(), ApplyError> {
         let key = ObjectKey::of(rollout);
+        if plan.status_changed {
+            self.status(&key, rollout, &plan.status).await?;
+        }
         if let Some(intent) = &plan.routing {
             self.routing(&key, rollout, intent, plan.status.routing_revision)
-                .await?;
+                .await
+                .map_err(|e| ApplyError {
+                    status_written: plan.status_changed,
+                    ..e
+                })?;
         }
         for notice in &plan.notices {
             self.notice(&key, rollout, &plan.status, notice).await;
-        }
-        if plan.status_changed {
-            self.status(rollout, &plan.status).await;
         }
         Ok(())
     }
@@ -79,8 +92,10 @@ impl<S: RolloutStore> Applier<S> {
             );
             ApplyError {
                 rollout: key.clone(),
+                write: "routing",
                 failure,
                 message,
+                status_written: false,
             }
         };
         let vs_key = ObjectKey::virtual_service_of(rollout);
@@ -143,15 +158,31 @@ impl<S: RolloutStore> Applier<S> {
 
     /// Persists the status. A failure is logged and the next change writes it again; the loop's
     /// own copy stays the truth meanwhile.
-    async fn status(&self, rollout: &Rollout, status: &RolloutStatus) {
+    /// Persists the status; on failure nothing else of the plan is written.
+    async fn status(
+        &self,
+        key: &ObjectKey,
+        rollout: &Rollout,
+        status: &RolloutStatus,
+    ) -> Result<(), ApplyError> {
         let started = Instant::now();
         let result = self.store.write_status(rollout, status).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
-            Ok(()) => self.metrics.wrote("status", "ok", seconds),
+            Ok(()) => {
+                self.metrics.wrote("status", "ok", seconds);
+                Ok(())
+            }
             Err(e) => {
-                self.metrics.wrote("status", e.failure().label(), seconds);
-                tracing::warn!(error = %e, "cannot persist status; will retry");
+                let failure = e.failure();
+                self.metrics.wrote("status", failure.label(), seconds);
+                Err(ApplyError {
+                    rollout: key.clone(),
+                    write: "status",
+                    failure,
+                    message: e.to_string(),
+                    status_written: false,
+                })
             }
         }
     }

@@ -2,11 +2,13 @@
 //! checked; no real API server can run here). A whole canary is driven through the real
 //! controller with synthetic telemetry, side by side with the local store, and must write the
 //! same statuses and VirtualServices; a concurrent edit is not overwritten and is retried; a
-//! Rollout that does not read is a problem while others proceed; the status survives a restart;
+//! Rollout that does not read is a problem while others proceed; the status survives a restart
+//! and an agent killed between the status and the routes (`crash.rs`) moves no weight backward;
 //! readiness waits for the Rollout cache; errors name the object and the missing permission;
 //! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
 
 mod apiserver;
+mod crash;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -307,10 +309,10 @@ async fn a_concurrent_edit_is_not_overwritten_and_is_retried() {
         1,
         "no fledge routes yet: {vs:#}"
     );
+    let status = kube_status(&server).expect("the status, the intent, is written first");
     assert_eq!(
-        kube_status(&server),
-        None,
-        "the status waits for the routes"
+        status.canary_weight, 10,
+        "the routes follow the status when their write succeeds"
     );
 
     // The next attempt, after the backoff, reads the edited object and writes on top of it.
