@@ -93,14 +93,29 @@ impl ApiClient {
 
     /// Every rollout the agent knows, with status.
     pub async fn list(&self) -> Result<Vec<Value>> {
+        Ok(self.listing().await?.0)
+    }
+
+    /// Every rollout the agent knows, and the objects it cannot read (each with the reason).
+    pub async fn listing(&self) -> Result<(Vec<Value>, Vec<String>)> {
         let body = self.call(Method::GET, "/api/v1/rollouts").await?;
-        match body.get("items").and_then(Value::as_array) {
-            Some(items) => Ok(items.clone()),
-            None => Err(ClientError::Decode {
+        let Some(items) = body.get("items").and_then(Value::as_array) else {
+            return Err(ClientError::Decode {
                 url: format!("{}/api/v1/rollouts", self.base),
                 reason: "no `items` array".into(),
-            }),
-        }
+            });
+        };
+        let problems = body
+            .get("problems")
+            .and_then(Value::as_array)
+            .map(|p| {
+                p.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((items.clone(), problems))
     }
 
     /// One rollout, named `NAME` (in `default_ns`) or `NAMESPACE/NAME`.

@@ -51,6 +51,8 @@ struct State {
     entries: BTreeMap<ObjectKey, Entry>,
     commands: HashMap<ObjectKey, Vec<UserCommand>>,
     loaded: bool,
+    /// What the last listing could not read, each naming the object, the file and the reason.
+    problems: Vec<String>,
 }
 
 /// The loop's shared state; cheap to clone.
@@ -119,12 +121,15 @@ impl<S: RolloutStore + 'static> Controller<S> {
                 return;
             }
         };
-        for problem in &listing.problems {
-            tracing::warn!(error = %problem, "skipping a Rollout that cannot be read");
-        }
+        let problems: Vec<String> = listing.problems.iter().map(ToString::to_string).collect();
         let keys: Vec<ObjectKey> = listing.rollouts.iter().map(ObjectKey::of).collect();
         {
             let mut state = self.lock();
+            // Said once when it appears, not every tick; the API shows it for as long as it lasts.
+            for problem in problems.iter().filter(|p| !state.problems.contains(p)) {
+                tracing::warn!(error = %problem, "an object cannot be read; it is left alone until fixed");
+            }
+            state.problems = problems;
             state.entries.retain(|k, _| keys.contains(k));
             for rollout in &listing.rollouts {
                 let key = ObjectKey::of(rollout);
@@ -302,6 +307,10 @@ impl<S: RolloutStore + 'static> ControlPlane for Controller<S> {
         }
         state.commands.entry(key).or_default().push(command);
         Ok(())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.lock().problems.clone()
     }
 
     fn ready(&self) -> bool {

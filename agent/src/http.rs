@@ -1,6 +1,6 @@
 //! The agent's HTTP surface (axum): health, readiness, Prometheus metrics, and the rollout API
 //! the CLI and people use — `GET /api/v1/rollouts[/{ns}/{name}]` for objects with their status
-//! and evidence, `POST /api/v1/rollouts/{ns}/{name}/{promote|abort|pause|resume}` for commands.
+//! and evidence (the list also names the objects that cannot be read, under `problems`), `POST /api/v1/rollouts/{ns}/{name}/{promote|abort|pause|resume}` for commands.
 //!
 //! An adapter only: it converts HTTP to calls on a [`ControlPlane`] and back. What a command
 //! does is the rollout state machine's business, not this module's; who may send one over HTTP
@@ -107,7 +107,10 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 }
 
 async fn list(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "items": state.plane.rollouts() }))
+    Json(serde_json::json!({
+        "items": state.plane.rollouts(),
+        "problems": state.plane.problems(),
+    }))
 }
 
 async fn one(

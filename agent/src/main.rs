@@ -111,15 +111,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { name, api } => {
             let client = ApiClient::new(&api.api)?;
-            let rollouts = match name {
-                Some(n) => vec![client.get(&n, &api.namespace).await?],
-                None => client.list().await?,
+            let (rollouts, problems) = match name {
+                Some(n) => (vec![client.get(&n, &api.namespace).await?], Vec::new()),
+                None => client.listing().await?,
             };
             if rollouts.is_empty() {
                 println!("no rollouts");
             }
             for r in &rollouts {
                 println!("{}", summary_line(r));
+            }
+            for problem in &problems {
+                println!("cannot read: {problem}");
             }
             Ok(ExitCode::SUCCESS)
         }

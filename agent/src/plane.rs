@@ -22,6 +22,9 @@ pub trait ControlPlane: Send + Sync + 'static {
         name: &str,
         command: UserCommand,
     ) -> Result<(), UnknownRollout>;
+    /// The objects the agent cannot act on (a Rollout or status that does not read), each with
+    /// the reason, for as long as it lasts.
+    fn problems(&self) -> Vec<String>;
     /// Whether the agent has loaded its rollouts and serves telemetry.
     fn ready(&self) -> bool;
 }

@@ -16,6 +16,7 @@ use crate::cli::{ApiClient, ClientError};
 #[derive(Default)]
 struct Recording {
     rollouts: Mutex<Vec<Value>>,
+    problems: Vec<String>,
     commands: Mutex<Vec<(String, String, UserCommand)>>,
     ready: bool,
 }
@@ -43,6 +44,10 @@ impl ControlPlane for Recording {
             .expect("commands lock")
             .push((namespace.into(), name.into(), command));
         Ok(())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.problems.clone()
     }
 
     fn ready(&self) -> bool {
@@ -108,7 +113,12 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn client_lists_gets_and_commands() {
-    let plane = Arc::new(Recording::default());
+    let problem =
+        "Rollout shop/a_b in x.yaml cannot be read: metadata.name \"a_b\" may hold only …";
+    let plane = Arc::new(Recording {
+        problems: vec![problem.into()],
+        ..Recording::default()
+    });
     plane.rollouts.lock().expect("lock").extend([
         rollout("shop", "reviews", "Progressing"),
         rollout("default", "web", "Paused"),
@@ -116,8 +126,13 @@ async fn client_lists_gets_and_commands() {
     let (base, _) = serve(plane.clone()).await;
     let client = ApiClient::new(&base).expect("client");
 
-    let items = client.list().await.expect("list");
+    let (items, problems) = client.listing().await.expect("list");
     assert_eq!(items.len(), 2);
+    assert_eq!(
+        problems,
+        [problem],
+        "what cannot be read is shown, not only logged"
+    );
     let one = client.get("shop/reviews", "default").await.expect("get");
     assert_eq!(one["status"]["phase"], "Progressing");
     let web = client

@@ -367,6 +367,7 @@ async fn a_rollout_that_does_not_read_is_a_problem_while_others_proceed() {
         server.rollout("shop", "typo").unwrap()["status"].is_null(),
         "left alone"
     );
+    assert_eq!(kube.problems(), problems, "the API shows what cannot be read");
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
 }
 
