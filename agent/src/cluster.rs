@@ -36,6 +36,8 @@ pub struct Options {
     pub tick: Duration,
     /// This agent's name in the Events it records (its pod's name).
     pub instance: Option<String>,
+    /// Refuse telemetry streams without a mesh identity (the agent runs behind a sidecar).
+    pub require_peer_identity: bool,
 }
 
 /// The agent with the client the environment gives: in-cluster, else the kubeconfig.
@@ -54,6 +56,7 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         grpc: options.grpc,
         http: options.http,
         tick: options.tick,
+        require_peer_identity: options.require_peer_identity,
     };
     let agent = Agent::serve(store, listen).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");

@@ -102,6 +102,11 @@ pub struct KubeArgs {
     /// This agent's name in the Events it records (set from the pod's name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Refuse telemetry streams that carry no mesh identity in `x-forwarded-client-cert`. Only
+    /// meaningful with a sidecar in front of the agent (the install's), which sets that header
+    /// from the client's certificate and drops one a client sent.
+    #[arg(long, env = "FLEDGE_REQUIRE_PEER_IDENTITY")]
+    pub require_peer_identity: bool,
 }
 
 #[derive(Debug, Subcommand)]

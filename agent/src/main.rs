@@ -49,6 +49,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 http: args.http,
                 tick: std::time::Duration::from_secs(1),
                 instance: args.pod_name,
+                require_peer_identity: args.require_peer_identity,
             };
             fledge_agent::cluster::start(options).await?.wait().await;
             Ok(ExitCode::SUCCESS)

@@ -53,6 +53,8 @@ pub struct Listen {
     pub http: SocketAddr,
     /// Time between reconcile ticks.
     pub tick: Duration,
+    /// Refuse telemetry streams that carry no mesh identity (see `telemetry::peer`).
+    pub require_peer_identity: bool,
 }
 
 /// A running agent. Dropping it leaves it running; `stop` ends it.
@@ -92,7 +94,9 @@ impl Agent {
         windows.keep_only(Default::default());
         let telemetry = Arc::new(Mutex::new(windows));
         let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
-        let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone()).into_server();
+        let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone())
+            .requiring_peer_identity(listen.require_peer_identity)
+            .into_server();
         let guard = Guard {
             loopback: http_addr.ip().is_loopback(),
         };

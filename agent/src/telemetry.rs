@@ -9,6 +9,7 @@
 pub mod grpc;
 pub mod hdr_wire;
 pub mod hub;
+pub mod peer;
 pub mod session;
 pub mod validate;
 

@@ -1,5 +1,6 @@
 //! The telemetry server over real gRPC: reports merged, bad ones refused with their reason on
-//! their own stream only, routing tables pushed to connected filters.
+//! their own stream only, routing tables pushed to connected filters, streams bound to the mesh
+//! identity their `x-forwarded-client-cert` names.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +24,15 @@ struct Agent {
 }
 
 async fn agent() -> Agent {
+    agent_requiring_identity(false).await
+}
+
+async fn agent_requiring_identity(required: bool) -> Agent {
     let store = Arc::new(Mutex::new(Windows::new(300, 64)));
     let hub = Hub::new();
     let metrics = Arc::new(Metrics::new());
-    let service = TelemetryService::new(store.clone(), hub.clone(), metrics.clone());
+    let service = TelemetryService::new(store.clone(), hub.clone(), metrics.clone())
+        .requiring_peer_identity(required);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -49,18 +55,44 @@ struct Filter {
 }
 
 async fn connect(addr: std::net::SocketAddr) -> Filter {
+    connect_as(addr, None).await
+}
+
+/// A stream carrying `xfcc` as the agent's sidecar would set it.
+async fn connect_as(addr: std::net::SocketAddr, xfcc: Option<&str>) -> Filter {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(16);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(xfcc) = xfcc {
+        let value = xfcc.parse().unwrap();
+        request
+            .metadata_mut()
+            .insert("x-forwarded-client-cert", value);
+    }
     let replies = TelemetryClient::new(channel)
-        .connect(ReceiverStream::new(rx))
+        .connect(request)
         .await
         .unwrap()
         .into_inner();
     Filter { tx, replies }
+}
+
+/// The status a stream ends with, skipping the routing tables sent before it.
+async fn refusal(filter: &mut Filter) -> tonic::Status {
+    loop {
+        match filter.replies.message().await {
+            Ok(Some(m)) => assert!(
+                matches!(m.msg, Some(agent_message::Msg::RoutingTable(_))),
+                "{m:?}"
+            ),
+            Ok(None) => panic!("stream closed without a status"),
+            Err(status) => return status,
+        }
+    }
 }
 
 fn hello(revision: u64) -> FilterMessage {
@@ -214,4 +246,58 @@ async fn routing_tables_reach_connected_filters_and_newcomers() {
         streams.len() == 3 && streams.iter().all(|s| s.sent_revision == revision)
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_stream_that_lies_about_its_namespace_is_refused_and_an_honest_one_is_not() {
+    let agent = agent_requiring_identity(true).await;
+    let shop = "By=spiffe://cluster.local/ns/fledge-system/sa/fledge-agent;Hash=9f;Subject=\"\";URI=spiffe://cluster.local/ns/shop/sa/web";
+    let hello_in = |namespace: &str| {
+        let mut hello = Hello::test();
+        hello.namespace = namespace.into();
+        hello.message()
+    };
+    let honest = connect_as(agent.addr, Some(shop)).await;
+    honest.tx.send(hello_in("shop")).await.unwrap();
+    let first = Report::test().seq(1).errors(2, 100).latency_us(2000);
+    honest.tx.send(first.message()).await.unwrap();
+
+    let mut liar = connect_as(agent.addr, Some(shop)).await;
+    liar.tx.send(hello_in("payments")).await.unwrap();
+    let status = refusal(&mut liar).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "Hello says namespace \"payments\" but the stream's mesh identity is spiffe://cluster.local/ns/shop/sa/web; a proxy reports only for its own namespace"
+    );
+
+    let mut outsider = connect_as(agent.addr, None).await;
+    outsider.tx.send(hello_in("shop")).await.unwrap();
+    let status = refusal(&mut outsider).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("the stream carries no mesh identity"),
+        "{}",
+        status.message()
+    );
+
+    // The honest stream never noticed, and says who it is.
+    let second = Report::test().seq(2).errors(1, 50).latency_us(3000);
+    honest.tx.send(second.message()).await.unwrap();
+    eventually("the honest reports merged", || {
+        total(&agent, "v2") == (150, 3)
+    })
+    .await;
+    let streams = agent.hub.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].peer, "spiffe://cluster.local/ns/shop/sa/web");
+    let metrics = agent.metrics.render();
+    for line in [
+        "fledge_agent_reports_rejected_total{reason=\"peer_namespace\"} 1",
+        "fledge_agent_reports_rejected_total{reason=\"peer_identity\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
 }

@@ -1,8 +1,9 @@
-//! manifests/install/base/agent.yaml works as shipped: every document parses, the Deployment's args are a
-//! valid `fledge-agent kube` command line whose listen ports are the container's ports, the
-//! Service and the probes point at those ports, the pod runs as non-root on a read-only root
-//! file system, and every filter install's agent cluster names this Service. The ClusterRole's
-//! rules are checked against the calls the store makes in tests/kube (`the_cluster_role_…`).
+//! manifests/install/base/agent.yaml works as shipped: every document parses, the Deployment's
+//! args are a valid `fledge-agent kube` command line whose listen ports are the container's
+//! ports, the Service and the probes point at those ports, the pod runs as non-root on a
+//! read-only root file system behind an Istio sidecar that mesh-policy.yaml selects (STRICT
+//! mTLS, telemetry from mesh identities, HTTP reads only), and every filter install's agent
+//! cluster names this Service. The ClusterRole's rules are checked against the calls the store makes in tests/kube (`the_cluster_role_…`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use fledge_agent::config::{Cli, Command};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn docs(name: &str) -> Vec<Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -118,6 +119,42 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
         env.iter().any(|e| e["name"] == "POD_NAME"
             && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
         "Events name the pod"
+    );
+    // Telemetry streams must carry a mesh identity, which the pod's sidecar makes evidence.
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "FLEDGE_REQUIRE_PEER_IDENTITY" && e["value"] == "true"),
+        "the agent requires a mesh identity"
+    );
+    assert_eq!(labels["sidecar.istio.io/inject"], "true");
+    let policy = self::docs("install/base/mesh-policy.yaml");
+    let peer = one(&policy, "PeerAuthentication");
+    assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
+    let allow = one(&policy, "AuthorizationPolicy");
+    for object in [peer, allow] {
+        assert_eq!(object["metadata"]["namespace"], ns);
+        for (k, v) in object["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+        {
+            assert_eq!(&labels[k], v, "{} selects the agent's pods", object["kind"]);
+        }
+    }
+    let rules = allow["spec"]["rules"].as_array().unwrap();
+    let port_rule = |port: u16| {
+        rules
+            .iter()
+            .find(|r| r["to"][0]["operation"]["ports"][0].as_str() == Some(&*port.to_string()))
+            .unwrap_or_else(|| panic!("no rule for port {port}"))
+    };
+    assert_eq!(
+        port_rule(kube.grpc.port())["from"][0]["source"]["principals"][0],
+        "*"
+    );
+    assert_eq!(
+        port_rule(kube.http.port())["to"][0]["operation"]["methods"],
+        json!(["GET"]),
+        "no commands over HTTP in a cluster"
     );
 
     // Probes on the HTTP API's health and readiness.

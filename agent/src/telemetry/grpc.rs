@@ -22,10 +22,14 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::hub::Hub;
-use super::session::{Action, DEFAULT_MAX_SKEW_MS, Merge, Session};
+use super::peer::Identity;
+use super::session::{Action, DEFAULT_MAX_SKEW_MS, Merge, Peer, Session};
 use super::validate::{Rejection, quote};
 use crate::metrics::Metrics;
 use fledge_core::windows::Windows;
+
+/// The header carrying the client's mesh identity.
+const XFCC: &str = "x-forwarded-client-cert";
 
 /// What a filter's stream ends with when the agent stops.
 const STOPPING: &str = "the agent is stopping";
@@ -45,6 +49,8 @@ pub struct TelemetryService {
     max_skew_ms: i64,
     hello_timeout: Duration,
     idle_timeout: Duration,
+    /// Refuse streams that carry no mesh identity.
+    require_peer: bool,
 }
 
 impl TelemetryService {
@@ -56,7 +62,14 @@ impl TelemetryService {
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
             hello_timeout: HELLO_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+            require_peer: false,
         }
+    }
+
+    /// Refuse every stream without a mesh identity in `x-forwarded-client-cert`.
+    pub fn requiring_peer_identity(mut self, required: bool) -> Self {
+        self.require_peer = required;
+        self
     }
 
     /// Other limits than [`HELLO_TIMEOUT`] and [`IDLE_TIMEOUT`] (for tests).
@@ -84,8 +97,18 @@ impl Telemetry for TelemetryService {
         if self.hub.is_closed() {
             return Err(Status::unavailable(STOPPING));
         }
+        // Set by the agent's own sidecar from the client's certificate (see `peer`).
+        let identity = request
+            .metadata()
+            .get(XFCC)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Identity::from_xfcc);
+        let peer = Peer {
+            identity,
+            required: self.require_peer,
+        };
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(self.clone().serve(request.into_inner(), tx));
+        tokio::spawn(self.clone().serve(request.into_inner(), peer, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -145,10 +168,12 @@ impl TelemetryService {
     async fn serve(
         self,
         mut inbound: Streaming<FilterMessage>,
+        peer: Peer,
         tx: mpsc::Sender<Result<AgentMessage, Status>>,
     ) {
         self.metrics.streams_connected.inc();
-        let mut session = Session::new(self.max_skew_ms);
+        let identity = peer.identity.clone();
+        let mut session = Session::with_peer(self.max_skew_ms, peer);
         let mut tables = self.hub.subscribe();
         let closed = self.hub.closed();
         tokio::pin!(closed);
@@ -166,9 +191,10 @@ impl TelemetryService {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => match session.received(message, unix_ms()) {
                         Action::Register(hello) => {
-                            id = Some(self.hub.register(&hello));
+                            id = Some(self.hub.register(&hello, identity.as_ref()));
                             quiet.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
-                            tracing::info!(proxy = %hello.proxy_id, worker = hello.worker, revision = hello.table_revision, "filter connected");
+                            let peer = identity.as_ref().map(ToString::to_string).unwrap_or_default();
+                            tracing::info!(proxy = %hello.proxy_id, worker = hello.worker, revision = hello.table_revision, %peer, "filter connected");
                             Some(tables.borrow_and_update().clone())
                         }
                         Action::Merge(merge) => {

@@ -14,6 +14,8 @@ use fledge_proto::v1;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::peer::Identity;
+
 /// A filter stream as the agent knows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,6 +28,8 @@ pub struct StreamInfo {
     pub role: String,
     pub worker: u32,
     pub filter_build: String,
+    /// The mesh identity the stream came with (`spiffe://…`), or empty when it had none.
+    pub peer: String,
     /// The routing-table revision the filter held when it said Hello.
     pub hello_revision: u64,
     /// The newest revision sent on this stream.
@@ -142,7 +146,7 @@ impl Hub {
             .collect()
     }
 
-    pub(super) fn register(&self, hello: &v1::Hello) -> u64 {
+    pub(super) fn register(&self, hello: &v1::Hello, peer: Option<&Identity>) -> u64 {
         let mut state = self.lock();
         state.next_id += 1;
         let id = state.next_id;
@@ -160,6 +164,7 @@ impl Hub {
             role: role.to_string(),
             worker: hello.worker,
             filter_build: hello.filter_build.clone(),
+            peer: peer.map(ToString::to_string).unwrap_or_default(),
             hello_revision: hello.table_revision,
             sent_revision: hello.table_revision,
             reports: 0,

@@ -11,11 +11,15 @@
 //! person can act on. A report's `seq` must grow on a stream: a replay, or a report older than
 //! one already merged, is refused (`seq`) rather than counted twice. A later Hello changes
 //! nothing. A routing table goes out only when it is newer than the newest the filter holds.
+//! With the stream's mesh identity known (`peer`), a Hello for another namespace is refused, and
+//! so is a server-role series for a host of another namespace; with one required, a stream
+//! without it is refused.
 //! The filter's side of the same stream is `fledge_filter::stream`.
 
 use fledge_proto::v1;
 
-use super::validate::{Rejection, ValidReport, validate, validate_hello};
+use super::peer::{Identity, host_namespace};
+use super::validate::{Rejection, ValidReport, quote, validate, validate_hello};
 use fledge_core::windows::{Merged, Side, Windows};
 
 #[cfg(test)]
@@ -82,15 +86,77 @@ enum State {
 pub struct Session {
     max_skew_ms: i64,
     state: State,
+    peer: Peer,
+}
+
+/// The stream's mesh identity, and whether one is required.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub identity: Option<Identity>,
+    /// Refuse a stream without an identity (the install runs the agent behind a sidecar).
+    pub required: bool,
 }
 
 impl Session {
     /// A stream that has said nothing yet; reports whose window ends more than `max_skew_ms`
     /// from the agent's clock will be refused.
     pub fn new(max_skew_ms: i64) -> Session {
+        Self::with_peer(max_skew_ms, Peer::default())
+    }
+
+    /// A stream from `peer`: its Hello must name the identity's namespace, and its server-role
+    /// series only hosts of that namespace.
+    pub fn with_peer(max_skew_ms: i64, peer: Peer) -> Session {
         Session {
             max_skew_ms,
             state: State::AwaitingHello,
+            peer,
+        }
+    }
+
+    /// Whether this peer may say `hello`.
+    fn admit(&self, hello: &v1::Hello) -> Result<(), Rejection> {
+        match &self.peer.identity {
+            None if self.peer.required => Err(Rejection::new(
+                "peer_identity",
+                "the stream carries no mesh identity (x-forwarded-client-cert): this agent takes \
+                 telemetry only over the mesh's mutual TLS; check that the proxy has a sidecar and \
+                 that the agent's namespace has the PeerAuthentication of the install",
+            )),
+            Some(id) if !hello.namespace.is_empty() && hello.namespace != id.namespace => {
+                Err(Rejection::new(
+                    "peer_namespace",
+                    format!(
+                        "Hello says namespace {:?} but the stream's mesh identity is {id}; a proxy \
+                         reports only for its own namespace",
+                        quote(&hello.namespace)
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether this peer may report `report`'s series measured on `side`.
+    fn may_report(&self, side: Side, report: &ValidReport) -> Result<(), Rejection> {
+        let (Side::Server, Some(id)) = (side, &self.peer.identity) else {
+            return Ok(());
+        };
+        let foreign = report.series.iter().find_map(|(key, _)| {
+            host_namespace(&key.host)
+                .filter(|ns| *ns != id.namespace)
+                .map(|_| key.host.as_str())
+        });
+        match foreign {
+            None => Ok(()),
+            Some(host) => Err(Rejection::new(
+                "peer_namespace",
+                format!(
+                    "a server-role series for host {:?} comes from {id}: a workload measures only \
+                     its own inbound traffic, in its own namespace",
+                    quote(host)
+                ),
+            )),
         }
     }
 
@@ -102,7 +168,7 @@ impl Session {
         };
         match (message.msg, self.state) {
             (Some(v1::filter_message::Msg::Hello(hello)), State::AwaitingHello) => {
-                if let Err(rejection) = validate_hello(&hello) {
+                if let Err(rejection) = validate_hello(&hello).and_then(|()| self.admit(&hello)) {
                     return Action::Refuse(rejection);
                 }
                 // A filter in the server role measures the callee's side.
@@ -138,7 +204,9 @@ impl Session {
                 ),
             )),
             (Some(v1::filter_message::Msg::Report(report)), State::Open { side, .. }) => {
-                match validate(&report, now_ms, self.max_skew_ms) {
+                let valid = validate(&report, now_ms, self.max_skew_ms)
+                    .and_then(|r| self.may_report(side, &r).map(|()| r));
+                match valid {
                     Ok(mut report) => {
                         if let State::Open { seq, .. } = &mut self.state {
                             *seq = Some(report_seq);

@@ -367,7 +367,11 @@ async fn a_rollout_that_does_not_read_is_a_problem_while_others_proceed() {
         server.rollout("shop", "typo").unwrap()["status"].is_null(),
         "left alone"
     );
-    assert_eq!(kube.problems(), problems, "the API shows what cannot be read");
+    assert_eq!(
+        kube.problems(),
+        problems,
+        "the API shows what cannot be read"
+    );
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
 }
 
@@ -530,6 +534,7 @@ async fn the_agent_is_ready_only_once_the_rollout_cache_has_synced() {
         http: "127.0.0.1:0".parse().unwrap(),
         tick: Duration::from_millis(100),
         instance: None,
+        require_peer_identity: false,
     };
     let agent = fledge_agent::cluster::start_with(server.client(), options)
         .await

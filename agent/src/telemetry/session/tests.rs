@@ -352,3 +352,97 @@ fn a_hello_with_overlong_strings_is_refused_quoting_a_prefix_only() {
         r.message
     );
 }
+
+#[test]
+fn the_mesh_identity_bounds_what_a_stream_may_say() {
+    let shop = Identity::from_spiffe("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+    let hello_in = |namespace: &str, role: i32| {
+        let mut message = hello(role, 0);
+        if let Some(v1::filter_message::Msg::Hello(h)) = &mut message.msg {
+            h.namespace = namespace.into();
+        }
+        message
+    };
+    let to_host = |host: &str| {
+        let mut r = report(1, 10);
+        r.series[0].host = host.into();
+        sent(r)
+    };
+    let refused_peer = |m: &str| format!("refuse peer_namespace: {m}");
+    // The stream's identity, whether one is required, what it sends, what the session says.
+    type Case<'a> = (
+        Option<&'a Identity>,
+        bool,
+        Vec<v1::FilterMessage>,
+        Vec<String>,
+    );
+    let cases: Vec<Case> = vec![
+        // An honest stream: its Hello names its identity's namespace.
+        (
+            Some(&shop),
+            true,
+            vec![hello_in("shop", SERVER), to_host("web.shop.svc.cluster.local")],
+            vec![
+                "register sidecar~10.0.0.1~web-1.shop".into(),
+                "merge web.shop.svc.cluster.local v2 (live, server side) x10 at 1700000000".into(),
+            ],
+        ),
+        // A Hello for another namespace than the identity's.
+        (
+            Some(&shop),
+            false,
+            vec![hello_in("payments", CLIENT)],
+            vec![refused_peer(
+                "Hello says namespace \"payments\" but the stream's mesh identity is spiffe://cluster.local/ns/shop/sa/web; a proxy reports only for its own namespace",
+            )],
+        ),
+        // Server-role series are the workload's own inbound traffic: its namespace's hosts only.
+        (
+            Some(&shop),
+            false,
+            vec![hello_in("shop", SERVER), to_host("pay.payments.svc.cluster.local")],
+            vec![
+                "register sidecar~10.0.0.1~web-1.shop".into(),
+                refused_peer(
+                    "a server-role series for host \"pay.payments.svc.cluster.local\" comes from spiffe://cluster.local/ns/shop/sa/web: a workload measures only its own inbound traffic, in its own namespace",
+                ),
+            ],
+        ),
+        // A client measures calls to any namespace's hosts.
+        (
+            Some(&shop),
+            false,
+            vec![hello_in("shop", CLIENT), to_host("pay.payments.svc.cluster.local")],
+            vec![
+                "register sidecar~10.0.0.1~web-1.shop".into(),
+                "merge pay.payments.svc.cluster.local v2 (live, client side) x10 at 1700000000".into(),
+            ],
+        ),
+        // No identity, none required (local mode): as before.
+        (
+            None,
+            false,
+            vec![hello_in("payments", CLIENT)],
+            vec!["register sidecar~10.0.0.1~web-1.shop".into()],
+        ),
+        // No identity where one is required.
+        (
+            None,
+            true,
+            vec![hello_in("shop", CLIENT)],
+            vec!["refuse peer_identity: the stream carries no mesh identity (x-forwarded-client-cert): this agent takes telemetry only over the mesh's mutual TLS; check that the proxy has a sidecar and that the agent's namespace has the PeerAuthentication of the install".into()],
+        ),
+    ];
+    for (identity, required, messages, expected) in cases {
+        let peer = Peer {
+            identity: identity.cloned(),
+            required,
+        };
+        let mut session = Session::with_peer(DEFAULT_MAX_SKEW_MS, peer);
+        let got: Vec<String> = messages
+            .into_iter()
+            .map(|m| said(&session.received(m, NOW_MS)))
+            .collect();
+        assert_eq!(got, expected);
+    }
+}
