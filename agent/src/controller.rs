@@ -239,25 +239,29 @@ impl<S: RolloutStore + 'static> Controller<S> {
         let applied = self.applier.apply(&rollout, &plan).await;
 
         let mut state = self.lock();
-        if let Err(e) = applied {
-            if !e.status_written {
-                // Nothing of this tick stands: its commands are given again next time.
-                state
-                    .commands
-                    .entry(key.clone())
-                    .or_default()
-                    .splice(0..0, commands);
-            }
-            if let Some(entry) = state.entries.get_mut(key) {
-                if e.status_written {
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(e) => {
+                if e.persisted.is_none() {
+                    // Nothing of this tick stands: its commands are given again next time.
+                    state
+                        .commands
+                        .entry(key.clone())
+                        .or_default()
+                        .splice(0..0, commands);
+                }
+                let Some(entry) = state.entries.get_mut(key) else {
+                    return;
+                };
+                if let Some(status) = e.persisted.clone() {
                     // The intent is persisted: it stands, and its routes are applied again
                     // after the wait, as a restarted agent would.
                     if plan.finished() {
                         judge.reset();
                     }
-                    entry.persisted = Some(plan.status.clone());
+                    entry.persisted = Some(status.clone());
                     entry.persisted_at = Some(now);
-                    entry.rollout.status = Some(plan.status);
+                    entry.rollout.status = Some(status);
                     entry.routing_applied = false;
                 }
                 entry.judge = judge;
@@ -265,19 +269,19 @@ impl<S: RolloutStore + 'static> Controller<S> {
                 let wait = planner::retry_after(e.failure, entry.failures);
                 entry.retry_at = Some(Instant::now() + wait);
                 tracing::warn!(error = %e, failure = e.failure.label(), retry_in = ?wait, "write failed; will retry");
+                return;
             }
-            return;
-        }
+        };
         if let Some(entry) = state.entries.get_mut(key) {
             if plan.finished() {
                 judge.reset();
             }
             entry.judge = judge;
-            if plan.status_changed {
-                entry.persisted = Some(plan.status.clone());
+            if applied.persisted {
+                entry.persisted = Some(applied.status.clone());
                 entry.persisted_at = Some(now);
             }
-            entry.rollout.status = Some(plan.status);
+            entry.rollout.status = Some(applied.status);
             entry.routing_applied = true;
             entry.failures = 0;
             entry.retry_at = None;

@@ -178,6 +178,7 @@ fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
         history,
         observed_generation,
         routing_revision,
+        routing_error,
     } = a;
     let verdict = |r: &Option<AnalysisRecord>| r.as_ref().map(|r| (r.step, r.verdict));
     *phase != b.phase
@@ -192,6 +193,7 @@ fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
         || *history != b.history
         || *observed_generation != b.observed_generation
         || *routing_revision != b.routing_revision
+        || *routing_error != b.routing_error
 }
 
 /// The series a rollout's analysis may read, at any of its stages, until it ends: its host's

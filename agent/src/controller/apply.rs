@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::store::{RolloutEvent, RolloutStore};
 use crate::telemetry::Hub;
 
-/// A write that failed, and whether the status (the intent) was persisted before it.
+/// A write that failed, and the status persisted before or after it, if any.
 #[derive(Debug, thiserror::Error)]
 #[error("{failure:?} writing the {write} of Rollout {rollout}: {message}")]
 pub struct ApplyError {
@@ -33,8 +33,18 @@ pub struct ApplyError {
     pub failure: WriteFailure,
     /// What went wrong, naming the object and, where there is one, the field.
     pub message: String,
-    /// The plan's status was written: the routes behind it are still to be applied.
-    pub status_written: bool,
+    /// The status this tick persisted (the plan's, with `routingError` when it could say it):
+    /// it stands, and the routes behind it are still to be applied.
+    pub persisted: Option<RolloutStatus>,
+}
+
+/// A plan carried out.
+#[derive(Debug)]
+pub struct Applied {
+    /// The status in effect.
+    pub status: RolloutStatus,
+    /// Whether it was written this tick.
+    pub persisted: bool,
 }
 
 /// What the controller writes with.
@@ -55,24 +65,38 @@ impl<S> Clone for Applier<S> {
 }
 
 impl<S: RolloutStore> Applier<S> {
-    /// Applies `plan` for `rollout` (the rollout as it was before the tick).
-    pub async fn apply(&self, rollout: &Rollout, plan: &TickPlan) -> Result<(), ApplyError> {
+    /// Applies `plan` for `rollout` (the rollout as it was before the tick); returns the status
+    /// now in effect and whether it was persisted.
+    pub async fn apply(&self, rollout: &Rollout, plan: &TickPlan) -> Result<Applied, ApplyError> {
         let key = ObjectKey::of(rollout);
-        if plan.status_changed {
-            self.status(&key, rollout, &plan.status).await?;
+        // Routes are tried now, or need nothing: an error of an earlier attempt is over.
+        let mut status = plan.status.clone();
+        status.routing_error = None;
+        let persist = plan.status_changed || plan.status.routing_error.is_some();
+        if persist {
+            self.status(&key, rollout, &status).await?;
         }
-        if let Some(intent) = &plan.routing {
-            self.routing(&key, rollout, intent, plan.status.routing_revision)
+        if let Some(intent) = &plan.routing
+            && let Err(e) = self
+                .routing(&key, rollout, intent, status.routing_revision)
                 .await
-                .map_err(|e| ApplyError {
-                    status_written: plan.status_changed,
-                    ..e
-                })?;
+        {
+            // The status says why its weight is not routed, as soon as it can.
+            let mut failed = status.clone();
+            failed.routing_error = Some(e.to_string());
+            let persisted = match self.status(&key, rollout, &failed).await {
+                Ok(()) => Some(failed),
+                Err(_) => persist.then_some(status),
+            };
+            return Err(ApplyError { persisted, ..e });
         }
         for notice in &plan.notices {
-            self.notice(&key, rollout, &plan.status, notice).await;
+            self.notice(&key, rollout, &status, notice).await;
         }
-        Ok(())
+        Ok(Applied {
+            status,
+            persisted: persist,
+        })
     }
 
     /// Writes the VirtualService (when it changes) and pushes the filters' table for `intent`.
@@ -95,7 +119,7 @@ impl<S: RolloutStore> Applier<S> {
                 write: "routing",
                 failure,
                 message,
-                status_written: false,
+                persisted: None,
             }
         };
         let vs_key = ObjectKey::virtual_service_of(rollout);
@@ -181,7 +205,7 @@ impl<S: RolloutStore> Applier<S> {
                     write: "status",
                     failure,
                     message: e.to_string(),
-                    status_written: false,
+                    persisted: None,
                 })
             }
         }

@@ -376,6 +376,42 @@ async fn a_rollout_that_does_not_read_is_a_problem_while_others_proceed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_virtual_service_is_named_in_the_status_until_routes_are_written() {
+    let server = ApiServer::start().await;
+    server.apply_rollout(example("canary.yaml"));
+    let telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
+    let kube = controller(kube_store(&server).await, &telemetry);
+    kube.tick(at(0)).await;
+    let status = kube_status(&server).expect("the status says what is wrong");
+    assert_eq!(
+        (status.phase, status.canary_weight),
+        (Phase::Progressing, 10)
+    );
+    let error = status.routing_error.expect("the routes are not in place");
+    assert!(
+        error.contains("VirtualService shop/reviews") && error.contains("not found"),
+        "{error}"
+    );
+
+    // Once the VirtualService exists, the next attempt (after the backoff) routes and clears it.
+    server.create_virtual_service(example("virtualservice.yaml"));
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    kube.tick(at(2)).await;
+    let status = kube_status(&server).unwrap();
+    assert_eq!(status.routing_error, None, "{status:#?}");
+    let vs = server.virtual_service("shop", "reviews").unwrap();
+    assert!(
+        vs["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "fledge-reviews-split"),
+        "{vs:#}"
+    );
+    assert!(server.violations().is_empty(), "{:#?}", server.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_survives_an_agent_restart_and_spec_edits_bump_the_generation() {
     let server = cluster().await;
     let telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));

@@ -138,6 +138,12 @@ pub struct RolloutStatus {
     /// routing table has a revision of its own, one for the whole mesh, kept by the agent.
     #[serde(default)]
     pub routing_revision: u64,
+    /// Why the routes this status stands for are not in place: the last routing write's error
+    /// (a missing or invalid VirtualService, a refused write), until a write succeeds. The
+    /// status is written before the routes, so without this it would claim a weight nobody
+    /// routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_error: Option<String>,
 }
 
 impl RolloutStatus {
