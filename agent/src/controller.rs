@@ -25,6 +25,7 @@ use fledge_core::planner::{self, Tick};
 use fledge_core::rollout::{Rollout, RolloutStatus, UserCommand};
 use fledge_core::windows::Windows;
 use jiff::Timestamp;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::plane::{ControlPlane, UnknownRollout};
@@ -101,12 +102,19 @@ impl<S: RolloutStore + 'static> Controller<S> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs ticks every `every` until the task is dropped.
-    pub async fn run(self, every: Duration) {
+    /// Runs ticks every `every` until the task is dropped or `stopping` says true; a tick in
+    /// progress is never cut short by it.
+    pub async fn run(self, every: Duration, mut stopping: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopping.changed() => {}
+            }
+            if *stopping.borrow() {
+                return;
+            }
             self.tick(Timestamp::now()).await;
         }
     }

@@ -34,7 +34,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             fledge_agent::local::LocalAgent::start(options)
                 .await?
-                .wait()
+                .serve_until_terminated()
                 .await;
             Ok(ExitCode::SUCCESS)
         }
@@ -51,7 +51,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 instance: args.pod_name,
                 require_peer_identity: args.require_peer_identity,
             };
-            fledge_agent::cluster::start(options).await?.wait().await;
+            fledge_agent::cluster::start(options)
+                .await?
+                .serve_until_terminated()
+                .await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::controller::Controller;
@@ -21,6 +22,8 @@ use crate::telemetry::{Hub, TelemetryService};
 
 /// How long a stopping agent's telemetry server may take to close its connections.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// On SIGTERM, how long the tick in progress may take to finish its writes.
+pub const SHUTDOWN_WRITES: Duration = Duration::from_secs(10);
 
 /// Seconds of telemetry kept. The analysis reads each second once, as it settles (two seconds
 /// after it ends), into its step's running totals; the retention only covers a slow tick and a
@@ -67,6 +70,8 @@ pub struct Agent {
     grpc: JoinHandle<()>,
     /// The HTTP API and the reconcile loop.
     others: Vec<JoinHandle<()>>,
+    /// Tells the reconcile loop to stop after the tick in progress.
+    stopping: watch::Sender<bool>,
 }
 
 impl Agent {
@@ -103,6 +108,7 @@ impl Agent {
         let api = router(Arc::new(controller.clone()), metrics.clone(), guard);
 
         let closed = hub.closed();
+        let (stopping, stopped) = watch::channel(false);
         let grpc = tokio::spawn(async move {
             // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
             // so no filter stays attached to a stopped agent.
@@ -124,7 +130,7 @@ impl Agent {
                     tracing::error!(error = %e, "HTTP API stopped");
                 }
             }),
-            tokio::spawn(controller.run(listen.tick)),
+            tokio::spawn(controller.run(listen.tick, stopped)),
         ];
         Ok(Self {
             grpc_addr,
@@ -133,6 +139,7 @@ impl Agent {
             metrics,
             grpc,
             others,
+            stopping,
         })
     }
 
@@ -163,6 +170,61 @@ impl Agent {
     pub async fn wait(self) {
         let _ = self.grpc.await;
     }
+
+    /// Runs until SIGTERM or Ctrl-C, then stops gracefully: the tick in progress finishes its
+    /// writes (the status and the routes of a step go together) and no other starts; then every
+    /// filter stream ends with UNAVAILABLE, so the filters reconnect at once (to the next agent)
+    /// rather than after a timeout.
+    pub async fn serve_until_terminated(mut self) {
+        tokio::select! {
+            _ = &mut self.grpc => return,
+            () = terminated() => {}
+        }
+        tracing::info!("stopping: finishing the writes in flight, then closing filter streams");
+        let _ = self.stopping.send(true);
+        // `others` ends with the reconcile loop (see `serve`).
+        let loop_ended = self
+            .others
+            .pop()
+            .map(|controller| tokio::time::timeout(SHUTDOWN_WRITES, controller));
+        if let Some(ended) = loop_ended
+            && ended.await.is_err()
+        {
+            tracing::warn!(after = ?SHUTDOWN_WRITES, "the reconcile loop did not end in time");
+        }
+        // Streams end with UNAVAILABLE and connections get GOAWAY; the process exits only after
+        // they went out (or STOP_GRACE), so the filters learn it now, not by a broken pipe.
+        self.hub.close();
+        for task in &self.others {
+            task.abort();
+        }
+        if tokio::time::timeout(STOP_GRACE, &mut self.grpc)
+            .await
+            .is_err()
+        {
+            self.grpc.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch for SIGTERM; Ctrl-C only"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The listener's connections. An accept that fails (out of file descriptors, most likely) is

@@ -1,4 +1,5 @@
-//! `LocalAgent::stop` leaves nothing attached: a filter's open stream ends with UNAVAILABLE, its
+//! `LocalAgent::stop` (and the binary on SIGTERM, after the tick in progress) leaves nothing
+//! attached: a filter's open stream ends with UNAVAILABLE, its
 //! connection closes (so a retry cannot land on the stopped agent's still-open connection), and
 //! the ports are free for the next agent on the same folder.
 
@@ -125,4 +126,92 @@ async fn stop_ends_every_stream_and_connection_and_frees_the_ports() {
         .unwrap();
     let (_tx, _replies) = open(channel).await.unwrap();
     restarted.stop();
+}
+
+/// The agent binary on `dir`, and its telemetry address once it says it runs.
+fn spawn_agent(dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fledge-agent"))
+        .args([
+            "local",
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the agent binary starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the agent logs that it runs")
+            .expect("a log line");
+        if line.contains("fledge agent running") {
+            let log: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+            break log["fields"]["grpc_addr"]
+                .as_str()
+                .or(log["grpc_addr"].as_str())
+                .expect("grpc_addr in the log")
+                .parse()
+                .unwrap();
+        }
+    };
+    // Keep reading so the agent never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_tick_ends_every_stream_and_exits() {
+    let dir = fledge_testkit::examples::folder(&["canary.yaml", "virtualservice.yaml"]);
+    let (mut child, grpc) = spawn_agent(dir.path());
+    let channel = Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (_tx, mut replies) = open(channel).await.expect("the stream opens");
+    // The routing table arrives once the first tick routed the canary: the agent is working.
+    let first = tokio::time::timeout(Duration::from_secs(10), replies.message())
+        .await
+        .expect("a table within 10 s")
+        .expect("a table, not an error");
+    assert!(first.is_some());
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match replies.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 10 s of SIGTERM");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert_eq!(ended.message(), "the agent is stopping");
+
+    let exited = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    // What it wrote is whole: the status and the VirtualService read back.
+    let store = fledge_agent::store::LocalStore::new(dir.path());
+    let listing = store.read_rollouts().unwrap();
+    assert!(listing.problems.is_empty(), "{:?}", listing.problems);
+    let status = listing.rollouts[0].status.as_ref().expect("a status");
+    assert_eq!(status.canary_weight, 10);
 }
