@@ -352,11 +352,9 @@ pub extern "C" fn proxy_on_log(context_id: u32) {
     contexts::log(context_id);
 }
 
-/// Returns true: the filter never holds a context past the host's end of it.
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_done(_context_id: u32) -> u32 {
-    1
-}
+// No `proxy_on_done`: the filter never holds a context past the host's end of it, which is what
+// a host assumes of a module without the export (proxy-wasm-cpp-host's `onDone` returns true),
+// and the call would cost every request one more crossing.
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
