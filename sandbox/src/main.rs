@@ -294,7 +294,7 @@ async fn mesh_bench(rate: f64, requests: u64, rounds: usize) -> Result<()> {
     let base = rows.first().map_or(0.0, |row| row.cpu_us);
     for row in &rows {
         println!(
-            "  {:<20} {:>7.1} µs CPU/request  (+{:>5.1} µs over no filter; {} of {} answered 200)",
+            "  {:<20} {:>7.1} µs CPU/request  ({:>+6.1} µs over no filter; {} of {} answered 200)",
             row.setup.to_string(),
             row.cpu_us,
             row.cpu_us - base,
@@ -311,6 +311,22 @@ async fn mesh_bench(rate: f64, requests: u64, rounds: usize) -> Result<()> {
             "  fledge (routed) is {:.1} % of this hop's CPU; against an Istio sidecar's ~200 µs per request (Istio 1.24, 1,000 requests/s), {:.1} %",
             100.0 * (routed.cpu_us - base) / routed.cpu_us,
             100.0 * (routed.cpu_us - base) / 200.0
+        );
+    }
+    let of = |setup| {
+        rows.iter()
+            .find(|row| row.setup == setup)
+            .map(|row| row.cpu_us)
+    };
+    if let (Some(minimal), Some(unrouted), Some(routed)) = (
+        of(fledge_sandbox::bench::Setup::Minimal),
+        of(fledge_sandbox::bench::Setup::FledgeUnrouted),
+        of(fledge_sandbox::bench::Setup::FledgeRouted),
+    ) {
+        println!(
+            "  fledge over the minimal module: {:+.1} µs no rollout, {:+.1} µs routed (one run's noise is several µs; with --quick, tens)",
+            unrouted - minimal,
+            routed - minimal
         );
     }
     if let Some(row) = rows.iter().find(|row| row.ok != row.sent) {

@@ -1,5 +1,6 @@
-//! The filter benchmark runs end to end with few requests and gives sane numbers (speed itself
-//! is recorded in BENCHMARKS.md from a release run, not asserted here).
+//! The filter benchmark runs end to end with few requests and gives sane numbers (speed itself,
+//! and so any ratio, is recorded in BENCHMARKS.md from a release run, not asserted here: a debug
+//! build on a shared machine says nothing about it).
 
 use fledge_sandbox_host::bench::{self, BenchConfig, BenchReport, HeaderSet, RequestPath};
 
@@ -33,7 +34,5 @@ async fn the_filter_benchmark_measures_both_paths_with_either_header_set() {
                 "{path:?}: {p:?}"
             );
         }
-        // A routed request does strictly more than a module that reads one header.
-        assert!(report.routed.ratio > 1.0, "{headers:?}: {report:?}");
     }
 }
