@@ -38,7 +38,9 @@ pub struct Series {
 impl Series {
     fn is(&self, host: &str, version: &str, traffic: Traffic) -> bool {
         // The version first: series of one host differ there, and it is short.
-        self.traffic == traffic && self.version == version && self.host == host
+        self.traffic == traffic
+            && self.version == version
+            && crate::routing::same(self.host.as_bytes(), host.as_bytes())
     }
 
     fn empty(host: &str, version: &str, traffic: Traffic) -> Option<Series> {

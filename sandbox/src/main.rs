@@ -87,13 +87,43 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// fledge's filter against a minimal proxy-wasm module in the same host: ns per request.
+    /// fledge's filter against a minimal proxy-wasm module in the same host, on the routed path
+    /// and for a host no rollout concerns: ns per request.
     Filter {
         #[arg(long, default_value_t = 200_000)]
         requests: usize,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+        /// The request headers: `sidecar` (an Istio sidecar's eighteen) or `mesh` (five).
+        #[arg(long, default_value = "sidecar", value_parser = header_set)]
+        headers: bench::HeaderSet,
+        /// A short run that only checks the benchmark works (few requests).
+        #[arg(long)]
+        quick: bool,
     },
+    /// CPU per request of one proxy hop of the sandbox mesh (a separate process) with no
+    /// filter, the minimal module and fledge's filter, at a fixed rate.
+    Mesh {
+        /// Requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Requests measured per setup and round.
+        #[arg(long, default_value_t = 10_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// A short run that only checks the benchmark works (few requests).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn header_set(text: &str) -> Result<bench::HeaderSet, String> {
+    match text {
+        "sidecar" => Ok(bench::HeaderSet::Sidecar),
+        "mesh" => Ok(bench::HeaderSet::Mesh),
+        other => Err(format!("{other:?} is not sidecar or mesh")),
+    }
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -173,22 +203,40 @@ async fn main() -> Result<()> {
             }
         }
         Command::Bench {
-            what: Bench::Filter { requests, rounds },
+            what:
+                Bench::Filter {
+                    requests,
+                    rounds,
+                    headers,
+                    quick,
+                },
         } => {
+            let (requests, rounds) = if quick {
+                (2_000, 2)
+            } else {
+                (requests, rounds)
+            };
             let config = bench::BenchConfig {
                 requests,
                 rounds,
+                headers,
                 ..bench::BenchConfig::from_env().context("finding the wasm modules")?
             };
             let report = bench::run(&config).await?;
             println!(
-                "fledge filter: {:.0} ns/request; minimal module: {:.0} ns/request; ratio {:.2} ({} requests, {} traps, {} property misses)",
-                report.filter_ns,
-                report.minimal_ns,
-                report.ratio,
-                report.requests,
-                report.traps,
-                report.property_misses
+                "filter benchmark: {} requests per module and path, {:?} headers",
+                report.requests, config.headers
+            );
+            for path in bench::RequestPath::ALL {
+                let p = report.path(path);
+                println!(
+                    "  {path:?}: fledge filter {:.0} ns/request, minimal module {:.0} ns/request, ratio {:.2} ({} versioned)",
+                    p.filter_ns, p.minimal_ns, p.ratio, p.versioned
+                );
+            }
+            println!(
+                "  traps {}, property misses {}",
+                report.traps, report.property_misses
             );
             if report.traps > 0 {
                 bail!("{} callbacks trapped during the benchmark", report.traps);
@@ -199,7 +247,95 @@ async fn main() -> Result<()> {
                     report.property_misses
                 );
             }
+            if report.routed.versioned != report.requests || report.unrouted.versioned != 0 {
+                bail!(
+                    "the filter versioned {} of {} routed requests and {} requests to a host it does not route",
+                    report.routed.versioned,
+                    report.requests,
+                    report.unrouted.versioned
+                );
+            }
         }
+        Command::Bench {
+            what:
+                Bench::Mesh {
+                    rate,
+                    requests,
+                    rounds,
+                    quick,
+                },
+        } => {
+            let (requests, rounds) = if quick { (500, 1) } else { (requests, rounds) };
+            mesh_bench(rate, requests, rounds).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the mesh benchmark with this binary as the proxy and prints each setup's CPU per
+/// request, what the filters add, and fledge's share of a hop.
+async fn mesh_bench(rate: f64, requests: u64, rounds: usize) -> Result<()> {
+    let config = fledge_sandbox::bench::MeshBenchConfig {
+        proxy: std::env::current_exe().context("finding this binary")?,
+        filter: bench::filter_module()?,
+        minimal: bench::minimal_module()?,
+        rate,
+        requests,
+        warmup: (requests / 5).max(200),
+        rounds,
+        dir: std::env::temp_dir().join(format!("fledge-sandbox-bench-mesh-{}", std::process::id())),
+    };
+    let rows = fledge_sandbox::bench::run(&config).await;
+    let _ = std::fs::remove_dir_all(&config.dir);
+    let rows = rows?;
+    println!(
+        "mesh benchmark: one proxy hop (its own process), {rate} requests/s, {requests} requests per setup, median of {rounds} rounds, Istio sidecar headers"
+    );
+    let base = rows.first().map_or(0.0, |row| row.cpu_us);
+    for row in &rows {
+        println!(
+            "  {:<20} {:>7.1} µs CPU/request  ({:>+6.1} µs over no filter; {} of {} answered 200)",
+            row.setup.to_string(),
+            row.cpu_us,
+            row.cpu_us - base,
+            row.ok,
+            row.sent
+        );
+    }
+    if let Some(routed) = rows
+        .iter()
+        .find(|row| row.setup == fledge_sandbox::bench::Setup::FledgeRouted)
+        && routed.cpu_us > 0.0
+    {
+        println!(
+            "  fledge (routed) is {:.1} % of this hop's CPU; against an Istio sidecar's ~200 µs per request (Istio 1.24, 1,000 requests/s), {:.1} %",
+            100.0 * (routed.cpu_us - base) / routed.cpu_us,
+            100.0 * (routed.cpu_us - base) / 200.0
+        );
+    }
+    let of = |setup| {
+        rows.iter()
+            .find(|row| row.setup == setup)
+            .map(|row| row.cpu_us)
+    };
+    if let (Some(minimal), Some(unrouted), Some(routed)) = (
+        of(fledge_sandbox::bench::Setup::Minimal),
+        of(fledge_sandbox::bench::Setup::FledgeUnrouted),
+        of(fledge_sandbox::bench::Setup::FledgeRouted),
+    ) {
+        println!(
+            "  fledge over the minimal module: {:+.1} µs no rollout, {:+.1} µs routed (one run's noise is several µs; with --quick, tens)",
+            unrouted - minimal,
+            routed - minimal
+        );
+    }
+    if let Some(row) = rows.iter().find(|row| row.ok != row.sent) {
+        bail!(
+            "{}: {} of {} requests were not answered 200",
+            row.setup,
+            row.sent - row.ok,
+            row.sent
+        );
     }
     Ok(())
 }

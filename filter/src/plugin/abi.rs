@@ -8,10 +8,13 @@
 //! through [`proxy_on_memory_allocate`]; they are taken over without copying.
 //!
 //! This is the only unsafe code in the workspace: the import declarations, the calls through
-//! them with pointers to live locals and slices, the exported symbols, and taking ownership of
-//! the buffers the host allocated.
+//! them with pointers to live locals and slices, the exported symbols, taking ownership of the
+//! buffers the host allocated, and the module's allocator ([`Pool`]: free lists for the small
+//! values every request takes from the host and gives back).
 #![allow(unsafe_code)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 
 use super::contexts;
@@ -352,11 +355,9 @@ pub extern "C" fn proxy_on_log(context_id: u32) {
     contexts::log(context_id);
 }
 
-/// Returns true: the filter never holds a context past the host's end of it.
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_done(_context_id: u32) -> u32 {
-    1
-}
+// No `proxy_on_done`: the filter never holds a context past the host's end of it, which is what
+// a host assumes of a module without the export (proxy-wasm-cpp-host's `onDone` returns true),
+// and the call would cost every request one more crossing.
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
@@ -389,4 +390,105 @@ pub extern "C" fn proxy_on_grpc_receive_trailing_metadata(
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32) {
     contexts::grpc_close(context_id, token, status_code);
+}
+
+// === allocator ===
+
+/// Small allocations (what the host hands over per request, the authority, header values) come
+/// from free lists, one per 16-byte size class up to 128 bytes, in front of the system allocator
+/// (wasi-libc's dlmalloc): a request's values are taken and given back at the cost of a list
+/// push and pop. A block is never handed back to dlmalloc: the lists never hold more blocks of a
+/// class than were live at once. One VM is one thread.
+struct Pool {
+    lists: UnsafeCell<[*mut u8; POOL_CLASSES]>,
+}
+
+const POOL_STEP: usize = 16;
+const POOL_CLASSES: usize = 8;
+
+// SAFETY: a wasm32-wasip1 module runs on one thread; nothing shares the pool across threads.
+unsafe impl Sync for Pool {}
+
+#[global_allocator]
+static POOL: Pool = Pool {
+    lists: UnsafeCell::new([std::ptr::null_mut(); POOL_CLASSES]),
+};
+
+fn pool_class(layout: Layout) -> Option<usize> {
+    let size = layout.size();
+    (size > 0 && size <= POOL_STEP * POOL_CLASSES && layout.align() <= POOL_STEP)
+        .then(|| (size - 1) / POOL_STEP)
+}
+
+/// The layout of a block of `class` (below [`POOL_CLASSES`]).
+fn class_layout(class: usize) -> Layout {
+    // SAFETY: the alignment is a power of two, and the size (at most 128 bytes) a non-zero
+    // multiple of it that cannot overflow.
+    unsafe { Layout::from_size_align_unchecked((class + 1) * POOL_STEP, POOL_STEP) }
+}
+
+// SAFETY: every block handed out is at least the layout's size and alignment (a class block is
+// the class's full size, 16-aligned); blocks of a class go back only to that class's list,
+// which only ever holds blocks allocated for it.
+unsafe impl GlobalAlloc for Pool {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match pool_class(layout) {
+            Some(class) => {
+                // SAFETY: one thread, and no reference into the lists outlives this call.
+                let lists = unsafe { &mut *self.lists.get() };
+                let Some(head) = lists.get_mut(class) else {
+                    return std::ptr::null_mut();
+                };
+                if head.is_null() {
+                    // SAFETY: a valid non-zero layout.
+                    return unsafe { System.alloc(class_layout(class)) };
+                }
+                let block = *head;
+                // SAFETY: a block on the list holds the next block's address in its first
+                // bytes (it is at least 16 bytes and 16-aligned).
+                *head = unsafe { *block.cast::<*mut u8>() };
+                block
+            }
+            // SAFETY: the caller's layout, as GlobalAlloc receives it.
+            None => unsafe { System.alloc(layout) },
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match pool_class(layout) {
+            Some(class) => {
+                // SAFETY: one thread, and no reference into the lists outlives this call.
+                let lists = unsafe { &mut *self.lists.get() };
+                if let Some(head) = lists.get_mut(class) {
+                    // SAFETY: the block is ours again and large enough for an address.
+                    unsafe { *ptr.cast::<*mut u8>() = *head };
+                    *head = ptr;
+                }
+            }
+            // SAFETY: allocated by System with this layout.
+            None => unsafe { System.dealloc(ptr, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let new = Layout::from_size_align(new_size, layout.align());
+        match new {
+            Ok(new) if pool_class(layout).is_none() && pool_class(new).is_none() => {
+                // SAFETY: both sizes outside the pool: System's own block, resized by System.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+            Ok(new) => {
+                // SAFETY: a fresh block, the old one's bytes copied, the old one freed.
+                unsafe {
+                    let block = self.alloc(new);
+                    if !block.is_null() {
+                        std::ptr::copy_nonoverlapping(ptr, block, layout.size().min(new_size));
+                        self.dealloc(ptr, layout);
+                    }
+                    block
+                }
+            }
+            Err(_) => std::ptr::null_mut(),
+        }
+    }
 }

@@ -49,21 +49,15 @@ impl Request {
         }
     }
 
-    fn route(&mut self, shared: &Shared) {
-        let Some(destination) = &self.destination else {
-            return;
-        };
-        let table = match shared.table.try_borrow() {
-            Ok(table) => Rc::clone(&table),
-            Err(_) => return,
-        };
+    /// Routes a request to route `index` of `table` (the table its host was found in).
+    fn route(&mut self, shared: &Shared, table: Rc<Table>, index: usize) {
         let Ok(mut rng) = shared.rng.try_borrow_mut() else {
             return;
         };
-        let Some((index, decision)) = table.decide(&destination.host, &RequestHeaders, &mut rng)
-        else {
+        let Some(route) = table.routes.get(index) else {
             return;
         };
+        let decision = route.decide(&RequestHeaders, &mut rng);
         let header = decision.route.version_header.as_str();
         // Every copy a client sent goes first: some hosts (nginx) replace only the first copy,
         // and a copy left behind would let a client pick its own version at the gateway.
@@ -101,25 +95,28 @@ impl Request {
         // Only hosts the routing table names are measured: the rest of the mesh's traffic
         // passes with this one header read and nothing at log time. A request whose authority
         // the host does not give is still counted, under the host "unknown".
-        let destination = match request_header(":authority") {
+        let Ok(table) = shared.table.try_borrow().map(|table| Rc::clone(&table)) else {
+            return;
+        };
+        let (destination, route) = match request_header(":authority") {
             Some(authority) => {
                 let destination = Destination::from_authority_bytes(authority);
-                let measured = shared
-                    .table
-                    .try_borrow()
-                    .is_ok_and(|table| table.measures(&destination.host));
-                if !measured {
+                // The route found here is the one the request is routed by (`Table::measures`
+                // is this lookup).
+                let Some(route) = table.route_index(&destination.host) else {
                     return;
-                }
-                destination
+                };
+                (destination, Some(route))
             }
-            None => Destination::from_authority_bytes(Vec::new()),
+            None => (Destination::from_authority_bytes(Vec::new()), None),
         };
         self.destination = Some(destination);
         self.grpc = request_header("content-type")
             .is_some_and(|content_type| outcome::is_grpc(&content_type));
-        if !shared.identity.side.is_server() {
-            self.route(&shared);
+        if let Some(route) = route
+            && !shared.identity.side.is_server()
+        {
+            self.route(&shared, table, route);
         }
     }
 

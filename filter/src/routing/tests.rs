@@ -323,6 +323,7 @@ fn authorities_become_destinations() {
         ("-shadow", "", true),
         ("Ä:1", "Ä", false),
         ("[V6]-shadow:80", "v6", false),
+        ("A.Z-0_9~@^`{:1", "a.z-0_9~@^`{", false),
     ];
     for (authority, host, shadow) in cases {
         let d = Destination::from_authority(authority);
@@ -350,4 +351,47 @@ fn only_hosts_the_table_names_are_measured() {
         assert_eq!(table.measures(host), measured, "{host:?}");
     }
     assert!(!Table::default().measures("reviews.shop.svc.cluster.local"));
+}
+
+#[test]
+fn word_wise_equality_agrees_with_byte_equality() {
+    let text = b"reviews.shop.svc.cluster.local:9080";
+    for n in 0..=text.len() {
+        let a = &text[..n];
+        let copy = a.to_vec();
+        assert!(same(a, &copy), "{n}");
+        // One byte different, at every position: not the same.
+        for i in 0..n {
+            let mut b = a.to_vec();
+            b[i] ^= 0x20;
+            assert!(!same(a, &b), "{n} bytes, byte {i} differs");
+        }
+        // A different length is never the same, whatever the prefix.
+        assert!(
+            !same(a, &text[..(n + 1).min(text.len())]) || n == text.len(),
+            "{n}"
+        );
+    }
+}
+
+/// The one-pass parse (eight bytes at a step, then byte by byte) agrees with the general one on
+/// authorities where a port, a bracket, white space or an upper-case letter falls at every
+/// position, in and across eight-byte words.
+#[test]
+fn the_fast_authority_parse_agrees_with_the_general_one() {
+    let base = "reviews.shop.svc.cluster.local";
+    for at in 0..base.len() {
+        for inserted in [
+            ":9080", "[", " ", "\t", "Q", "@", "`", "Z", "A", "\u{e9}", "-shadow",
+        ] {
+            let mut authority = base.to_owned();
+            authority.insert_str(at, inserted);
+            let upper: String = authority.to_ascii_uppercase();
+            for authority in [authority, upper] {
+                let fast = Destination::from_authority_bytes(authority.clone().into_bytes());
+                let general = Destination::from_general_authority(authority.clone().into_bytes());
+                assert_eq!(fast, general, "{authority:?}");
+            }
+        }
+    }
 }

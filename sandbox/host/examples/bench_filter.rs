@@ -1,50 +1,72 @@
-//! Runs the filter benchmark (fledge's filter against the minimal fixture in one host) and
-//! prints per-request times. `cargo run --release -p fledge-sandbox-host --example bench_filter
-//! [REQUESTS] [filter|minimal] [--realistic]`; the modules come from FLEDGE_FILTER_WASM / FLEDGE_MINIMAL_WASM
-//! or `./dev wasm`. With a module named, only that module runs, once, for profiling:
-//! `valgrind --tool=callgrind --toggle-collect='*bench::requests*' …/bench_filter 4000 filter`
-//! counts the instructions of its request loop alone. `--realistic` gives every request fifteen
-//! headers (with a 300-byte cookie) instead of the mesh's five.
+//! Runs the filter benchmark (fledge's filter against the minimal fixture in one host, on the
+//! routed path and on the path of a host no rollout concerns) and prints per-request times.
+//! `cargo run --release -p fledge-sandbox-host --example bench_filter [REQUESTS]
+//! [filter|minimal [routed|unrouted]] [--headers sidecar|mesh]`; the modules come from
+//! FLEDGE_FILTER_WASM / FLEDGE_MINIMAL_WASM or `./dev wasm`. With a module named, only that
+//! module runs, once, on one path (routed unless named), for profiling:
+//! `valgrind --tool=callgrind --toggle-collect='*bench::requests*' …/bench_filter 20000 filter
+//! unrouted` counts the instructions of its request loop alone. `--headers mesh` gives every
+//! request the sandbox load's five headers instead of an Istio sidecar's eighteen.
 
-use fledge_sandbox_host::bench::{self, BenchConfig, HeaderSet, Module};
+use fledge_sandbox_host::bench::{self, BenchConfig, HeaderSet, Module, RequestPath};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut config = BenchConfig::from_env()?;
-    let (flags, positional): (Vec<String>, Vec<String>) =
-        std::env::args().skip(1).partition(|a| a.starts_with("--"));
-    for flag in flags {
-        match flag.as_str() {
-            "--realistic" => config.headers = HeaderSet::Realistic,
-            other => anyhow::bail!("unknown option '{other}' (--realistic)"),
+    let mut positional = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--headers" => {
+                config.headers = match args.next().as_deref() {
+                    Some("sidecar") => HeaderSet::Sidecar,
+                    Some("mesh") => HeaderSet::Mesh,
+                    other => anyhow::bail!("--headers takes sidecar or mesh, not {other:?}"),
+                }
+            }
+            other if other.starts_with("--") => {
+                anyhow::bail!("unknown option '{other}' (--headers sidecar|mesh)")
+            }
+            _ => positional.push(arg),
         }
     }
-    let mut args = positional.into_iter();
-    if let Some(requests) = args.next() {
+    let mut positional = positional.into_iter();
+    if let Some(requests) = positional.next() {
         config.requests = requests.parse()?;
     }
-    if let Some(module) = args.next() {
+    if let Some(module) = positional.next() {
         let module = match module.as_str() {
             "filter" => Module::Filter,
             "minimal" => Module::Minimal,
             other => anyhow::bail!("unknown module '{other}' (filter or minimal)"),
         };
-        let ns = bench::profile(&config, module, config.requests).await?;
+        let path = match positional.next().as_deref() {
+            None | Some("routed") => RequestPath::Routed,
+            Some("unrouted") => RequestPath::Unrouted,
+            Some(other) => anyhow::bail!("unknown path '{other}' (routed or unrouted)"),
+        };
+        let ns = bench::profile(&config, module, path, config.requests).await?;
         println!(
-            "{module:?}: {} requests, {:?} headers, {ns:.0} ns/request",
+            "{module:?}, {path:?}: {} requests, {:?} headers, {ns:.0} ns/request",
             config.requests, config.headers
         );
         return Ok(());
     }
     let report = bench::run(&config).await?;
     println!(
-        "filter benchmark: {} requests per module, {} workers, median of {} rounds, {:?} headers",
+        "filter benchmark: {} requests per module and path, {} workers, median of {} rounds, {:?} headers",
         report.requests, config.workers, config.rounds, config.headers
     );
-    println!("  fledge filter   {:>8.0} ns/request", report.filter_ns);
-    println!("  minimal module  {:>8.0} ns/request", report.minimal_ns);
-    println!("  ratio           {:>8.2}", report.ratio);
-    println!("  traps           {:>8}", report.traps);
-    println!("  property misses {:>8}", report.property_misses);
+    for path in RequestPath::ALL {
+        let p = report.path(path);
+        println!(
+            "  {path:?}: fledge filter {:.0} ns/request, minimal module {:.0} ns/request, ratio {:.2} ({} versioned)",
+            p.filter_ns, p.minimal_ns, p.ratio, p.versioned
+        );
+    }
+    println!(
+        "  traps {}, property misses {}",
+        report.traps, report.property_misses
+    );
     Ok(())
 }

@@ -2,10 +2,12 @@
 //! fixture module (which reads one header), in one host and one run, so the ratio says what
 //! fledge's filter costs on top of the host's own per-request work.
 //!
-//! Each request is what the sandbox mesh does per request: `on_request_headers` (a routed host,
-//! a sticky user id), `on_response_headers` (`:status`) and `on_log` (duration, status, cluster).
-//! The two modules take turns in rounds so drift on a shared machine hits both alike; the median
-//! round is reported. This module measures and returns numbers; printing is the caller's.
+//! Each request is what the sandbox mesh does per request: `on_request_headers`,
+//! `on_response_headers` (`:status`) and `on_log` (duration, status, cluster), with the headers
+//! an Istio sidecar sees ([`HeaderSet`]), on both of the filter's paths ([`RequestPath`]): to
+//! the host a rollout routes (rule, sticky split, version header, measured) and to any other
+//! host (one header read, nothing at log time). The two modules take turns in rounds so drift on
+//! a shared machine hits both alike; the median round is reported. This module measures and returns numbers; printing is the caller's.
 //! Not here: the mesh's own HTTP cost, or anything statistical about the filter's output.
 
 use std::path::{Path, PathBuf};
@@ -50,7 +52,7 @@ fn module(env: &'static str, file: &str) -> Result<PathBuf> {
 pub struct BenchConfig {
     pub filter: PathBuf,
     pub minimal: PathBuf,
-    /// Requests per module in total (spread over the rounds).
+    /// Requests per module and path in total (spread over the rounds).
     pub requests: usize,
     /// Alternating rounds per module; the median round is reported.
     pub rounds: usize,
@@ -63,24 +65,55 @@ pub struct BenchConfig {
 /// Which request headers each benchmark request carries (the response and log are the same).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HeaderSet {
-    /// The five the sandbox mesh sends: four pseudo headers and the sticky user id.
-    #[default]
+    /// The five the sandbox mesh's load sends: four pseudo headers and the sticky user id.
     Mesh,
-    /// Fifteen, as a browser's request through a mesh carries them: the same five plus
-    /// user agent, accept headers, a 300-byte cookie, request id and B3 tracing headers.
-    Realistic,
+    /// Eighteen, as an Istio sidecar's outbound HTTP filters see a request from an application
+    /// behind it: the pseudo headers, user agent, accept headers, a 300-byte cookie, the
+    /// request id, B3 and W3C trace context, `x-forwarded-proto`, Istio's peer metadata
+    /// exchange headers (a 458-byte base64 value among them), and the sticky user id.
+    #[default]
+    Sidecar,
 }
 
+/// Which of the filter's two paths a request takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestPath {
+    /// To the host the filter's routing table names (`reviews`): routed by a header rule and a
+    /// sticky split, the version header written, measured at `on_log`.
+    Routed,
+    /// To a host no rollout concerns (`ratings`): one header read, nothing at `on_log` — most of
+    /// a mesh's traffic.
+    Unrouted,
+}
+
+impl RequestPath {
+    pub const ALL: [RequestPath; 2] = [RequestPath::Routed, RequestPath::Unrouted];
+
+    fn authority(self) -> &'static str {
+        match self {
+            RequestPath::Routed => ROUTED_HOST,
+            RequestPath::Unrouted => "ratings.shop.svc.cluster.local",
+        }
+    }
+}
+
+/// The host [`FILTER_CONFIG`] routes.
+const ROUTED_HOST: &str = "reviews.shop.svc.cluster.local";
+
+/// Istio's metadata exchange value (`x-envoy-peer-metadata`): a base64 protobuf `Struct` of the
+/// calling workload's labels, names and mesh id, of the size a Deployment's pod carries.
+const PEER_METADATA: &str = "ChoKDkFQUF9DT05UQUlORVJTEggaBnJldmlld3MKGgoKQ0xVU1RFUl9JRBIMGgpLdWJlcm5ldGVzCh4KDElOU1RBTkNFX0lQUxIOGgwxMC4yNDQuMS4xNzcKGQoNSVNUSU9fVkVSU0lPThIIGgYxLjI0LjAKwQEKBkxBQkVMUxK2ASqzAQoQCgNhcHASCRoHcmV2aWV3cwohChFwb2QtdGVtcGxhdGUtaGFzaBIMGgo3ZDk1ZjZiOGM0CiQKGXNlY3VyaXR5LmlzdGlvLmlvL3Rsc01vZGUSBxoFaXN0aW8KLAofc2VydmljZS5pc3Rpby5pby9jYW5vbmljYWwtbmFtZRIJGgdyZXZpZXdzCioKI3NlcnZpY2UuaXN0aW8uaW8vY2Fub25pY2FsLXJldmlzaW9uEgMaAXYxChoKB01FU0hfSUQSDxoNY2x1c3Rlci5sb2NhbA";
+
 impl HeaderSet {
-    /// The headers of request number `i` (the user id cycles over 997 users).
-    fn request(self, i: usize) -> Vec<(String, String)> {
+    /// The headers of request number `i` on `path` (the user id cycles over 997 users).
+    pub fn request(self, path: RequestPath, i: usize) -> Vec<(String, String)> {
         let mut headers = vec![
-            (":authority", "reviews.shop.svc.cluster.local".to_string()),
-            (":path", "/reviews/1".to_string()),
+            (":authority", path.authority().to_string()),
+            (":path", format!("/reviews/{}", i % 100)),
             (":method", "GET".to_string()),
             (":scheme", "http".to_string()),
         ];
-        if self == HeaderSet::Realistic {
+        if self == HeaderSet::Sidecar {
             let cookie = format!(
                 "_ga=GA1.2.{:010}.1700000000; theme=dark; lang=en-GB; cart={:032x}; \
                  consent=analytics%3Dtrue%26ads%3Dfalse; session={:064x}; \
@@ -89,6 +122,7 @@ impl HeaderSet {
                 i * 7919,
                 i * 104_729
             );
+            let (trace, span) = (i * 31, i * 17);
             headers.extend([
                 (
                     "user-agent",
@@ -96,33 +130,41 @@ impl HeaderSet {
                      Chrome/124.0 Safari/537.36"
                         .to_string(),
                 ),
-                (
-                    "accept",
-                    "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".to_string(),
-                ),
+                ("accept", "application/json, text/plain, */*".to_string()),
                 ("accept-encoding", "gzip, deflate, br".to_string()),
-                ("accept-language", "en-GB,en;q=0.9".to_string()),
                 ("cookie", cookie),
-                ("x-forwarded-proto", "https".to_string()),
+                ("x-forwarded-proto", "http".to_string()),
                 (
                     "x-request-id",
                     format!("{i:08x}-5f3c-4b7a-9d2e-6a1b0c9d8e7f"),
                 ),
-                ("x-b3-traceid", format!("{:032x}", i * 31)),
-                ("x-b3-spanid", format!("{:016x}", i * 17)),
+                ("x-b3-traceid", format!("{trace:032x}")),
+                ("x-b3-spanid", format!("{span:016x}")),
+                ("x-b3-parentspanid", format!("{:016x}", span + 1)),
                 ("x-b3-sampled", "1".to_string()),
+                ("traceparent", format!("00-{trace:032x}-{span:016x}-01")),
+                (
+                    "x-envoy-peer-metadata-id",
+                    "sidecar~10.244.1.177~productpage-v1-6b746f74dc-9stvs.shop~shop.svc.cluster.local"
+                        .to_string(),
+                ),
+                ("x-envoy-peer-metadata", PEER_METADATA.to_string()),
             ]);
         }
         headers.push(("x-user-id", format!("user-{}", i % 997)));
-        headers
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
+        // Grown one header at a time, as the mesh builds a request's list: with its slack, a
+        // header the filter adds does not move the whole list.
+        let mut list = Vec::new();
+        for (name, value) in headers {
+            list.push((name.to_string(), value));
+        }
+        list
     }
 }
 
 impl BenchConfig {
-    /// Both modules from their usual places, 200 000 requests in 10 rounds, 2 workers.
+    /// Both modules from their usual places, 200 000 requests in 10 rounds, 2 workers,
+    /// sidecar headers.
     pub fn from_env() -> Result<Self> {
         Ok(Self {
             filter: filter_module()?,
@@ -130,33 +172,54 @@ impl BenchConfig {
             requests: 200_000,
             rounds: 10,
             workers: 2,
-            headers: HeaderSet::Mesh,
+            headers: HeaderSet::Sidecar,
         })
     }
 }
 
-/// Per-request time of each module, and their ratio.
+/// Per-request time of each module on one path, and their ratio.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BenchReport {
-    pub requests: usize,
+pub struct PathReport {
     /// Median over rounds of the mean ns per request through fledge's filter.
     pub filter_ns: f64,
-    /// The same through the minimal fixture.
+    /// The same through the minimal fixture, with the same requests.
     pub minimal_ns: f64,
     /// `filter_ns / minimal_ns`.
     pub ratio: f64,
+    /// Requests fledge's filter wrote the version header into (all of them on the routed
+    /// path, none on the other).
+    pub versioned: usize,
+}
+
+/// Both paths' numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// Requests per module and path.
+    pub requests: usize,
+    pub routed: PathReport,
+    pub unrouted: PathReport,
     /// Callbacks that trapped during the run (should be 0).
     pub traps: u64,
     /// Property reads fledge's filter made during the requests that the host could not answer
-    /// (should be 0: every request has its duration, code and flags; otherwise the filter
+    /// (should be 0: every routed request has its duration, code and flags; otherwise the filter
     /// measured less than it does in Envoy). Reads while configuring (an absent node label) are
     /// not counted.
     pub property_misses: u64,
 }
 
+impl BenchReport {
+    pub fn path(&self, path: RequestPath) -> &PathReport {
+        match path {
+            RequestPath::Routed => &self.routed,
+            RequestPath::Unrouted => &self.unrouted,
+        }
+    }
+}
+
 /// The configuration fledge's filter runs with: client role, a header rule and a sticky 10 %
-/// split on the benchmark's host, reports every second to an agent cluster this host does not
-/// know (so the stream fails to open and the filter keeps counting, as with an agent down).
+/// split on the benchmark's routed host, reports every second to an agent cluster this host
+/// does not know (so the stream fails to open and the filter keeps counting, as with an agent
+/// down).
 pub const FILTER_CONFIG: &str = r#"{
   "agent": {"cluster": "outbound|9090||fledge-agent.fledge-system.svc.cluster.local"},
   "role": "client",
@@ -169,7 +232,10 @@ pub const FILTER_CONFIG: &str = r#"{
   }]
 }"#;
 
-/// Runs the benchmark. Needs a tokio runtime (the hosts' ticks).
+/// The header fledge's filter writes the version into (its default).
+const VERSION_HEADER: &str = "x-fledge-version";
+
+/// Runs the benchmark on both paths. Needs a tokio runtime (the hosts' ticks).
 pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let host_config = |module: &Path, plugin: &str| HostConfig {
         workers: config.workers.max(1),
@@ -180,16 +246,23 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let misses_before = filter.stats().property_misses;
     let rounds = config.rounds.max(1);
     let per_round = (config.requests / rounds).max(1);
-    // Warm both (first-touch memory, branch predictors) before measuring.
     let headers = config.headers;
-    requests(&filter, &mut batch(per_round.min(1000), headers));
-    requests(&minimal, &mut batch(per_round.min(1000), headers));
-    let (mut filter_rounds, mut minimal_rounds) = (Vec::new(), Vec::new());
+    // Warm both (first-touch memory, branch predictors) before measuring.
+    for path in RequestPath::ALL {
+        requests(&filter, &mut batch(per_round.min(1000), headers, path));
+        requests(&minimal, &mut batch(per_round.min(1000), headers, path));
+    }
+    let mut rounds_of = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+    let mut versioned = [0, 0];
     for _ in 0..rounds {
-        let elapsed = requests(&filter, &mut batch(per_round, headers));
-        filter_rounds.push(per_request(elapsed, per_round));
-        let elapsed = requests(&minimal, &mut batch(per_round, headers));
-        minimal_rounds.push(per_request(elapsed, per_round));
+        for (p, path) in RequestPath::ALL.into_iter().enumerate() {
+            let mut requests_of = batch(per_round, headers, path);
+            let elapsed = requests(&filter, &mut requests_of);
+            rounds_of[p][0].push(per_request(elapsed, per_round));
+            versioned[p] += requests_of.versioned();
+            let elapsed = requests(&minimal, &mut batch(per_round, headers, path));
+            rounds_of[p][1].push(per_request(elapsed, per_round));
+        }
         // Let the tick tasks run between rounds, as a proxy's event loop would.
         tokio::task::yield_now().await;
     }
@@ -197,12 +270,17 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     let property_misses = filter.stats().property_misses - misses_before;
     filter.shutdown().await;
     minimal.shutdown().await;
-    let (filter_ns, minimal_ns) = (median(filter_rounds), median(minimal_rounds));
-    Ok(BenchReport {
-        requests: per_round * rounds,
+    let [routed, unrouted] = rounds_of.map(|[filter, minimal]| (median(filter), median(minimal)));
+    let report = |(filter_ns, minimal_ns): (f64, f64), versioned| PathReport {
         filter_ns,
         minimal_ns,
         ratio: filter_ns / minimal_ns,
+        versioned,
+    };
+    Ok(BenchReport {
+        requests: per_round * rounds,
+        routed: report(routed, versioned[0]),
+        unrouted: report(unrouted, versioned[1]),
         traps,
         property_misses,
     })
@@ -215,29 +293,34 @@ pub enum Module {
     Minimal,
 }
 
-/// Runs `requests` requests through one module only (no rounds, no warm-up) and returns the
-/// mean ns per request: the loop to put under `valgrind --tool=callgrind
+/// Runs `requests` requests on `path` through one module only (no rounds, no warm-up) and
+/// returns the mean ns per request: the loop to put under `valgrind --tool=callgrind
 /// --toggle-collect='*bench::requests*'`, which then counts instructions per request of that
 /// module alone.
-pub async fn profile(config: &BenchConfig, module: Module, requests: usize) -> Result<f64> {
-    let (path, plugin) = match module {
+pub async fn profile(
+    config: &BenchConfig,
+    module: Module,
+    path: RequestPath,
+    requests: usize,
+) -> Result<f64> {
+    let (module, plugin) = match module {
         Module::Filter => (&config.filter, FILTER_CONFIG),
         Module::Minimal => (&config.minimal, ""),
     };
     let host = FilterHost::start(HostConfig {
         workers: config.workers.max(1),
-        ..HostConfig::new(path, plugin)
+        ..HostConfig::new(module, plugin)
     })
     .await?;
     let n = requests.max(1);
-    let elapsed = self::requests(&host, &mut batch(n, config.headers));
+    let elapsed = self::requests(&host, &mut batch(n, config.headers, path));
     host.shutdown().await;
     Ok(per_request(elapsed, n))
 }
 
-/// The request and response headers of `n` requests, built before any clock starts.
-fn batch(n: usize, headers: HeaderSet) -> Batch {
-    let requests = (0..n).map(|i| headers.request(i)).collect();
+/// The request and response headers of `n` requests on `path`, built before any clock starts.
+fn batch(n: usize, headers: HeaderSet, path: RequestPath) -> Batch {
+    let requests = (0..n).map(|i| headers.request(path, i)).collect();
     let responses = vec![vec![(":status".to_string(), "200".to_string())]; n];
     Batch {
         requests,
@@ -250,6 +333,15 @@ struct Batch {
     responses: Vec<Vec<(String, String)>>,
 }
 
+impl Batch {
+    /// Requests that left the filter with a version header.
+    fn versioned(&self) -> usize {
+        self.requests
+            .iter()
+            .filter(|headers| headers.iter().any(|(name, _)| name == VERSION_HEADER))
+            .count()
+    }
+}
 /// Runs the batch's requests through `host` as the mesh does and returns the time the host
 /// calls took. Never inlined: it is the function callgrind's `--toggle-collect` names, so the
 /// counts cover the host calls only, as the clock does.
