@@ -74,6 +74,9 @@ pub struct Metrics {
     pub late_series: Family<HostLabel, Counter>,
     /// Requests in those series, by host.
     pub late_requests: Family<HostLabel, Counter>,
+    /// Requests the filters counted but could not measure (a latency or status the proxy did
+    /// not give), by host: never judged as successes, and a canary with too many cannot pass.
+    pub unmeasured_requests: Family<HostLabel, Counter>,
     /// Requests of series beyond the store's series cap (only when it keeps every series).
     pub over_cap_requests: Counter,
     /// Requests the filters could not place in a series (their own series limit).
@@ -105,6 +108,7 @@ impl Metrics {
         let ignored_requests = Family::<HostLabel, Counter>::default();
         let late_series = Family::<HostLabel, Counter>::default();
         let late_requests = Family::<HostLabel, Counter>::default();
+        let unmeasured_requests = Family::<HostLabel, Counter>::default();
         let over_cap_requests = Counter::default();
         let filter_dropped_requests = Counter::default();
         let series_stored = Gauge::default();
@@ -128,6 +132,11 @@ impl Metrics {
                 "late_requests",
                 "Requests that arrived after the analysis read their second, by host",
                 &late_requests,
+            ),
+            (
+                "unmeasured_requests",
+                "Requests the filters could not measure (no latency or status from the proxy), by host",
+                &unmeasured_requests,
             ),
         ] {
             registry.register(name, help, family.clone());
@@ -201,6 +210,7 @@ impl Metrics {
             ignored_requests,
             late_series,
             late_requests,
+            unmeasured_requests,
             over_cap_requests,
             filter_dropped_requests,
             series_stored,

@@ -301,3 +301,20 @@ async fn a_stream_that_lies_about_its_namespace_is_refused_and_an_honest_one_is_
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn unmeasured_requests_are_counted_by_host() {
+    let agent = agent().await;
+    let filter = connect(agent.addr).await;
+    filter.tx.send(hello(0)).await.unwrap();
+    let report = Report::test()
+        .seq(1)
+        .errors(2, 100)
+        .latency_us(2000)
+        .unmeasured(4);
+    filter.tx.send(report.message()).await.unwrap();
+    eventually("the report merged", || total(&agent, "v2") == (100, 2)).await;
+    let metrics = agent.metrics.render();
+    let line = "fledge_agent_unmeasured_requests_total{host=\"reviews\"} 4";
+    assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+}

@@ -70,6 +70,8 @@ pub trait SeriesExt: Sized {
     /// Every request took `latency_us` µs. Panics on a series without requests, which has no
     /// latency to set: set the counts first.
     fn latency_us(self, latency_us: u64) -> Self;
+    /// `unmeasured` of the requests have no latency or status (the histogram holds the rest).
+    fn unmeasured(self, unmeasured: u64) -> Self;
 }
 
 impl SeriesExt for Series {
@@ -123,6 +125,19 @@ impl SeriesExt for Series {
         self.latency_us_hdr = histogram(latency_us, measured);
         self
     }
+
+    fn unmeasured(mut self, unmeasured: u64) -> Self {
+        let mut counts = self.counts.unwrap_or_default();
+        assert!(
+            unmeasured <= counts.requests,
+            "{unmeasured} unmeasured of {}",
+            counts.requests
+        );
+        counts.unmeasured = unmeasured;
+        self.counts = Some(counts);
+        self.latency_us_hdr = histogram(latency_of(&self), counts.measured());
+        self
+    }
 }
 
 /// The latency the series' histogram holds (to its precision, which re-encodes to the same
@@ -155,6 +170,7 @@ pub trait ReportExt: Sized {
     fn requests(self, requests: u64) -> Self;
     fn errors(self, failures: u64, requests: u64) -> Self;
     fn latency_us(self, latency_us: u64) -> Self;
+    fn unmeasured(self, unmeasured: u64) -> Self;
     /// The report as a filter sends it.
     fn message(self) -> FilterMessage;
 }
@@ -213,6 +229,10 @@ impl ReportExt for Report {
 
     fn latency_us(self, latency_us: u64) -> Self {
         each(self, |s| s.latency_us(latency_us))
+    }
+
+    fn unmeasured(self, unmeasured: u64) -> Self {
+        each(self, |s| s.unmeasured(unmeasured))
     }
 
     fn message(self) -> FilterMessage {

@@ -261,6 +261,15 @@ impl TelemetryService {
             self.hub.reported(stream, merge.hosts());
         }
         self.metrics.reports_received.inc();
+        for (key, delta) in &merge.report.series {
+            if delta.counts.unmeasured > 0 {
+                let label = crate::metrics::HostLabel {
+                    host: key.host.clone(),
+                };
+                let counter = self.metrics.unmeasured_requests.get_or_create(&label);
+                counter.inc_by(delta.counts.unmeasured);
+            }
+        }
         let dropped = merge.report.dropped;
         let merged = {
             let mut windows = self.store.lock().unwrap_or_else(PoisonError::into_inner);
