@@ -38,6 +38,8 @@ pub struct Options {
     pub instance: Option<String>,
     /// Refuse telemetry streams without a mesh identity (the agent runs behind a sidecar).
     pub require_peer_identity: bool,
+    /// Take commands over the HTTP API too (off: only on the Rollout object, under RBAC).
+    pub http_commands: bool,
 }
 
 /// The agent with the client the environment gives: in-cluster, else the kubeconfig.
@@ -57,6 +59,7 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         http: options.http,
         tick: options.tick,
         require_peer_identity: options.require_peer_identity,
+        http_commands: options.http_commands,
     };
     let agent = Agent::serve(store, listen).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");

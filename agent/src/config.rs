@@ -107,6 +107,11 @@ pub struct KubeArgs {
     /// from the client's certificate and drops one a client sent.
     #[arg(long, env = "FLEDGE_REQUIRE_PEER_IDENTITY")]
     pub require_peer_identity: bool,
+    /// Also take commands over the HTTP API (`POST /api/v1/rollouts/NS/NAME/promote`), which
+    /// has no authentication of its own. Off: commands are written on the Rollout object
+    /// (`kubectl fledge`), where Kubernetes RBAC decides who may give them.
+    #[arg(long, env = "FLEDGE_HTTP_COMMANDS")]
+    pub http_commands: bool,
 }
 
 #[derive(Debug, Subcommand)]

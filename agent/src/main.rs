@@ -50,6 +50,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tick: std::time::Duration::from_secs(1),
                 instance: args.pod_name,
                 require_peer_identity: args.require_peer_identity,
+                http_commands: args.http_commands,
             };
             fledge_agent::cluster::start(options)
                 .await?

@@ -58,6 +58,8 @@ pub struct Listen {
     pub tick: Duration,
     /// Refuse telemetry streams that carry no mesh identity (see `telemetry::peer`).
     pub require_peer_identity: bool,
+    /// Take commands over HTTP (`POST …/promote`); otherwise only on the Rollout object.
+    pub http_commands: bool,
 }
 
 /// A running agent. Dropping it leaves it running; `stop` ends it.
@@ -104,6 +106,7 @@ impl Agent {
             .into_server();
         let guard = Guard {
             loopback: http_addr.ip().is_loopback(),
+            commands: listen.http_commands,
         };
         let api = router(Arc::new(controller.clone()), metrics.clone(), guard);
 

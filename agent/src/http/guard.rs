@@ -8,6 +8,9 @@
 //! - when the API listens on a loopback address, its `Host` is a loopback name, so a page whose
 //!   own name a DNS server points at 127.0.0.1 (DNS rebinding) is refused too.
 //!
+//! In a cluster the agent takes no commands over HTTP at all unless `--http-commands` says so:
+//! they are written on the Rollout object instead (`kubectl fledge`).
+//!
 //! Reads (`GET`) are not guarded: they change nothing. Authentication for an API reachable from
 //! other machines is a different question, answered by where it listens.
 
@@ -21,11 +24,20 @@ use axum::response::{IntoResponse, Response};
 pub struct Guard {
     /// The API listens on a loopback address: only loopback `Host` names are accepted.
     pub loopback: bool,
+    /// Commands are taken over HTTP at all. In a cluster they are not (unless a flag says so):
+    /// they are written on the Rollout, where Kubernetes RBAC decides who may give them.
+    pub commands: bool,
 }
 
 /// Why a mutation was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error(
+        "this agent takes no commands over HTTP: in a cluster they go on the Rollout, where \
+         Kubernetes RBAC decides who may give them (`kubectl fledge promote NAMESPACE/NAME`, \
+         which needs `patch` on rollouts.fledge.dev)"
+    )]
+    CommandsOff,
     #[error(
         "commands are not taken from web pages (the request carries Origin {0:?}); \
          use `fledge-agent promote|abort|pause|resume` or POST without an Origin"
@@ -43,6 +55,9 @@ pub enum Refusal {
 impl Guard {
     /// Whether a mutation with these headers may go through.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        if !self.commands {
+            return Err(Refusal::CommandsOff);
+        }
         let text = |name| {
             headers.get(name).map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
@@ -88,7 +103,9 @@ pub async fn mutations(State(guard): State<Guard>, request: Request, next: Next)
         Err(refusal) => {
             let status = match refusal {
                 Refusal::NotJson(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Refusal::CrossOrigin(_) | Refusal::ForeignHost(_) => StatusCode::FORBIDDEN,
+                Refusal::CommandsOff | Refusal::CrossOrigin(_) | Refusal::ForeignHost(_) => {
+                    StatusCode::FORBIDDEN
+                }
             };
             tracing::warn!(reason = %refusal, "command refused");
             let body = axum::Json(serde_json::json!({ "error": refusal.to_string() }));
@@ -100,6 +117,17 @@ pub async fn mutations(State(guard): State<Guard>, request: Request, next: Next)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_command_passes_when_commands_are_off() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let guard = Guard {
+            loopback: false,
+            commands: false,
+        };
+        assert_eq!(guard.check(&headers), Err(Refusal::CommandsOff));
+    }
 
     #[test]
     fn mutations_from_pages_forms_and_foreign_hosts_are_refused() {
@@ -165,9 +193,11 @@ mod tests {
                     headers.insert(name, v.parse().expect("header value"));
                 }
             }
-            let got = Guard { loopback }
-                .check(&headers)
-                .map_err(|e| e.to_string());
+            let guard = Guard {
+                loopback,
+                commands: true,
+            };
+            let got = guard.check(&headers).map_err(|e| e.to_string());
             match expected {
                 Ok(()) => assert_eq!(got, Ok(()), "{origin:?} {content_type:?} {host:?}"),
                 Err(needle) => {

@@ -66,7 +66,14 @@ fn rollout(ns: &str, name: &str, phase: &str) -> Value {
 
 async fn serve(plane: Arc<Recording>) -> (String, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let app = router(plane, metrics.clone(), Guard { loopback: true });
+    let app = router(
+        plane,
+        metrics.clone(),
+        Guard {
+            loopback: true,
+            commands: true,
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -551,13 +551,18 @@ async fn the_cluster_role_grants_exactly_what_the_store_uses() {
 
 /// The status line of `GET path` on the agent's HTTP address.
 async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, &request).await.0
+}
+
+/// Sends `request` as is; the status and the whole answer.
+async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
-    answer.split(' ').nth(1).unwrap().parse().unwrap()
+    (answer.split(' ').nth(1).unwrap().parse().unwrap(), answer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,6 +576,7 @@ async fn the_agent_is_ready_only_once_the_rollout_cache_has_synced() {
         tick: Duration::from_millis(100),
         instance: None,
         require_peer_identity: false,
+        http_commands: false,
     };
     let agent = fledge_agent::cluster::start_with(server.client(), options)
         .await
@@ -594,6 +600,15 @@ async fn the_agent_is_ready_only_once_the_rollout_cache_has_synced() {
     assert_eq!(
         http_status(agent.http_addr, "/api/v1/rollouts/shop/reviews").await,
         200
+    );
+    // In a cluster commands go on the Rollout, under RBAC: none over HTTP.
+    let promote = "POST /api/v1/rollouts/shop/reviews/promote HTTP/1.1\r\nHost: agent\r\n\
+                   Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let (status, answer) = http_exchange(agent.http_addr, promote).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer.contains("this agent takes no commands over HTTP"),
+        "{answer}"
     );
     agent.stop();
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
