@@ -64,6 +64,17 @@ fn rollout(ns: &str, name: &str, phase: &str) -> Value {
     })
 }
 
+/// A control plane holding shop/reviews, progressing.
+fn progressing() -> Arc<Recording> {
+    let plane = Arc::new(Recording::default());
+    plane
+        .rollouts
+        .lock()
+        .expect("lock")
+        .push(rollout("shop", "reviews", "Progressing"));
+    plane
+}
+
 async fn serve(plane: Arc<Recording>) -> (String, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let app = router(
@@ -231,12 +242,7 @@ async fn post(
 
 #[tokio::test]
 async fn unknown_command_is_a_bad_request() {
-    let plane = Arc::new(Recording::default());
-    plane
-        .rollouts
-        .lock()
-        .expect("lock")
-        .push(rollout("shop", "reviews", "Progressing"));
+    let plane = progressing();
     let (base, _) = serve(plane).await;
     let json = [("content-type", "application/json")];
     let (status, body) = post(&base, "/api/v1/rollouts/shop/reviews/restart", &json, "{}").await;
@@ -249,12 +255,7 @@ async fn unknown_command_is_a_bad_request() {
 
 #[tokio::test]
 async fn commands_from_web_pages_forms_and_foreign_hosts_are_refused() {
-    let plane = Arc::new(Recording::default());
-    plane
-        .rollouts
-        .lock()
-        .expect("lock")
-        .push(rollout("shop", "reviews", "Progressing"));
+    let plane = progressing();
     let (base, _) = serve(plane.clone()).await;
     let path = "/api/v1/rollouts/shop/reviews/abort";
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16, &'a str);
@@ -309,12 +310,7 @@ async fn wait_ends_on_final_phases() {
         ("Aborted", false),
         ("Failed", false),
     ] {
-        let plane = Arc::new(Recording::default());
-        plane
-            .rollouts
-            .lock()
-            .expect("lock")
-            .push(rollout("shop", "reviews", "Progressing"));
+        let plane = progressing();
         let (base, _) = serve(plane.clone()).await;
         let client = ApiClient::new(&base).expect("client");
         let flip = plane.clone();
@@ -339,12 +335,7 @@ async fn wait_ends_on_final_phases() {
         assert!(lines[0].starts_with("shop/reviews  Progressing  step 2/3  canary 20%"));
     }
 
-    let plane = Arc::new(Recording::default());
-    plane
-        .rollouts
-        .lock()
-        .expect("lock")
-        .push(rollout("shop", "reviews", "Progressing"));
+    let plane = progressing();
     let (base, _) = serve(plane).await;
     let client = ApiClient::new(&base).expect("client");
     let err = client
