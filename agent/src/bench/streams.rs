@@ -4,7 +4,9 @@
 //! Hello and then reports once a second (one series, as an old filter that reports every host
 //! would: no Rollout reads it, so the agent counts it as ignored); the streams share HTTP/2
 //! connections up to the agent's per-connection bound. At the end every report sent must have
-//! been counted by the agent (`fledge_agent_reports_received_total`) and none refused.
+//! been counted by the agent (`fledge_agent_reports_received_total`) and none refused. A run
+//! whose connections would not fit the open-files limit is refused up front, saying the limit
+//! it needs.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -269,10 +271,26 @@ async fn run_stream(
     }
 }
 
+/// The soft limit on open files of this process (and of the agent it starts), from /proc.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Runs the benchmark, printing a line per sample.
 pub async fn streams(options: StreamsOptions) -> anyhow::Result<StreamsResult> {
     let per_connection = options.per_connection;
     let connections = options.streams.div_ceil(per_connection);
+    // Each connection takes a descriptor here and one in the agent, which inherits the limit.
+    let needed = connections as u64 + 256;
+    if let Some(limit) = open_files_limit()
+        && limit < needed
+    {
+        bail!(
+            "{connections} connections need about {needed} open files, and this process may open {limit}: raise the limit (`ulimit -n {needed}`) or put more streams on a connection (--per-connection)"
+        );
+    }
     let (agent, grpc) = start_agent().await?;
     let pid = agent.child.id();
     let ticks_per_sec = clock_ticks();
