@@ -2,9 +2,17 @@
 //! it decodes, validates and merges per second (reports made up front: 4 series each, lognormal
 //! latencies, V2-encoded like the filter's, timed through the same `validate` + `Windows::merge`
 //! the gRPC server runs). `store`: the telemetry store's memory for many series over a long
-//! simulated time. `look`: one analysis look at different points of a step.
+//! simulated time. `look`: one analysis look at different points of a step. `streams`
+//! (`streams.rs`): many filter streams over real gRPC against the agent as a child process.
+//! `tick` (`tick.rs`): the reconcile loop with many progressing Rollouts, and its writes.
 
 use std::time::{Duration, Instant};
+
+mod streams;
+mod tick;
+
+pub use streams::{StreamsOptions, StreamsResult, streams};
+pub use tick::{TickResult, TickStore, tick};
 
 use fledge_proto::v1;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
@@ -204,6 +212,8 @@ pub fn look(at: &[u64], requests: u64) -> LookResult {
             .map(|(_, d)| {
                 let mut s = Second::default();
                 s.add(&d);
+                // Settled, as the store hands seconds to the analysis.
+                s.fold();
                 s
             })
             .collect()

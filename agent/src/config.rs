@@ -135,6 +135,30 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 200)]
         requests: u64,
     },
+    /// Many filter streams over real gRPC, 1 report/s each, against the agent run as a child
+    /// process: reports lost, the agent's CPU share and resident set over time.
+    Streams {
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Streams per HTTP/2 connection (the agent allows 64).
+        #[arg(long, default_value_t = 50)]
+        per_connection: usize,
+        /// A short run for CI: 500 streams for 10 s (overrides --streams and --seconds).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// The reconcile tick with ROLLOUTS progressing canaries, and the writes per second it makes.
+    Tick {
+        #[arg(long, default_value_t = 1000)]
+        rollouts: usize,
+        /// Simulated seconds (one tick each).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, value_enum, default_value = "memory")]
+        store: crate::bench::TickStore,
+    },
     /// One analysis look's time at 10 s and at 30 min into a step.
     Look {
         /// Canary requests per second (the baseline gets 9×).

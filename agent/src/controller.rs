@@ -42,8 +42,9 @@ struct Entry {
     routing_applied: bool,
     failures: u32,
     retry_at: Option<Instant>,
-    /// The status as last persisted (or read from the store), and when this agent wrote it.
-    persisted: Option<RolloutStatus>,
+    /// The status as last persisted (or read from the store), and when this agent wrote it;
+    /// shared, so a tick reads it without copying its evidence.
+    persisted: Option<Arc<RolloutStatus>>,
     persisted_at: Option<Timestamp>,
 }
 
@@ -138,27 +139,27 @@ impl<S: RolloutStore + 'static> Controller<S> {
                 tracing::warn!(error = %problem, "an object cannot be read; it is left alone until fixed");
             }
             state.problems = problems;
-            state.entries.retain(|k, _| keys.contains(k));
-            for rollout in &listing.rollouts {
-                let key = ObjectKey::of(rollout);
-                match state.entries.get_mut(&key) {
+            let listed: HashSet<&ObjectKey> = keys.iter().collect();
+            state.entries.retain(|k, _| listed.contains(k));
+            for (key, mut rollout) in keys.iter().zip(listing.rollouts) {
+                match state.entries.get_mut(key) {
                     // The loop's own status is the truth once loaded: the store only persists it.
                     Some(e) => {
-                        let status = e.rollout.status.take();
-                        e.rollout = rollout.clone();
-                        e.rollout.status = status.or_else(|| rollout.status.clone());
+                        let listed_status = rollout.status.take();
+                        rollout.status = e.rollout.status.take().or(listed_status);
+                        e.rollout = rollout;
                     }
                     None => {
                         let entry = Entry {
-                            rollout: rollout.clone(),
+                            persisted: rollout.status.clone().map(Arc::new),
+                            rollout,
                             judge: Judge::default(),
                             routing_applied: false,
                             failures: 0,
                             retry_at: None,
-                            persisted: rollout.status.clone(),
                             persisted_at: None,
                         };
-                        state.entries.insert(key, entry);
+                        state.entries.insert(key.clone(), entry);
                     }
                 }
             }
@@ -238,7 +239,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
             judgment: judgment.as_ref(),
             commands: &commands,
             routing_applied,
-            persisted: persisted.as_ref().map(|(s, at)| (s, *at)),
+            persisted: persisted.as_ref().map(|(s, at)| (&**s, *at)),
             now,
         });
         if let Some(o) = &plan.outcome {
@@ -267,7 +268,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
                     if plan.finished() {
                         judge.reset();
                     }
-                    entry.persisted = Some(status.clone());
+                    entry.persisted = Some(Arc::new(status.clone()));
                     entry.persisted_at = Some(now);
                     entry.rollout.status = Some(status);
                     entry.routing_applied = false;
@@ -286,7 +287,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
             }
             entry.judge = judge;
             if applied.persisted {
-                entry.persisted = Some(applied.status.clone());
+                entry.persisted = Some(Arc::new(applied.status.clone()));
                 entry.persisted_at = Some(now);
             }
             entry.rollout.status = Some(applied.status);

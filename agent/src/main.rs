@@ -13,7 +13,8 @@ use fledge_core::rollout::UserCommand;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    fledge_agent::logging::init();
+    let bench = matches!(cli.command, Command::Bench { .. });
+    fledge_agent::logging::init(if bench { "warn" } else { "info" });
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
@@ -101,6 +102,74 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 r.counter_bytes_held as f64 / (1 << 20) as f64,
                 mib(r.peak_rss_kib_before),
                 mib(r.peak_rss_kib_after),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Streams {
+                    streams,
+                    seconds,
+                    per_connection,
+                    quick,
+                },
+        } => {
+            let options =
+                fledge_agent::bench::StreamsOptions::new(streams, seconds, per_connection, quick);
+            println!(
+                "streams: {} streams × 1 report/s for {} s, {} per HTTP/2 connection",
+                options.streams, options.seconds, options.per_connection
+            );
+            let r = fledge_agent::bench::streams(options).await?;
+            let (first, last) = r.rss_after_warm_up;
+            println!(
+                "  {} connections; reports sent {}, counted {}, lost {}, refused {}\n  agent after warm-up: {:.1} % of a core, RSS {:.1} → {:.1} MiB",
+                r.connections,
+                r.sent,
+                r.counted,
+                r.lost(),
+                r.refused,
+                r.cpu_after_warm_up * 100.0,
+                first as f64 / 1024.0,
+                last as f64 / 1024.0,
+            );
+            Ok(if r.lost() == 0 && r.refused == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Tick {
+                    rollouts,
+                    seconds,
+                    store,
+                },
+        } => {
+            let r = fledge_agent::bench::tick(rollouts, seconds, store).await?;
+            println!(
+                "tick: {} progressing Rollouts, {} ticks (one per simulated second), {store:?} store\n  tick mean {:.1?}, median {:.1?}, p90 {:.1?}, max {:.1?}",
+                r.rollouts,
+                r.ticks,
+                r.mean(),
+                r.quantile(0.5),
+                r.quantile(0.9),
+                r.quantile(1.0),
+            );
+            let writes: Vec<String> = r
+                .writes
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            println!(
+                "  writes over the run: {}\n  status writes once every Rollout is in its step: {:.1}/s ({} in {} s)\n  peak RSS of the process: {} MiB",
+                writes.join(", "),
+                r.steady_status_writes as f64 / r.steady_secs.max(1) as f64,
+                r.steady_status_writes,
+                r.steady_secs,
+                r.peak_rss_kib
+                    .map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
             );
             Ok(ExitCode::SUCCESS)
         }

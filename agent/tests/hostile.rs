@@ -1,6 +1,6 @@
 //! The telemetry server against what an unfriendly or broken client sends, over real gRPC:
 //! messages that do not decode or are too large end their stream with a status and a reason,
-//! counted; a stream without Hello times out; a report full of junk series cannot hide a
+//! counted; a stream without Hello, or silent after it, times out; a report full of junk series cannot hide a
 //! Rollout's own series; an old filter that reports every host is accepted and what it sends
 //! beyond the Rollouts' series is counted per host; late data is counted per host.
 
@@ -29,6 +29,11 @@ struct Agent {
 
 /// An agent that stores only reviews v1/v2 (a Rollout's series) for 60 s, with short timeouts.
 async fn agent() -> Agent {
+    agent_with_idle(Duration::from_secs(5)).await
+}
+
+/// [`agent`], ending a stream that sends nothing for `idle` after its Hello.
+async fn agent_with_idle(idle: Duration) -> Agent {
     let mut windows = Windows::new(60, 64);
     let needed: HashSet<_> = ["v1", "v2"]
         .iter()
@@ -38,7 +43,7 @@ async fn agent() -> Agent {
     let store = Arc::new(Mutex::new(windows));
     let metrics = Arc::new(Metrics::new());
     let service = TelemetryService::new(store.clone(), Hub::new(), metrics.clone())
-        .with_timeouts(Duration::from_millis(300), Duration::from_secs(5));
+        .with_timeouts(Duration::from_millis(300), idle);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -214,6 +219,23 @@ async fn a_stream_without_hello_times_out_counted() {
     metrics_show(
         &agent,
         &["fledge_agent_reports_rejected_total{reason=\"hello_timeout\"} 1"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_that_goes_quiet_after_hello_is_ended_counted() {
+    let agent = agent_with_idle(Duration::from_millis(300)).await;
+    let status = ends_with(agent.addr, vec![hello()]).await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().starts_with("nothing sent for"),
+        "{}",
+        status.message()
+    );
+    metrics_show(
+        &agent,
+        &["fledge_agent_reports_rejected_total{reason=\"idle\"} 1"],
     )
     .await;
 }

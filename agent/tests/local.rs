@@ -1,12 +1,14 @@
 //! `LocalAgent::stop` (and the binary on SIGTERM, after the tick in progress) leaves nothing
 //! attached: a filter's open stream ends with UNAVAILABLE, its
 //! connection closes (so a retry cannot land on the stopped agent's still-open connection), and
-//! the ports are free for the next agent on the same folder.
+//! the ports are free for the next agent on the same folder. One connection carries at most
+//! [`MAX_STREAMS_PER_CONNECTION`] streams; more wait for a free slot.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use fledge_agent::local::{LocalAgent, Options};
+use fledge_agent::serve::MAX_STREAMS_PER_CONNECTION;
 use fledge_proto::v1::telemetry_client::TelemetryClient;
 use fledge_proto::v1::{self, FilterMessage, filter_message};
 use tokio::sync::mpsc;
@@ -214,4 +216,50 @@ async fn sigterm_finishes_the_tick_ends_every_stream_and_exits() {
     assert!(listing.problems.is_empty(), "{:?}", listing.problems);
     let status = listing.rollouts[0].status.as_ref().expect("a status");
     assert_eq!(status.canary_weight, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_carries_at_most_the_bounded_number_of_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let agent = LocalAgent::start(options(dir.path(), any, any))
+        .await
+        .unwrap();
+    let hub = agent.hub.clone();
+    let channel = Channel::from_shared(format!("http://{}", agent.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bound = MAX_STREAMS_PER_CONNECTION as usize;
+    let mut streams = Vec::new();
+    for _ in 0..bound {
+        streams.push(open(channel.clone()).await.unwrap());
+    }
+    let registered = |n: usize| {
+        let hub = hub.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while hub.streams().len() != n {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert!(registered(bound).await, "{bound} streams never registered");
+    // One more on the same connection waits for a free slot; it is not served meanwhile.
+    let extra = tokio::spawn(open(channel.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!extra.is_finished(), "stream {} opened", bound + 1);
+    assert_eq!(hub.streams().len(), bound);
+    // A stream that ends frees its slot for the waiting one.
+    streams.pop();
+    let (_tx, _replies) = tokio::time::timeout(Duration::from_secs(5), extra)
+        .await
+        .expect("the waiting stream opens once a slot is free")
+        .unwrap()
+        .unwrap();
+    agent.stop();
 }

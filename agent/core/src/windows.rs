@@ -208,26 +208,58 @@ struct Held {
     seconds: VecDeque<(i64, Second)>,
     /// Seconds before this one were read by the analysis; data for them comes too late.
     read_before: i64,
+    /// How many of `seconds` are open (hold counters not yet folded), at most [`MAX_OPEN`].
+    open: usize,
 }
+
+/// Open seconds one series keeps: reports for a second arrive within a second or two of its
+/// end, so a few suffice; a report opening one more folds the oldest open one at once. This
+/// bounds an accumulator's memory per series whatever the seconds a filter reports.
+const MAX_OPEN: usize = 4;
 
 impl Held {
     fn add(&mut self, second: i64, delta: &SeriesDelta) {
-        match self.seconds.back_mut() {
-            Some((s, w)) if *s == second => return w.add(delta),
-            Some((s, _)) if *s > second => {}
+        let at = match self.seconds.back() {
+            Some((s, _)) if *s == second => self.seconds.len() - 1,
+            Some((s, _)) if *s > second => {
+                let at = self.seconds.partition_point(|(s, _)| *s < second);
+                if self.seconds.get(at).is_none_or(|(s, _)| *s != second) {
+                    self.seconds.insert(at, (second, Second::default()));
+                }
+                at
+            }
             _ => {
-                let mut w = Second::default();
-                w.add(delta);
-                return self.seconds.push_back((second, w));
+                self.seconds.push_back((second, Second::default()));
+                self.seconds.len() - 1
+            }
+        };
+        let held = &mut self.seconds[at].1;
+        let was_open = held.is_open();
+        held.add(delta);
+        if !was_open && held.is_open() {
+            self.open += 1;
+            if self.open > MAX_OPEN
+                && let Some((_, oldest)) = self.seconds.iter_mut().find(|(_, s)| s.is_open())
+            {
+                oldest.fold();
+                self.open -= 1;
             }
         }
-        let at = self.seconds.partition_point(|(s, _)| *s < second);
-        match self.seconds.get_mut(at) {
-            Some((s, w)) if *s == second => w.add(delta),
-            _ => {
-                let mut w = Second::default();
-                w.add(delta);
-                self.seconds.insert(at, (second, w));
+    }
+
+    /// Folds the open seconds before `second`.
+    fn fold_before(&mut self, second: i64) {
+        let mut left = self.open;
+        for (s, held) in self.seconds.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            if held.is_open() {
+                left -= 1;
+                if *s < second {
+                    held.fold();
+                    self.open -= 1;
+                }
             }
         }
     }
@@ -339,18 +371,14 @@ impl Windows {
         let oldest = now_secs - self.retention_secs;
         self.series.retain(|_, held| {
             while held.seconds.front().is_some_and(|(s, _)| *s < oldest) {
-                held.seconds.pop_front();
+                if let Some((_, gone)) = held.seconds.pop_front()
+                    && gone.is_open()
+                {
+                    held.open -= 1;
+                }
             }
             // Seconds that ended a second ago or more take few reports now: fold them.
-            for (_, second) in held
-                .seconds
-                .iter_mut()
-                .rev()
-                .skip_while(|(s, _)| *s >= now_secs - 1)
-                .take(4)
-            {
-                second.fold();
-            }
+            held.fold_before(now_secs - 1);
             !held.seconds.is_empty() || held.read_before > oldest
         });
     }

@@ -11,6 +11,13 @@ const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9314;
 /// Cookie, payload length, normalizing offset, significant digits, lowest, highest, ratio.
 const HEADER_LEN: usize = 4 + 4 + 4 + 4 + 8 + 8 + 8;
 
+/// fledge's own histogram bounds: lowest, highest, significant digits.
+const FLEDGE_BOUNDS: (u64, u64, u64) = (
+    1,
+    fledge_proto::HISTOGRAM_MAX_US,
+    fledge_proto::HISTOGRAM_SIGFIG as u64,
+);
+
 /// The non-zero counters of one histogram.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -51,7 +58,14 @@ pub fn decode(bytes: &[u8]) -> Result<Counters, String> {
     if ratio != 1.0 {
         return Err(format!("integer-to-double ratio {ratio} is not supported"));
     }
-    let layout = Layout::new(long(16), long(24), word(12))?;
+    let (lowest, highest, digits) = (long(16), long(24), word(12));
+    let layout = if (lowest, highest, u64::from(digits)) == FLEDGE_BOUNDS {
+        // What every fledge filter sends: derived once.
+        static FLEDGE: std::sync::LazyLock<Layout> = std::sync::LazyLock::new(Layout::fledge);
+        *FLEDGE
+    } else {
+        Layout::new(lowest, highest, digits)?
+    };
     let payload = &bytes[HEADER_LEN..];
     if payload.len() != payload_len {
         return Err(format!(
@@ -148,12 +162,9 @@ impl Layout {
 
     /// fledge's own wire layout (1 µs .. 1 h, 2 significant digits).
     pub fn fledge() -> Self {
-        Self::new(
-            1,
-            fledge_proto::HISTOGRAM_MAX_US,
-            fledge_proto::HISTOGRAM_SIGFIG.into(),
-        )
-        .expect("fledge's histogram bounds are valid constants")
+        let (lowest, highest, digits) = FLEDGE_BOUNDS;
+        Self::new(lowest, highest, digits as u32)
+            .expect("fledge's histogram bounds are valid constants")
     }
 
     /// How many counters the layout has.
@@ -189,7 +200,14 @@ impl Layout {
 
 /// One LEB128 number of at most 9 bytes, the ninth contributing all its 8 bits; with the bytes
 /// read. `None` when the input ends first.
+#[inline]
 fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    // Most counts and runs of zeros fit one byte.
+    match bytes.first() {
+        Some(&b) if b < 0x80 => return Some((u64::from(b), 1)),
+        None => return None,
+        Some(_) => {}
+    }
     let mut value = 0u64;
     for (i, &b) in bytes.iter().enumerate().take(9) {
         if i == 8 {

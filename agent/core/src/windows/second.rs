@@ -1,5 +1,8 @@
 //! One series' second as stored: its counts and the non-zero latency counters, varint-encoded,
-//! answering the analysis exactly as a full histogram of the same requests would. Pure.
+//! answering the analysis exactly as a full histogram of the same requests would. While the
+//! second is still open (reports for it still arriving) its counters accumulate in a dense
+//! array over the range of counters seen, so a report costs O(its counters); the second is
+//! folded into the compact form once, when it settles. Pure.
 
 use fledge_proto::v1::Counts;
 use hdrhistogram::Histogram;
@@ -8,56 +11,53 @@ use super::SeriesDelta;
 use crate::analysis::{Bucket, latency};
 
 /// One series' traffic in one second, as stored: its counts and the non-zero latency counters,
-/// varint-encoded. A second of a series with a few hundred requests takes a few hundred bytes
-/// (a full-range histogram takes 26 KiB). A report's counters are appended as they come (O(its
-/// counters)) and folded into the compact form in batches, and once the second has settled.
+/// varint-encoded. A settled second of a series with a few hundred requests takes a few hundred
+/// bytes (a full-range histogram takes 26 KiB). An open second also holds an accumulator: one
+/// counter per histogram counter between the lowest and highest seen (at most the 26 KiB of the
+/// full range, typically a few KiB), until [`Second::fold`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Second {
     pub counts: Counts,
     latency: Counters,
-    /// Counters added since the last fold: (lowest value of fledge's counter, count).
-    pending: Vec<(u64, u64)>,
+    /// Counters added since the last fold.
+    open: Open,
 }
 
-/// Pending counters folded at once: bounds both the fold's share of an add and the memory.
-const FOLD_AT: usize = 1024;
-
 impl Second {
-    /// Adds one report's delta.
+    /// Adds one report's delta: O(its counters).
     pub fn add(&mut self, delta: &SeriesDelta) {
         self.counts.add(&delta.counts);
-        let layout = layout();
-        self.pending.extend(
-            delta
-                .latency
-                .iter()
-                .filter(|&&(_, c)| c > 0)
-                .map(|&(v, c)| (layout.lowest_equivalent(v), c)),
-        );
-        if self.pending.len() >= FOLD_AT {
-            self.fold();
+        for &(value, count) in &delta.latency {
+            if count > 0 {
+                self.open.add(index_of(value), count);
+            }
         }
     }
 
-    /// Folds the pending counters into the compact form.
-    pub(super) fn fold(&mut self) {
-        if self.pending.is_empty() {
+    /// Whether counters were added since the last fold.
+    pub fn is_open(&self) -> bool {
+        !self.open.counts.is_empty()
+    }
+
+    /// Folds the counters added since the last fold into the compact form and frees the
+    /// accumulator: O(the compact form + the accumulator's range).
+    pub fn fold(&mut self) {
+        if !self.is_open() {
             return;
         }
-        self.pending.sort_unstable_by_key(|&(v, _)| v);
-        self.latency.add(&self.pending);
-        self.pending = Vec::new();
+        let open = std::mem::take(&mut self.open);
+        self.latency.add(open.iter());
     }
 
     /// The latency counters: (the lowest value of fledge's counter, count), in no particular
     /// order, a value possibly more than once.
     pub fn latencies(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.latency.iter().chain(self.pending.iter().copied())
+        self.latency.iter().chain(self.open.iter())
     }
 
     /// Bytes held on the heap for the latencies.
     pub fn heap_bytes(&self) -> usize {
-        self.latency.0.capacity() + self.pending.capacity() * 16
+        self.latency.0.capacity() + self.open.counts.capacity() * 8
     }
 }
 
@@ -95,6 +95,112 @@ fn layout() -> &'static Histogram<u64> {
     &LAYOUT
 }
 
+/// The counters of fledge's layout (lowest value 1 µs, [`fledge_proto::HISTOGRAM_SIGFIG`]
+/// digits): 2^`HALF` sub-counters per power of two, as the HDR layout places them.
+const HALF: u32 = {
+    let single_unit = 2 * 10u64.pow(fledge_proto::HISTOGRAM_SIGFIG as u32);
+    let mut magnitude = 0;
+    while (1u64 << magnitude) < single_unit {
+        magnitude += 1;
+    }
+    magnitude - 1
+};
+
+/// How many counters the layout has: the HDR histogram's count of buckets for a highest value
+/// of [`fledge_proto::HISTOGRAM_MAX_US`], each of 2^`HALF` counters, plus the first half-bucket.
+const COUNTERS: usize = {
+    let mut untrackable = 1u64 << (HALF + 1);
+    let mut buckets = 1;
+    while untrackable <= fledge_proto::HISTOGRAM_MAX_US {
+        untrackable <<= 1;
+        buckets += 1;
+    }
+    (buckets + 1) << HALF
+};
+
+/// The index of the counter holding `value` in fledge's layout; a value beyond the layout's
+/// counters counts at the highest trackable value, as the histogram's saturating record does.
+fn index_of(value: u64) -> usize {
+    match layout_index(value) {
+        i if i < COUNTERS => i,
+        _ => layout_index(fledge_proto::HISTOGRAM_MAX_US),
+    }
+}
+
+/// The HDR histogram's own arithmetic for a counter's index, for a lowest value of 1.
+const fn layout_index(value: u64) -> usize {
+    let mask = (1u64 << (HALF + 1)) - 1;
+    let bucket = (64 - HALF - 1) - (value | mask).leading_zeros();
+    ((((bucket + 1) as u64) << HALF) + (value >> bucket) - (1 << HALF)) as usize
+}
+
+/// The lowest value of counter `index` in fledge's layout.
+const fn value_of(index: usize) -> u64 {
+    let half = 1usize << HALF;
+    let bucket = (index >> HALF) as i64 - 1;
+    let mut sub = (index & (half - 1)) + half;
+    let bucket = if bucket < 0 {
+        sub -= half;
+        0
+    } else {
+        bucket as u32
+    };
+    (sub as u64) << bucket
+}
+
+/// Counters of an open second, dense over the range of counters seen so far: `counts[i]` is
+/// counter `first + i`. The range grows at least geometrically, so growing costs O(its end
+/// size) in all, and it never exceeds the layout's [`COUNTERS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Open {
+    first: usize,
+    counts: Vec<u64>,
+}
+
+/// The range an accumulator starts with, in counters.
+const OPEN_MIN: usize = 64;
+
+impl Open {
+    #[inline]
+    fn add(&mut self, index: usize, count: u64) {
+        let mut at = index.wrapping_sub(self.first);
+        if at >= self.counts.len() {
+            self.grow(index);
+            at = index - self.first;
+        }
+        let counter = &mut self.counts[at];
+        *counter = counter.saturating_add(count);
+    }
+
+    /// Widens the range to hold counter `index`: to at least twice its length, within the
+    /// layout.
+    #[cold]
+    fn grow(&mut self, index: usize) {
+        let end = self.first + self.counts.len();
+        if self.counts.is_empty() {
+            self.first = index.saturating_sub(OPEN_MIN / 2).min(COUNTERS - OPEN_MIN);
+            self.counts = vec![0; OPEN_MIN];
+        } else if index < self.first {
+            let first = index.min(self.first.saturating_sub(self.counts.len()));
+            self.counts
+                .splice(0..0, std::iter::repeat_n(0, self.first - first));
+            self.first = first;
+        } else {
+            let end = (index + 1).max(end + self.counts.len()).min(COUNTERS);
+            self.counts.resize(end - self.first, 0);
+        }
+    }
+
+    /// The non-zero counters: (lowest value of the counter, count), by increasing value.
+    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c > 0)
+            .map(|(i, &c)| (value_of(self.first + i), c))
+    }
+}
+
 /// Non-zero latency counters as varint pairs (value minus the previous value, count), by
 /// increasing value; each value is the lowest of its counter in fledge's layout.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -114,11 +220,8 @@ impl Counters {
 
     /// Adds counters given by increasing value, each the lowest of its counter in fledge's
     /// layout (a value may repeat).
-    fn add(&mut self, incoming: &[(u64, u64)]) {
-        if incoming.is_empty() {
-            return;
-        }
-        let mut out = Vec::with_capacity(self.0.len() + incoming.len() * 3);
+    fn add(&mut self, incoming: impl Iterator<Item = (u64, u64)>) {
+        let mut out = Vec::with_capacity(self.0.len() * 2 + 16);
         let mut previous = 0u64;
         let mut push = |value: u64, count: u64| {
             write_varint(&mut out, value - previous);
@@ -126,7 +229,7 @@ impl Counters {
             previous = value;
         };
         let mut mine = self.iter().peekable();
-        let mut theirs = incoming.iter().copied().peekable();
+        let mut theirs = incoming.peekable();
         let mut pending: Option<(u64, u64)> = None;
         loop {
             let next = match (mine.peek(), theirs.peek()) {
@@ -173,4 +276,80 @@ fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_counter_arithmetic_is_the_histograms() {
+        assert_eq!(COUNTERS, layout().distinct_values());
+        let mut values: Vec<u64> = (0..2000).collect();
+        for p in 0..64 {
+            let v = 1u64 << p;
+            values.extend([v - 1, v, v + 1, v + v / 3]);
+        }
+        values.extend([fledge_proto::HISTOGRAM_MAX_US, u64::MAX]);
+        for v in values {
+            let index = index_of(v);
+            if v <= layout().highest_equivalent(fledge_proto::HISTOGRAM_MAX_US) {
+                assert_eq!(value_of(index), layout().lowest_equivalent(v), "value {v}");
+            }
+            // A single value read back through a histogram lands where recording it would.
+            let mut second = Second::default();
+            second.add(&SeriesDelta {
+                latency: vec![(v, 3)],
+                ..SeriesDelta::default()
+            });
+            let (mut direct, mut through) = (latency::new_histogram(), latency::new_histogram());
+            direct.saturating_record_n(v, 3);
+            second.add_latencies_to(&mut through);
+            assert_eq!(direct, through, "value {v}");
+        }
+    }
+
+    #[test]
+    fn the_accumulator_grows_both_ways_and_folds_to_the_same_counters() {
+        // (value, count) in an order that grows the range below and above its start.
+        let adds = [
+            (20_000, 1),
+            (19_000, 2),
+            (5, 1),
+            (3_000_000, 4),
+            (20_000, 5),
+            (1, 1),
+        ];
+        let mut second = Second::default();
+        let mut histogram = latency::new_histogram();
+        for (v, c) in adds {
+            second.add(&SeriesDelta {
+                latency: vec![(v, c)],
+                ..SeriesDelta::default()
+            });
+            histogram.saturating_record_n(v, c);
+        }
+        let open: Vec<_> = second.latencies().collect();
+        assert!(second.is_open());
+        assert!(second.open.counts.len() <= COUNTERS);
+        second.fold();
+        assert!(!second.is_open());
+        assert_eq!(
+            second.open.counts.capacity(),
+            0,
+            "folding frees the accumulator"
+        );
+        let folded: Vec<_> = second.latencies().collect();
+        assert_eq!(open, folded);
+        let expected: Vec<_> = histogram
+            .iter_recorded()
+            .map(|v| {
+                (
+                    layout().lowest_equivalent(v.value_iterated_to()),
+                    v.count_at_value(),
+                )
+            })
+            .collect();
+        assert_eq!(folded, expected);
+    }
 }

@@ -88,6 +88,10 @@ fn a_sparse_second_reads_as_a_histogram_would() {
             };
             second.add(&delta);
             window.add(&delta);
+            // Folded now or later, or left open: the same answers.
+            if rng.random_bool(0.5) {
+                second.fold();
+            }
         }
         let mut from_second = latency::new_histogram();
         second.add_latencies_to(&mut from_second);
@@ -97,6 +101,34 @@ fn a_sparse_second_reads_as_a_histogram_would() {
         }
         assert_eq!(second.counts, window.counts);
     }
+}
+
+#[test]
+fn a_series_keeps_few_open_seconds_whatever_the_seconds_reported() {
+    let key = SeriesKey::new("reviews", "v2", Traffic::Live);
+    let mut store = Windows::new(120, 16);
+    // Reports for 40 different seconds while the clock stands still, in a shuffled order.
+    let mut expected = Window::default();
+    for i in 0..40i64 {
+        let second = 1000 + (i * 17) % 40;
+        let d = delta(3, 0, 1000 + i as u64 * 500);
+        expected.add(&d);
+        store.merge(second, vec![(key.clone(), d)], 0, 1041);
+        let held = &store.series[&key];
+        let open = held.seconds.iter().filter(|(_, s)| s.is_open()).count();
+        assert_eq!(open, held.open);
+        assert!(open <= MAX_OPEN, "{open} open seconds");
+    }
+    let window = store.window(&key, 0, 2000);
+    assert_eq!(window.counts, expected.counts);
+    assert_eq!(window.latency, expected.latency);
+    // As the clock moves on, the seconds that ended are folded.
+    store.merge(1041, vec![(key.clone(), delta(1, 0, 10))], 0, 1042);
+    let held = &store.series[&key];
+    assert_eq!(
+        held.open, 1,
+        "only the second still receiving reports is open"
+    );
 }
 
 #[test]
