@@ -16,11 +16,12 @@
 //!
 //! Other kinds in the folder (DestinationRules, …) are left alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,14 +31,18 @@ use fledge_core::rollout::{EventKind, Phase, Rollout, RolloutStatus};
 
 const ROLLOUT_API: &str = "fledge.dev/v1alpha1";
 
-/// A folder of YAML files. Cheap to create; holds no cache, so a restarted agent reads exactly
-/// what the files say.
+/// A folder of YAML files. Cheap to create; caches nothing the files say (only which file held
+/// each VirtualService, checked on every read), so a restarted agent reads exactly what they say.
 #[derive(Debug)]
 pub struct LocalStore {
     dir: PathBuf,
     writes: AtomicU64,
     /// Whether the temporaries a killed agent left behind were removed (on the first listing).
     swept: AtomicBool,
+    /// Which file held each VirtualService at the last full read, so reading or replacing one
+    /// parses that file only (a full read per VirtualService made a tick with many Rollouts
+    /// quadratic). A file that no longer holds it sends the lookup back to a full read.
+    where_is: Mutex<HashMap<ObjectKey, PathBuf>>,
 }
 
 /// One YAML document of one file.
@@ -63,6 +68,7 @@ impl LocalStore {
             dir: dir.into(),
             writes: AtomicU64::new(0),
             swept: AtomicBool::new(false),
+            where_is: Mutex::new(HashMap::new()),
         }
     }
 
@@ -164,6 +170,13 @@ impl LocalStore {
                 })),
                 Err(e) => problems.push(e),
             }
+        }
+        let mut where_is = self.where_is.lock().unwrap_or_else(PoisonError::into_inner);
+        where_is.clear();
+        for doc in docs.iter().filter(|d| is_virtual_service(&d.value)) {
+            // The first file in name order, as a full read finds it.
+            let key = ObjectKey::of_object(&doc.value);
+            where_is.entry(key).or_insert_with(|| doc.path.clone());
         }
         Ok((docs, problems))
     }
@@ -298,7 +311,32 @@ impl LocalStore {
         self.write_atomically(&path, text.as_bytes())
     }
 
+    /// The documents of the file holding the VirtualService `key` (all documents, when it took
+    /// a full read to find it) and its position among them.
     fn find_virtual_service(&self, key: &ObjectKey) -> Result<(Vec<Doc>, usize)> {
+        let known = self
+            .where_is
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        if let Some(path) = known
+            && let Ok(values) = read_documents(&path)
+        {
+            let docs: Vec<Doc> = values
+                .into_iter()
+                .map(|value| Doc {
+                    path: path.clone(),
+                    value,
+                })
+                .collect();
+            let at = docs.iter().position(|d| {
+                is_virtual_service(&d.value) && ObjectKey::of_object(&d.value) == *key
+            });
+            if let Some(at) = at {
+                return Ok((docs, at));
+            }
+        }
         let (docs, _) = self.documents()?;
         let at = docs
             .iter()

@@ -289,6 +289,26 @@ async fn damaged_files_that_still_parse_are_refused_with_the_reason() {
     assert!(dir.path().join("virtualservice.yaml").exists());
 }
 
+#[tokio::test]
+async fn a_virtual_service_is_found_again_after_it_moved_to_another_file() {
+    let dir = folder();
+    let store = LocalStore::new(dir.path());
+    store.rollouts().await.unwrap();
+    let key = ObjectKey::new("shop", "reviews");
+    let vs = store.read_virtual_service(&key).unwrap();
+    // Moved by a person between two ticks: the remembered file no longer holds it.
+    let text = fs::read_to_string(dir.path().join("virtualservice.yaml")).unwrap();
+    fs::remove_file(dir.path().join("virtualservice.yaml")).unwrap();
+    fs::write(dir.path().join("z-moved.yaml"), text).unwrap();
+    assert_eq!(store.read_virtual_service(&key).unwrap(), vs);
+    let mut edited = vs.clone();
+    edited["spec"]["http"][0]["timeout"] = json!("5s");
+    store.write_virtual_service(&edited).await.unwrap();
+    let moved = fs::read_to_string(dir.path().join("z-moved.yaml")).unwrap();
+    assert!(moved.contains("timeout: 5s"), "{moved}");
+    assert_eq!(files(dir.path()), ["canary.yaml", "z-moved.yaml"]);
+}
+
 /// One agent tick against the store, as the reconcile loop will do it: read, step, write the
 /// routes, persist the status. A new store each time: the agent restarts between every tick.
 async fn tick(dir: &Path, secs: i64, verdict: Option<Verdict>, commands: &[UserCommand]) -> Phase {
