@@ -203,7 +203,7 @@ async fn unknown_command_is_a_bad_request() {
     let body: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(
         body["error"],
-        "unknown command \"restart\": expected one of promote, abort, pause, resume"
+        "unknown command \"restart\": expected one of promote, abort, pause, resume, retry"
     );
 }
 

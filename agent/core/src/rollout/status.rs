@@ -9,6 +9,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::recorded::CommandRecord;
+
 /// Decisions kept in `status.history`; older ones are dropped first.
 pub const HISTORY_LIMIT: usize = 32;
 
@@ -109,6 +111,9 @@ pub struct RolloutStatus {
     /// Steps of the whole plan (an A/B, shadow or preview phase counts as one step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_steps: Option<u32>,
+    /// The step in effect as a person counts, `2/4` (for `kubectl get rollouts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// Percent of live requests the canary receives now.
     #[serde(default)]
     pub canary_weight: u32,
@@ -138,6 +143,14 @@ pub struct RolloutStatus {
     /// routing table has a revision of its own, one for the whole mesh, kept by the agent.
     #[serde(default)]
     pub routing_revision: u64,
+    /// The latest command recorded on the Rollout (annotation `fledge.dev/command`) that the
+    /// agent took, who gave it and what it did. A command with this id or a lower one is never
+    /// applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<CommandRecord>,
+    /// Why the command annotation cannot be read, while it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_problem: Option<String>,
 }
 
 impl RolloutStatus {
