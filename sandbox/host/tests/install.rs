@@ -593,6 +593,7 @@ fn every_install_entry_point_renders_valid_objects() {
     let base: Vec<(String, String)> = documents(&manifests().join("install/base/crd.yaml"))
         .iter()
         .chain(&documents(&manifests().join("install/base/agent.yaml")))
+        .chain(&documents(&manifests().join("install/base/operator.yaml")))
         .map(kind_name)
         .collect();
     let images = documents(&manifests().join("install/images/kustomization.yaml"));
@@ -611,7 +612,7 @@ fn every_install_entry_point_renders_valid_objects() {
         got.sort();
         assert_eq!(
             got, expected,
-            "{way}: the CRD, the agent and one filter install"
+            "{way}: the CRD, the agent, the operator role and one filter install"
         );
 
         let (istio, kubernetes): (Vec<&Value>, Vec<&Value>) = rendered
