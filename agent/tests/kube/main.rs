@@ -5,10 +5,12 @@
 //! Rollout that does not read is a problem while others proceed; the status survives a restart;
 //! readiness waits for the Rollout cache; errors name the object and the missing permission;
 //! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
-//! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent.
+//! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
+//! `uninstall`: a deleted Rollout leaves no fledge route behind.
 
 mod apiserver;
 mod plugin;
+mod uninstall;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
