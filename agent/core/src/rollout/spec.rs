@@ -181,7 +181,7 @@ pub struct Pause {
     /// Hold until the analysis passes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub until_analysis_passes: bool,
-    /// Hold until a person promotes (`fledge-agent promote`).
+    /// Hold until a person promotes (`kubectl fledge promote`, or `fledge-agent promote`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub until_promoted: bool,
 }
