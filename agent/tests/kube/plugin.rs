@@ -340,3 +340,25 @@ async fn a_refusal_says_who_may_not_do_what_and_how_to_get_the_right() {
     );
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
 }
+
+#[tokio::test]
+async fn without_a_kubeconfig_it_says_where_it_looked() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-fledge"))
+        .args(["get"])
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .env("HOME", home.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.starts_with("kubectl fledge: no Kubernetes configuration found: ")
+            && stderr
+                .contains("(kubectl-fledge reads KUBECONFIG or ~/.kube/config, as kubectl does)"),
+        "{stderr}"
+    );
+}
