@@ -1,5 +1,5 @@
-//! The command-line client of a running agent: `status`, `promote`, `abort`, `pause`, `resume`
-//! and `wait`, spoken over the agent's HTTP API (`http.rs`). `wait` exits 0 when the rollout
+//! The command-line client of a running agent: `status`, `promote`, `abort`, `pause`, `resume`,
+//! `retry` and `wait`, spoken over the agent's HTTP API (`http.rs`). `wait` exits 0 when the rollout
 //! succeeds and non-zero when it is rolled back, aborted or failed, so CI pipelines can gate on it.
 //!
 //! It only reads and posts; every decision stays in the agent.

@@ -47,6 +47,8 @@ pub enum Command {
     Pause(NamedArgs),
     /// Undo a pause.
     Resume(NamedArgs),
+    /// Start an aborted or rolled-back rollout again from its first step.
+    Retry(NamedArgs),
     /// Wait until a rollout finishes: exit 0 when it succeeded, 1 when rolled back, aborted or failed.
     Wait {
         #[command(flatten)]

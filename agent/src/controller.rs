@@ -1,6 +1,8 @@
 //! The reconcile loop: every tick, for every Rollout in the store, it snapshots what it holds,
 //! lets the core decide (`fledge_core::planner`: what to judge, then status, routing and events),
-//! and has `apply` carry the writes out. It holds no policy. Also the HTTP API's view of the
+//! and has `apply` carry the writes out. It holds no policy. Where Rollouts are deleted through
+//! finalizers (Kubernetes), it puts fledge's on each and, when one is deleted, has `apply` take
+//! its routes out of the VirtualService before the finalizer comes off. Also the HTTP API's view of the
 //! rollouts (`ControlPlane`).
 //!
 //! Locks are held only to copy: the judge of a rollout is taken out of the shared state while it
@@ -23,6 +25,7 @@ use fledge_core::ObjectKey;
 use fledge_core::judge::{Judge, Settled};
 use fledge_core::planner::{self, Tick};
 use fledge_core::rollout::{Rollout, RolloutStatus, UserCommand};
+use fledge_core::routes;
 use fledge_core::windows::Windows;
 use jiff::Timestamp;
 use tokio::sync::watch;
@@ -108,10 +111,12 @@ impl<S: RolloutStore + 'static> Controller<S> {
     pub async fn run(self, every: Duration, mut stopping: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A sender that is gone will never say stop: tick on without watching it.
+        let mut watching = true;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = stopping.changed() => {}
+                changed = stopping.changed(), if watching => watching = changed.is_ok(),
             }
             if *stopping.borrow() {
                 return;
@@ -131,6 +136,10 @@ impl<S: RolloutStore + 'static> Controller<S> {
             }
         };
         let problems: Vec<String> = listing.problems.iter().map(ToString::to_string).collect();
+        let mut listing = listing;
+        if self.store.finalizes() {
+            listing.rollouts = self.finalize(std::mem::take(&mut listing.rollouts)).await;
+        }
         let keys: Vec<ObjectKey> = listing.rollouts.iter().map(ObjectKey::of).collect();
         {
             let mut state = self.lock();
@@ -174,6 +183,33 @@ impl<S: RolloutStore + 'static> Controller<S> {
         self.metrics
             .analysis_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Lets deleted Rollouts go once their routes are out of the VirtualService, and puts the
+    /// finalizer on those that lack it; returns the Rollouts that stay.
+    async fn finalize(&self, rollouts: Vec<Rollout>) -> Vec<Rollout> {
+        let ours = |r: &Rollout| {
+            r.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| f.iter().any(|f| f == routes::FINALIZER))
+        };
+        let mut staying = Vec::with_capacity(rollouts.len());
+        for rollout in rollouts {
+            if rollout.metadata.deletion_timestamp.is_none() {
+                if !ours(&rollout)
+                    && let Err(e) = self.store.set_finalizer(&rollout, true).await
+                {
+                    tracing::warn!(rollout = %ObjectKey::of(&rollout), error = %e, "cannot put the finalizer on");
+                }
+                staying.push(rollout);
+            } else if ours(&rollout)
+                && let Err(e) = self.applier.release(&rollout).await
+            {
+                tracing::warn!(error = %e, "a deleted Rollout's routes stay until they can be taken out");
+            }
+        }
+        staying
     }
 
     /// Tells the telemetry store which series the rollouts read; it drops and ignores the rest.

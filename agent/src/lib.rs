@@ -1,8 +1,8 @@
 //! The fledge agent: the adapters around `fledge-core`, which holds every decision. `telemetry`
 //! takes the filters' reports over gRPC (a sans-IO session behind tonic) into the core's
 //! windows; `controller` runs the core's planner every tick and applies what it plans; `store`
-//! keeps Rollouts, VirtualServices and events (YAML files or the Kubernetes API); `http`, `cli`
-//! and `metrics` are the surfaces people use; `local` and `cluster` wire them into a running
+//! keeps Rollouts, VirtualServices and events (YAML files or the Kubernetes API); `http`, `cli`,
+//! `kubectl` (the kubectl plugin's calls) and `metrics` are the surfaces people use; `local` and `cluster` wire them into a running
 //! agent (`serve`). What it is not: a place for policy — a decision found here belongs in the core.
 
 pub mod bench;
@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod http;
+pub mod kubectl;
 pub mod local;
 pub mod logging;
 pub mod metrics;

@@ -204,6 +204,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Abort(n) => command_one(n, UserCommand::Abort).await,
         Command::Pause(n) => command_one(n, UserCommand::Pause).await,
         Command::Resume(n) => command_one(n, UserCommand::Resume).await,
+        Command::Retry(n) => command_one(n, UserCommand::Retry).await,
         Command::Wait { named, timeout } => {
             let client = ApiClient::new(&named.api.api)?;
             let every = std::time::Duration::from_secs(1);

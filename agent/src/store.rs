@@ -128,6 +128,23 @@ pub trait RolloutStore: Send + Sync {
         rollout: &Rollout,
         event: &RolloutEvent,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether Rollouts here are deleted through finalizers (Kubernetes), so the agent must put
+    /// its own on each and take the Rollout's routes out before it lets one go.
+    fn finalizes(&self) -> bool {
+        false
+    }
+
+    /// Puts fledge's finalizer (`routes::FINALIZER`) on the Rollout (`present`), or takes it off;
+    /// every other finalizer stays. Only called when [`finalizes`](Self::finalizes).
+    fn set_finalizer(
+        &self,
+        rollout: &Rollout,
+        present: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (rollout, present);
+        std::future::ready(Ok(()))
+    }
 }
 
 #[cfg(test)]

@@ -169,6 +169,7 @@ fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
         reason: _,
         current_step,
         total_steps,
+        step,
         canary_weight,
         step_started_at,
         paused_at,
@@ -179,11 +180,14 @@ fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
         observed_generation,
         routing_revision,
         routing_error,
+        last_command,
+        command_problem,
     } = a;
     let verdict = |r: &Option<AnalysisRecord>| r.as_ref().map(|r| (r.step, r.verdict));
     *phase != b.phase
         || *current_step != b.current_step
         || *total_steps != b.total_steps
+        || *step != b.step
         || *canary_weight != b.canary_weight
         || *step_started_at != b.step_started_at
         || *paused_at != b.paused_at
@@ -194,6 +198,8 @@ fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
         || *observed_generation != b.observed_generation
         || *routing_revision != b.routing_revision
         || *routing_error != b.routing_error
+        || *last_command != b.last_command
+        || *command_problem != b.command_problem
 }
 
 /// The series a rollout's analysis may read, at any of its stages, until it ends: its host's

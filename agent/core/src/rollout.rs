@@ -1,6 +1,7 @@
 //! Rollouts: the `Rollout` object a person writes (`spec`), its checks (`validate`), its status
 //! (`status`), the strategies compiled into one plan of stages (`plan`), and the state machine
-//! that walks a Rollout through its plan one tick at a time (`machine`).
+//! that walks a Rollout through its plan one tick at a time (`machine`), taking people's commands
+//! (`command`), also those recorded on the object (`recorded`).
 //!
 //! All pure: values in, values out. What it is not: it does not read telemetry, judge canaries
 //! (`analysis` does), write routes (`routes` builds them, `store` writes them) or keep a clock.
@@ -10,6 +11,7 @@ pub mod command;
 mod fixture;
 pub mod machine;
 pub mod plan;
+pub mod recorded;
 pub mod spec;
 pub mod status;
 pub mod validate;
@@ -19,6 +21,7 @@ pub use machine::{
     Action, AnalysisOutcome, AnalysisWindow, Event, EventKind, analysis_window, routing, step,
 };
 pub use plan::{Plan, RoutingIntent, Shape, StickyKey};
+pub use recorded::{COMMAND_ANNOTATION, CommandOutcome, CommandRecord, RecordedCommand};
 pub use spec::{
     AbTestStrategy, BlueGreenStrategy, CanaryStep, CanaryStrategy, CohortRule, CookieRule,
     HeaderRule, Pause, Rollout, RolloutSpec, ShadowStrategy, Sticky, Strategy, Then,

@@ -8,13 +8,20 @@
 //! are carried over untouched, except at the hand-over after a promotion, when their
 //! destinations that named the old stable subset of the host name the new one.
 //!
+//! When a Rollout is deleted its routes go with it: the agent puts [`FINALIZER`] on every Rollout
+//! it manages, and on deletion writes the VirtualService without the Rollout's routes
+//! ([`release`]) before it lets the Rollout go.
+//!
 //! Pure: JSON values in, JSON values out. Reading and writing VirtualServices is `store`'s job.
 
 mod table;
 mod virtual_service;
 
 pub use table::host_route;
-pub use virtual_service::{owned_prefix, virtual_service};
+pub use virtual_service::{owned_prefix, release, virtual_service};
+
+/// The finalizer that keeps a deleted Rollout until its routes are out of the VirtualService.
+pub const FINALIZER: &str = "fledge.dev/routes";
 
 /// A VirtualService fledge cannot work with; the message names the object and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,8 @@
 //! status, and the next agent moved the weight back to the persisted step's.
 //!
 //! The split linkerd's policy-controller uses: the planner computes what to write, this applies
-//! it. It decides nothing: a failed write is returned, typed, and the controller waits as
+//! it. It also lets a deleted Rollout go (`release`): its routes out, then the finalizer off. It
+//! decides nothing: a failed write is returned, typed, and the controller waits as
 //! `planner::retry_after` says before trying again.
 
 use std::sync::Arc;
@@ -141,6 +142,45 @@ impl<S: RolloutStore> Applier<S> {
         let table_revision = self.hub.set_route(&intent.host, routes::host_route(intent));
         self.metrics.routing_revision.set(table_revision as i64);
         tracing::info!(rollout = %key, virtual_service = %vs_key, revision, table_revision, weight = intent.canary_weight(), "routing applied");
+        Ok(())
+    }
+
+    /// A deleted Rollout: its routes out of the VirtualService (the user's own stay as they
+    /// are) and out of the filters' table, then fledge's finalizer off so the deletion completes.
+    /// A VirtualService that is gone has no routes to take out.
+    pub async fn release(&self, rollout: &Rollout) -> Result<(), ApplyError> {
+        let key = ObjectKey::of(rollout);
+        let failed = |e: crate::store::Error| ApplyError {
+            rollout: key.clone(),
+            write: "release",
+            failure: e.failure(),
+            message: e.to_string(),
+            persisted: None,
+        };
+        let started = Instant::now();
+        let vs_key = ObjectKey::virtual_service_of(rollout);
+        match self.store.virtual_service(&vs_key).await {
+            Ok(user) => {
+                let vs = routes::release(&key.name, &user);
+                if vs != user {
+                    let written = self.store.write_virtual_service(&vs).await;
+                    let result = written
+                        .as_ref()
+                        .map_or_else(|e| e.failure().label(), |_| "ok");
+                    let seconds = started.elapsed().as_secs_f64();
+                    self.metrics.wrote("virtual_service", result, seconds);
+                    written.map_err(failed)?;
+                }
+            }
+            Err(e) if e.failure() == WriteFailure::NotFound => {}
+            Err(e) => return Err(failed(e)),
+        }
+        self.hub.set_route(&rollout.spec.host, None);
+        self.store
+            .set_finalizer(rollout, false)
+            .await
+            .map_err(failed)?;
+        tracing::info!(rollout = %key, virtual_service = %vs_key, "deleted: its routes are out, the finalizer is off");
         Ok(())
     }
 

@@ -249,7 +249,7 @@ async fn unknown_command_is_a_bad_request() {
     assert_eq!(status, 400);
     assert_eq!(
         body["error"],
-        "unknown command \"restart\": expected one of promote, abort, pause, resume"
+        "unknown command \"restart\": expected one of promote, abort, pause, resume, retry"
     );
 }
 

@@ -12,6 +12,9 @@
 //! - A VirtualService is replaced (PUT) at the `resourceVersion` it was read at. Someone else's
 //!   edit in between gets a 409 Conflict, reported as such and never overwritten; the reconcile
 //!   loop reads it again on its next attempt.
+//! - Each Rollout carries fledge's finalizer (`fledge.dev/routes`), patched into
+//!   `metadata.finalizers` at the resourceVersion read, so a deleted Rollout stays until the
+//!   loop has taken its routes out of the VirtualService.
 //! - Decisions are published as Events with kube's recorder (reporter `fledge-agent`), which
 //!   creates an Event and patches it into a series when the same decision repeats.
 //!
@@ -38,6 +41,7 @@ use tokio::task::JoinHandle;
 use self::explain::Call;
 use super::{Error, Listing, ObjectKey, Result, RolloutEvent, RolloutStore};
 use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
+use fledge_core::routes::FINALIZER;
 
 /// The name the agent writes under: server-side apply's field manager, the `fieldManager` of
 /// its updates, and the Events' reporting controller.
@@ -239,6 +243,32 @@ impl KubeStore {
             .map_err(|e| explain::failed(Call::REPLACE_VS, &key, e))
     }
 
+    /// A merge patch of `metadata.finalizers` at the resourceVersion read: the list is replaced
+    /// whole, so a finalizer someone added meanwhile gets a 409, never a silent removal.
+    async fn patch_finalizers(&self, rollout: &Rollout, present: bool) -> Result<()> {
+        let key = ObjectKey::of(rollout);
+        let mut finalizers = rollout.metadata.finalizers.clone().unwrap_or_default();
+        finalizers.retain(|f| f != FINALIZER);
+        if present {
+            finalizers.push(FINALIZER.to_owned());
+        }
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": rollout.metadata.resource_version,
+                "finalizers": finalizers,
+            }
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        self.namespaced(&self.rollout_api, &key.namespace)
+            .patch(&key.name, &params, &Patch::Merge(&patch))
+            .await
+            .map(drop)
+            .map_err(|e| explain::failed(Call::FINALIZER, &key, e))
+    }
+
     async fn publish(&self, rollout: &Rollout, event: &RolloutEvent) -> Result<()> {
         let key = ObjectKey::of(rollout);
         let regarding = ObjectReference {
@@ -295,6 +325,18 @@ impl RolloutStore for KubeStore {
         event: &RolloutEvent,
     ) -> impl Future<Output = Result<()>> + Send {
         self.publish(rollout, event)
+    }
+
+    fn finalizes(&self) -> bool {
+        true
+    }
+
+    fn set_finalizer(
+        &self,
+        rollout: &Rollout,
+        present: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.patch_finalizers(rollout, present)
     }
 }
 

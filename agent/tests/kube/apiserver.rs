@@ -9,6 +9,10 @@
 //! Any call it does not expect, or that breaks a rule, is refused with the status the real server
 //! would give (or 400) and recorded in `violations()`, which every test asserts empty.
 //!
+//! Besides the agent (calls without a token), people come in with bearer tokens (`add_user`), as
+//! `kubectl fledge` does with a kubeconfig: each call is recorded and may be refused per user,
+//! and a SelfSubjectReview answers who the token stands for.
+//!
 //! Simplification, said plainly: server-side apply of the status is taken as "the status becomes
 //! the applied one", which is what the real server does when the agent is the only manager of
 //! status fields (it is: people write the spec).
@@ -16,6 +20,7 @@
 mod answers;
 mod checks;
 mod handlers;
+mod rollouts;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -42,6 +47,9 @@ impl Access {
     }
 }
 
+/// The user a call without a bearer token is taken for: the agent's ServiceAccount.
+pub const AGENT: &str = "system:serviceaccount:fledge-system:fledge-agent";
+
 type Key = (String, String);
 type Edit = Box<dyn FnOnce(&mut Value) + Send>;
 
@@ -54,13 +62,21 @@ pub struct World {
     pub events: BTreeMap<Key, Value>,
     /// Every change to a Rollout, for watches: (resourceVersion, type, object).
     rollout_log: Vec<(u64, &'static str, Value)>,
-    accesses: BTreeSet<Access>,
+    /// What each user asked for, by user name.
+    accesses: BTreeMap<String, BTreeSet<Access>>,
+    /// Bearer tokens and the users they stand for; a call without one is the agent's.
+    tokens: BTreeMap<String, String>,
     calls: Vec<String>,
     violations: Vec<String>,
     /// Applied to a VirtualService right after the agent has read it: someone else's edit.
     edit_after_read: BTreeMap<Key, Edit>,
     /// Calls refused with 403, as a ServiceAccount without the permission would be.
     forbidden: BTreeSet<Access>,
+    /// Rollouts changed right after each of their next N single reads (a status write in
+    /// between, as the agent makes): the reader's resourceVersion is stale.
+    rollout_changes_after_read: BTreeMap<Key, u32>,
+    /// Calls refused with 403 for one user only.
+    forbidden_for: BTreeSet<(String, Access)>,
     /// Rollout calls answered 404, as without the CRD.
     pub crd_missing: bool,
 }
@@ -187,6 +203,12 @@ impl ApiServer {
                 if object["status"].is_null() {
                     object.as_object_mut().unwrap().remove("status");
                 }
+                // Fields `kubectl apply` does not manage stay as others set them.
+                for field in ["finalizers", "annotations", "deletionTimestamp"] {
+                    if !old["metadata"][field].is_null() {
+                        object["metadata"][field] = old["metadata"][field].clone();
+                    }
+                }
                 world.stamp_update(&old, &mut object);
                 "MODIFIED"
             }
@@ -197,6 +219,33 @@ impl ApiServer {
         };
         world.log_rollout(kind, &object);
         world.rollouts.insert(key, object);
+        let rv = world.revision;
+        drop(world);
+        self.changed.send_replace(rv);
+    }
+
+    /// Deletes a Rollout as `kubectl delete` would: at once without finalizers, else it gets a
+    /// deletionTimestamp and stays until the last finalizer is patched off.
+    pub fn delete_rollout(&self, ns: &str, name: &str) {
+        let key = (ns.to_owned(), name.to_owned());
+        let mut world = self.lock();
+        let Some(old) = world.rollouts.get(&key).cloned() else {
+            panic!("no Rollout {ns}/{name} to delete");
+        };
+        let held = old["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if held {
+            let mut new = old.clone();
+            new["metadata"]["deletionTimestamp"] = json!("2026-01-01T01:00:00Z");
+            world.stamp_update(&old, &mut new);
+            world.log_rollout("MODIFIED", &new);
+            world.rollouts.insert(key, new);
+        } else {
+            world.next_revision();
+            world.log_rollout("DELETED", &old);
+            world.rollouts.remove(&key);
+        }
         let rv = world.revision;
         drop(world);
         self.changed.send_replace(rv);
@@ -243,6 +292,13 @@ impl ApiServer {
             .insert((ns.into(), name.into()), Box::new(edit));
     }
 
+    /// The Rollout changes right after each of its next `times` single reads.
+    pub fn change_rollout_after_reads(&self, ns: &str, name: &str, times: u32) {
+        self.lock()
+            .rollout_changes_after_read
+            .insert((ns.into(), name.into()), times);
+    }
+
     /// Answers every Rollout call with 404 from now on, as a cluster without the CRD.
     pub fn uninstall_crd(&self) {
         self.lock().crd_missing = true;
@@ -258,8 +314,24 @@ impl ApiServer {
         self.lock().forbidden.insert(access);
     }
 
+    /// Refuses `access` with 403 to `user` from now on.
+    pub fn forbid_for(&self, user: &str, access: Access) {
+        self.lock().forbidden_for.insert((user.into(), access));
+    }
+
+    /// Lets the bearer `token` in as `user`.
+    pub fn add_user(&self, token: &str, user: &str) {
+        self.lock().tokens.insert(token.into(), user.into());
+    }
+
+    /// What the agent (calls without a token) asked for.
     pub fn accesses(&self) -> BTreeSet<Access> {
-        self.lock().accesses.clone()
+        self.accesses_of(AGENT)
+    }
+
+    /// What `user` asked for.
+    pub fn accesses_of(&self, user: &str) -> BTreeSet<Access> {
+        self.lock().accesses.get(user).cloned().unwrap_or_default()
     }
 
     pub fn calls(&self) -> Vec<String> {

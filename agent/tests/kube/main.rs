@@ -6,9 +6,15 @@
 //! and an agent killed between the status and the routes (`crash.rs`) moves no weight backward;
 //! readiness waits for the Rollout cache; errors name the object and the missing permission;
 //! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
+//! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
+//! `uninstall`: a deleted Rollout leaves no fledge route behind; `local_commands`: a command in a
+//! Rollout file of the local store.
 
 mod apiserver;
 mod crash;
+mod local_commands;
+mod plugin;
+mod uninstall;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

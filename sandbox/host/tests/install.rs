@@ -603,6 +603,7 @@ fn every_install_entry_point_renders_valid_objects() {
         .chain(&documents(
             &manifests().join("install/base/mesh-policy.yaml"),
         ))
+        .chain(&documents(&manifests().join("install/base/operator.yaml")))
         .map(kind_name)
         .collect();
     let images = documents(&manifests().join("install/images/kustomization.yaml"));
@@ -621,7 +622,7 @@ fn every_install_entry_point_renders_valid_objects() {
         got.sort();
         assert_eq!(
             got, expected,
-            "{way}: the CRD, the agent and one filter install"
+            "{way}: the CRD, the agent, the operator role and one filter install"
         );
 
         let (istio, kubernetes): (Vec<&Value>, Vec<&Value>) = rendered

@@ -1,5 +1,5 @@
-//! A person's command to one rollout (`promote`, `abort`, `pause`, `resume`): the vocabulary the
-//! CLI, the HTTP API and the state machine share. Parsing only; what a command does is the
+//! A person's command to one rollout (`promote`, `abort`, `pause`, `resume`, `retry`): the
+//! vocabulary the CLIs, the HTTP API, the Rollout's command annotation and the state machine share. Parsing only; what a command does is the
 //! machine's business (`machine`), how it arrives is the adapters'.
 
 use std::fmt;
@@ -19,10 +19,18 @@ pub enum UserCommand {
     Pause,
     /// Undo a pause.
     Resume,
+    /// After an abort or a rollback: start again from the first step.
+    Retry,
 }
 
 impl UserCommand {
-    pub const ALL: [UserCommand; 4] = [Self::Promote, Self::Abort, Self::Pause, Self::Resume];
+    pub const ALL: [UserCommand; 5] = [
+        Self::Promote,
+        Self::Abort,
+        Self::Pause,
+        Self::Resume,
+        Self::Retry,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -30,6 +38,7 @@ impl UserCommand {
             Self::Abort => "abort",
             Self::Pause => "pause",
             Self::Resume => "resume",
+            Self::Retry => "retry",
         }
     }
 }
@@ -42,7 +51,7 @@ impl fmt::Display for UserCommand {
 
 /// A word that is not one of the commands.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown command {0:?}: expected one of promote, abort, pause, resume")]
+#[error("unknown command {0:?}: expected one of promote, abort, pause, resume, retry")]
 pub struct UnknownCommand(pub String);
 
 impl FromStr for UserCommand {

@@ -17,6 +17,11 @@ use super::status::{AnalysisRecord, Phase, RolloutStatus, Verdict};
 use crate::rollout::UserCommand;
 use crate::windows::Traffic;
 
+mod commands;
+
+/// Who gave a command that came without a name (the agent's HTTP API).
+const ANONYMOUS: &str = "a person";
+
 /// This tick's analysis of the current step, from the analysis adapter.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AnalysisOutcome {
@@ -89,7 +94,8 @@ fn rollout_name(rollout: &Rollout) -> &str {
 }
 
 /// One tick: the analysis outcome first (a Fail rolls back whatever else happens), then the
-/// commands in order, then the current step's gate.
+/// commands in order (`commands`, then the one recorded on the Rollout if not taken yet), then
+/// the current step's gate.
 pub fn step(
     rollout: &Rollout,
     analysis: Option<&AnalysisOutcome>,
@@ -117,6 +123,9 @@ pub fn step(
         actions.insert(0, Action::SetRouting(new));
     }
     status.observed_generation = Some(generation(rollout));
+    status.step = status
+        .current_step
+        .map(|at| format!("{}/{}", at + 1, status.total_steps.unwrap_or(at + 1)));
     (status, actions)
 }
 
@@ -145,7 +154,7 @@ impl Tick<'_> {
             return;
         };
         if let Some(why) = self.restart_reason() {
-            self.start(&plan, why);
+            self.start(&plan, "Started", why);
         }
         let was = self.status.phase;
         // The analysis first: a failed canary rolls back even if a person promoted it this tick.
@@ -153,12 +162,9 @@ impl Tick<'_> {
             self.analysis(outcome);
         }
         for command in commands {
-            if self.status.phase.is_final() {
-                self.ignore(*command);
-                continue;
-            }
-            self.command(&plan, *command);
+            self.given(&plan, *command, ANONYMOUS);
         }
+        self.recorded(&plan);
         if self.status.phase.is_final() {
             return;
         }
@@ -218,7 +224,7 @@ impl Tick<'_> {
         }
     }
 
-    fn start(&mut self, plan: &Plan, why: String) {
+    fn start(&mut self, plan: &Plan, event: &'static str, why: String) {
         let spec = &self.rollout.spec;
         let s = &mut self.status;
         s.phase = Phase::Progressing;
@@ -227,7 +233,7 @@ impl Tick<'_> {
         s.total_steps = Some(plan.total());
         s.paused_at = None;
         s.last_analysis = None;
-        self.enter(plan, 0, "Started", why);
+        self.enter(plan, 0, event, why);
     }
 
     /// Enters step `at` of the plan.
@@ -311,66 +317,7 @@ impl Tick<'_> {
         }));
     }
 
-    // === commands and analysis ===
-
-    fn command(&mut self, plan: &Plan, command: UserCommand) {
-        let phase = self.status.phase;
-        match (command, phase) {
-            (UserCommand::Abort, _) => self.finish(
-                Phase::Aborted,
-                0,
-                EventKind::Warning,
-                "Aborted",
-                format!(
-                    "aborted by a person: every request goes back to {}",
-                    self.stable()
-                ),
-            ),
-            (UserCommand::Pause, Phase::Progressing) => {
-                self.status.phase = Phase::Paused;
-                self.status.paused_at = Some(self.now);
-                self.status.reason = format!(
-                    "paused by a person at step {}; `resume` or `promote` continues",
-                    self.step_label()
-                );
-                let message = self.status.reason.clone();
-                self.decide(EventKind::Normal, "Paused", message);
-            }
-            (UserCommand::Resume, Phase::Paused) => {
-                self.resume();
-                let message = format!("resumed by a person at step {}", self.step_label());
-                self.decide(EventKind::Normal, "Resumed", message);
-            }
-            (UserCommand::Promote, Phase::Progressing | Phase::Paused) => {
-                if phase == Phase::Paused {
-                    self.resume();
-                }
-                self.advance(plan, "promoted by a person");
-            }
-            _ => self.ignore(command),
-        }
-    }
-
-    fn ignore(&mut self, command: UserCommand) {
-        self.actions.push(Action::Event(Event {
-            kind: EventKind::Warning,
-            reason: "CommandIgnored",
-            message: format!("{command} ignored: the rollout is {}", self.status.phase),
-        }));
-    }
-
-    /// Leaves Paused; the time spent paused does not count toward the step's duration.
-    fn resume(&mut self) {
-        let s = &mut self.status;
-        if let (Some(paused), Some(started)) = (s.paused_at.take(), s.step_started_at) {
-            let held = self
-                .now
-                .duration_since(paused)
-                .max(jiff::SignedDuration::ZERO);
-            s.step_started_at = Some(started.checked_add(held).unwrap_or(started));
-        }
-        s.phase = Phase::Progressing;
-    }
+    // === analysis ===
 
     fn analysis(&mut self, outcome: &AnalysisOutcome) {
         if !matches!(self.status.phase, Phase::Progressing | Phase::Paused) {

@@ -30,9 +30,11 @@ pub const DEFAULT_STICKY_HEADER: &str = "x-user-id";
     status = "RolloutStatus",
     shortname = "fro",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.currentStep"}"#,
-    printcolumn = r#"{"name":"Canary","type":"integer","jsonPath":".status.canaryWeight"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason"}"#
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.step"}"#,
+    printcolumn = r#"{"name":"Canary%","type":"integer","jsonPath":".status.canaryWeight"}"#,
+    printcolumn = r#"{"name":"Verdict","type":"string","jsonPath":".status.lastAnalysis.verdict"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutSpec {
@@ -179,7 +181,7 @@ pub struct Pause {
     /// Hold until the analysis passes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub until_analysis_passes: bool,
-    /// Hold until a person promotes (`fledge-agent promote`).
+    /// Hold until a person promotes (`kubectl fledge promote`, or `fledge-agent promote`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub until_promoted: bool,
 }

@@ -9,6 +9,8 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::recorded::CommandRecord;
+
 /// Decisions kept in `status.history`; older ones are dropped first.
 pub const HISTORY_LIMIT: usize = 32;
 
@@ -109,6 +111,9 @@ pub struct RolloutStatus {
     /// Steps of the whole plan (an A/B, shadow or preview phase counts as one step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_steps: Option<u32>,
+    /// The step in effect as a person counts, `2/4` (for `kubectl get rollouts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// Percent of live requests the canary receives now.
     #[serde(default)]
     pub canary_weight: u32,
@@ -144,6 +149,14 @@ pub struct RolloutStatus {
     /// routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_error: Option<String>,
+    /// The latest command recorded on the Rollout (annotation `fledge.dev/command`) that the
+    /// agent took, who gave it and what it did. A command with this id or a lower one is never
+    /// applied again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_command: Option<CommandRecord>,
+    /// Why the command annotation cannot be read, while it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_problem: Option<String>,
 }
 
 impl RolloutStatus {

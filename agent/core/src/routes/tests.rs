@@ -240,6 +240,31 @@ fn settling_removes_fledge_routes_and_hands_over_the_stable_subset() {
 }
 
 #[test]
+fn release_takes_out_only_the_rollouts_own_routes() {
+    let mut user = user_vs();
+    let theirs = json!({ "name": "fledge-ratings-split", "route": [{ "destination": { "host": "ratings", "subset": "v1" } }] });
+    user["spec"]["http"]
+        .as_array_mut()
+        .unwrap()
+        .insert(0, theirs);
+    for shape in [
+        managed(10, vec![], None).shape,
+        managed(0, cohort(), Some(20.0)).shape,
+    ] {
+        let vs = virtual_service(&intent(shape), &user).unwrap();
+        assert_ne!(vs, user);
+        let released = release("reviews", &vs);
+        assert_eq!(released, user, "byte for byte the user's own");
+        assert_valid(&released, "released");
+        assert_eq!(release("reviews", &released), user, "nothing more to take");
+    }
+    // A VirtualService without routes is left as it is.
+    let mut bare = user_vs();
+    bare["spec"].as_object_mut().unwrap().remove("http");
+    assert_eq!(release("reviews", &bare), bare);
+}
+
+#[test]
 fn other_owners_routes_are_left_alone() {
     let mut user = user_vs();
     let theirs = json!({ "name": "fledge-ratings-split", "route": [{ "destination": { "host": "ratings", "subset": "v1" } }] });

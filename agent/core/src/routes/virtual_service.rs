@@ -92,6 +92,19 @@ pub fn virtual_service(intent: &RoutingIntent, user: &Value) -> Result<Value> {
     Ok(out)
 }
 
+/// The VirtualService `user` without the routes the Rollout `owner` owns; every other route and
+/// field as it was. The object to write back when the Rollout is deleted.
+pub fn release(owner: &str, user: &Value) -> Value {
+    let prefix = owned_prefix(owner);
+    let mut out = user.clone();
+    // `get_mut`, not indexing: indexing a missing field would add it as null.
+    let http = out.get_mut("spec").and_then(|s| s.get_mut("http"));
+    if let Some(routes) = http.and_then(Value::as_array_mut) {
+        routes.retain(|r| !r["name"].as_str().is_some_and(|n| n.starts_with(&prefix)));
+    }
+    out
+}
+
 /// Whether a VirtualService host (`reviews`, `reviews.shop`, or the full name) names `target`.
 fn same_host(host: &str, target: &str, namespace: &str) -> bool {
     let full = |h: &str| match h.matches('.').count() {

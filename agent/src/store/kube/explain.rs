@@ -29,6 +29,12 @@ impl Call {
         verb: "patch",
         resource: "rollouts/status.fledge.dev",
     };
+    pub const FINALIZER: Self = Self {
+        action: "set the finalizer of",
+        kind: "Rollout",
+        verb: "patch",
+        resource: "rollouts.fledge.dev",
+    };
     pub const GET_VS: Self = Self {
         action: "read",
         kind: "VirtualService",

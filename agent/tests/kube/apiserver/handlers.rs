@@ -16,11 +16,13 @@ use super::answers::{
     replace_virtual_service, stream,
 };
 use super::checks::query_errors;
-use super::{Access, Shared};
+use super::rollouts::{get_rollout, patch_rollout, self_subject_review};
+use super::{AGENT, Access, Shared};
 
 const ROLLOUTS: &[&str] = &["apis", "fledge.dev", "v1alpha1"];
 const ISTIO: &[&str] = &["apis", "networking.istio.io", "v1"];
 const EVENTS: &[&str] = &["apis", "events.k8s.io", "v1"];
+const AUTHENTICATION: &[&str] = &["apis", "authentication.k8s.io", "v1"];
 
 /// One call the Kubernetes store makes.
 #[derive(Debug)]
@@ -28,6 +30,9 @@ enum Call {
     ListRollouts { ns: Option<String> },
     WatchRollouts { ns: Option<String> },
     ApplyStatus { ns: String, name: String },
+    GetRollout { ns: String, name: String },
+    PatchRollout { ns: String, name: String },
+    SelfSubjectReview,
     GetVirtualService { ns: String, name: String },
     ReplaceVirtualService { ns: String, name: String },
     CreateEvent { ns: String },
@@ -54,6 +59,14 @@ impl Call {
                     ns: s(4),
                     name: s(6),
                 }),
+                ("GET", ["namespaces", _, "rollouts", _]) => Some(Self::GetRollout {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                ("PATCH", ["namespaces", _, "rollouts", _]) => Some(Self::PatchRollout {
+                    ns: s(4),
+                    name: s(6),
+                }),
                 _ => None,
             };
         }
@@ -69,6 +82,12 @@ impl Call {
                         name: s(6),
                     })
                 }
+                _ => None,
+            };
+        }
+        if under(AUTHENTICATION) {
+            return match (method.as_str(), rest(AUTHENTICATION).as_slice()) {
+                ("POST", ["selfsubjectreviews"]) => Some(Self::SelfSubjectReview),
                 _ => None,
             };
         }
@@ -90,6 +109,11 @@ impl Call {
             Self::ListRollouts { .. } => Access::new("list", "fledge.dev", "rollouts"),
             Self::WatchRollouts { .. } => Access::new("watch", "fledge.dev", "rollouts"),
             Self::ApplyStatus { .. } => Access::new("patch", "fledge.dev", "rollouts/status"),
+            Self::GetRollout { .. } => Access::new("get", "fledge.dev", "rollouts"),
+            Self::PatchRollout { .. } => Access::new("patch", "fledge.dev", "rollouts"),
+            Self::SelfSubjectReview => {
+                Access::new("create", "authentication.k8s.io", "selfsubjectreviews")
+            }
             Self::GetVirtualService { .. } => {
                 Access::new("get", "networking.istio.io", "virtualservices")
             }
@@ -105,12 +129,14 @@ impl Call {
     fn content_type(&self) -> Option<&'static str> {
         match self {
             Self::ListRollouts { .. } | Self::WatchRollouts { .. } => None,
-            Self::GetVirtualService { .. } => None,
+            Self::GetVirtualService { .. } | Self::GetRollout { .. } => None,
             Self::ApplyStatus { .. } => Some("application/apply-patch+yaml"),
-            Self::ReplaceVirtualService { .. } | Self::CreateEvent { .. } => {
-                Some("application/json")
+            Self::ReplaceVirtualService { .. }
+            | Self::CreateEvent { .. }
+            | Self::SelfSubjectReview => Some("application/json"),
+            Self::PatchEvent { .. } | Self::PatchRollout { .. } => {
+                Some("application/merge-patch+json")
             }
-            Self::PatchEvent { .. } => Some("application/merge-patch+json"),
         }
     }
 }
@@ -134,9 +160,30 @@ pub async fn handle(
         );
     };
     let access = call.access();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let user = match bearer {
+        None => AGENT.to_owned(),
+        Some(token) => match shared.lock().tokens.get(token) {
+            Some(user) => user.clone(),
+            None => {
+                return status(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "Unauthorized".into(),
+                );
+            }
+        },
+    };
     let rollouts = matches!(
         call,
-        Call::ListRollouts { .. } | Call::WatchRollouts { .. } | Call::ApplyStatus { .. }
+        Call::ListRollouts { .. }
+            | Call::WatchRollouts { .. }
+            | Call::ApplyStatus { .. }
+            | Call::GetRollout { .. }
+            | Call::PatchRollout { .. }
     );
     if rollouts && shared.lock().crd_missing {
         return status(
@@ -147,14 +194,28 @@ pub async fn handle(
     }
     {
         let mut world = shared.lock();
-        world.accesses.insert(access.clone());
-        if world.forbidden.contains(&access) {
+        world
+            .accesses
+            .entry(user.clone())
+            .or_default()
+            .insert(access.clone());
+        if world.forbidden.contains(&access)
+            || world
+                .forbidden_for
+                .contains(&(user.clone(), access.clone()))
+        {
             drop(world);
+            let scope = match &call {
+                Call::GetRollout { ns, .. } | Call::PatchRollout { ns, .. } => {
+                    format!(" in the namespace \"{ns}\"")
+                }
+                _ => String::new(),
+            };
             return status(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 format!(
-                    "{} is forbidden: User \"system:serviceaccount:fledge-system:fledge-agent\" cannot {} resource \"{}\" in API group \"{}\"",
+                    "{} is forbidden: User \"{user}\" cannot {} resource \"{}\" in API group \"{}\"{scope}",
                     access.resource, access.verb, access.resource, access.group
                 ),
             );
@@ -257,6 +318,35 @@ pub async fn handle(
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             apply_status(&shared, (ns, name), &body, &wrong)
+        }
+        Call::GetRollout { ns, name } => {
+            if !query.is_empty() {
+                return refuse(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    wrong(vec!["a query".into()]),
+                );
+            }
+            get_rollout(&shared, (ns, name))
+        }
+        Call::PatchRollout { ns, name } => {
+            let manager = if user == AGENT {
+                "fledge-agent"
+            } else {
+                "kubectl-fledge"
+            };
+            let errors = query_errors(&query, &[("fieldManager", Some(manager))]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            patch_rollout(&shared, (ns, name), &body, &wrong)
+        }
+        Call::SelfSubjectReview => {
+            let errors = query_errors(&query, &[]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            self_subject_review(&shared, &user, &body, &wrong)
         }
         Call::GetVirtualService { ns, name } => {
             if !query.is_empty() {

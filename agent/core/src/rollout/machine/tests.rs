@@ -10,6 +10,7 @@ use crate::rollout::UserCommand::{self, Abort, Pause as Hold, Promote, Resume};
 use crate::rollout::plan::Shape;
 use crate::rollout::spec::*;
 
+mod commands;
 mod props;
 mod walk;
 
@@ -74,7 +75,7 @@ impl Run {
         })
     }
 
-    fn events(&self) -> Vec<&'static str> {
+    pub fn events(&self) -> Vec<&'static str> {
         self.actions
             .iter()
             .filter_map(|a| match a {
@@ -86,7 +87,7 @@ impl Run {
 }
 
 /// One row: seconds since start, analysis, commands → phase, step (0-based), canary weight.
-type Row = (
+pub(super) type Row = (
     u64,
     Option<Verdict>,
     &'static [UserCommand],
@@ -98,7 +99,7 @@ type Row = (
 use Phase::*;
 use Verdict::{Fail, NotEnoughData as Ned, Pass};
 
-fn play(name: &str, mut run: Run, rows: &[Row]) -> Run {
+pub(super) fn play(name: &str, mut run: Run, rows: &[Row]) -> Run {
     for (i, (secs, verdict, commands, phase, step, weight)) in rows.iter().enumerate() {
         run.tick(*secs, *verdict, commands);
         let s = run.status();
@@ -116,7 +117,7 @@ fn play(name: &str, mut run: Run, rows: &[Row]) -> Run {
     run
 }
 
-fn three_steps() -> Strategy {
+pub(super) fn three_steps() -> Strategy {
     canary(&[
         (10, pause(Some(60), false, false)),
         (25, pause(None, true, false)),
