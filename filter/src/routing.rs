@@ -159,20 +159,20 @@ impl Table {
     /// exact match wins; otherwise a short name such as `reviews` or `reviews.shop` matches the
     /// first route whose host extends it at a dot (`reviews.shop.svc.cluster.local`), as the
     /// mesh's DNS search path would.
-    pub fn route_index(&self, host: &str) -> Option<usize> {
+    pub fn route_index(&self, host: &[u8]) -> Option<usize> {
         if host.is_empty() {
             return None;
         }
-        let wanted = host.as_bytes();
         let exact = self
             .routes
             .iter()
-            .position(|r| same(r.host.as_bytes(), wanted));
+            .position(|r| same(r.host.as_bytes(), host));
         exact.or_else(|| {
             self.routes.iter().position(|r| {
                 r.host
+                    .as_bytes()
                     .strip_prefix(host)
-                    .is_some_and(|rest| rest.starts_with('.'))
+                    .is_some_and(|rest| rest.first() == Some(&b'.'))
             })
         })
     }
@@ -181,7 +181,7 @@ impl Table {
     /// configured initial table until the agent's first arrives). Every other request takes the
     /// fast path — nothing read at log time, nothing recorded — in either role.
     pub fn measures(&self, host: &str) -> bool {
-        self.route_index(host).is_some()
+        self.route_index(host.as_bytes()).is_some()
     }
 
     /// Picks the version for a request to `host`, with the index of the route that decided (so
@@ -194,7 +194,7 @@ impl Table {
         request: &R,
         rng: &mut Rng,
     ) -> Option<(usize, Decision<'_>)> {
-        let index = self.route_index(host)?;
+        let index = self.route_index(host.as_bytes())?;
         let route = self.routes.get(index)?;
         Some((index, route.decide(request, rng)))
     }
@@ -478,11 +478,20 @@ pub struct Destination {
     pub shadow: bool,
 }
 
-impl Destination {
+/// A destination's host as the authority's bytes, lower case, without port and without
+/// Envoy's `-shadow` suffix (noted in `shadow`): enough to find the host's route. It becomes a
+/// [`Destination`] (a `String`) only where it is recorded under its own name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBytes {
+    pub host: Vec<u8>,
+    pub shadow: bool,
+}
+
+impl HostBytes {
     /// [`Destination::from_authority`] on the header's bytes as the host handed them over,
     /// reusing their buffer: the host (before `:port`, or inside `[…]`) is cut out of the
-    /// trimmed authority and lower-cased in place. Bytes that are not UTF-8 are read lossily.
-    pub fn from_authority_bytes(mut authority: Vec<u8>) -> Destination {
+    /// trimmed authority and lower-cased in place.
+    pub fn from_authority(mut authority: Vec<u8>) -> HostBytes {
         // The common case in one pass: `host[:port]`, nothing to trim, no brackets. Eight
         // bytes at a step while none is special, then a host name's usual bytes (lower-case
         // letters, digits, dots, dashes) take one test each.
@@ -508,15 +517,15 @@ impl Destination {
             }
         }
         if !plain {
-            return Destination::from_general_authority(authority);
+            return HostBytes::from_general_authority(authority);
         }
         authority.truncate(end);
-        Destination::from_host(authority)
+        HostBytes::from_host(authority)
     }
 
-    /// [`Destination::from_authority_bytes`] for authorities with whitespace or brackets (and,
-    /// in the tests, the reference it is checked against).
-    fn from_general_authority(mut authority: Vec<u8>) -> Destination {
+    /// [`HostBytes::from_authority`] for authorities with whitespace or brackets (and, in the
+    /// tests, the reference it is checked against).
+    fn from_general_authority(mut authority: Vec<u8>) -> HostBytes {
         let start = authority
             .iter()
             .position(|b| !b.is_ascii_whitespace())
@@ -537,18 +546,34 @@ impl Destination {
         authority.truncate(end);
         authority.drain(..from.min(end));
         authority.make_ascii_lowercase();
-        Destination::from_host(authority)
+        HostBytes::from_host(authority)
     }
 
     /// The lower-case host, with Envoy's `-shadow` suffix taken off and noted.
-    fn from_host(mut host: Vec<u8>) -> Destination {
+    fn from_host(mut host: Vec<u8>) -> HostBytes {
         let shadow = host.ends_with(b"-shadow");
         if shadow {
             host.truncate(host.len() - b"-shadow".len());
         }
-        let host = String::from_utf8(host)
+        HostBytes { host, shadow }
+    }
+
+    /// The host as text; bytes that are not UTF-8 are read lossily.
+    pub fn into_destination(self) -> Destination {
+        let host = String::from_utf8(self.host)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Destination { host, shadow }
+        Destination {
+            host,
+            shadow: self.shadow,
+        }
+    }
+}
+
+impl Destination {
+    /// [`HostBytes::from_authority`], the host then made text (bytes that are not UTF-8 are
+    /// read lossily).
+    pub fn from_authority_bytes(authority: Vec<u8>) -> Destination {
+        HostBytes::from_authority(authority).into_destination()
     }
 
     pub fn from_authority(authority: &str) -> Destination {

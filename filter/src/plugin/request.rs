@@ -12,12 +12,13 @@ use fledge_proto::v1::Traffic;
 use super::abi;
 use super::{Shared, absorb, property_string, read};
 use crate::outcome::{self, Facts, Outcome, Properties};
-use crate::routing::{self, Cause, Destination, Table};
+use crate::routing::{self, Cause, HostBytes, Table};
 
 /// One request: what was decided for it, kept until `on_log`.
 pub(super) struct Request {
     shared: Option<Rc<Shared>>,
-    destination: Option<Destination>,
+    /// The request's host as bytes: made text only if the request is recorded under it.
+    destination: Option<HostBytes>,
     decided: Option<Decided>,
     /// A gRPC request (by `content-type`): only then does `response.grpc_status` count.
     grpc: bool,
@@ -100,7 +101,7 @@ impl Request {
         };
         let (destination, route) = match request_header(":authority") {
             Some(authority) => {
-                let destination = Destination::from_authority_bytes(authority);
+                let destination = HostBytes::from_authority(authority);
                 // The route found here is the one the request is routed by (`Table::measures`
                 // is this lookup).
                 let Some(route) = table.route_index(&destination.host) else {
@@ -108,7 +109,7 @@ impl Request {
                 };
                 (destination, Some(route))
             }
-            None => (Destination::from_authority_bytes(Vec::new()), None),
+            None => (HostBytes::from_authority(Vec::new()), None),
         };
         self.destination = Some(destination);
         self.grpc = request_header("content-type")
@@ -129,9 +130,18 @@ impl Request {
             return;
         };
         let facts = Facts::read(&HostProperties, self.grpc);
+        let traffic = if destination.shadow {
+            Traffic::Shadow
+        } else {
+            Traffic::Live
+        };
+        let named;
         let (host, decided) = match self.decided.as_ref().and_then(Decided::host_and_version) {
             Some((host, version)) => (host, version),
-            None => (destination.host.as_str(), None),
+            None => {
+                named = destination.into_destination();
+                (named.host.as_str(), None)
+            }
         };
         // The upstream cluster only matters when the filter did not pick the version itself.
         let cluster = match decided {
@@ -141,11 +151,6 @@ impl Request {
         let own = shared.identity.own_version();
         let version = outcome::version_of(decided, cluster.as_deref(), own);
         let host = if host.is_empty() { "unknown" } else { host };
-        let traffic = if destination.shadow {
-            Traffic::Shadow
-        } else {
-            Traffic::Live
-        };
         let Ok(mut stats) = shared.stats.try_borrow_mut() else {
             return;
         };
