@@ -582,32 +582,45 @@ impl Destination {
 }
 
 /// Lower-cases `bytes` eight at a time from the start, up to the first word holding a `:`, a
-/// `[` or a byte of at most a space; returns how many bytes it did (a multiple of eight). Bit
-/// tricks on a `u64`: a byte below `n` (≤ 128) shows in `(w - n·ONES) & !w & HIGH`, and an
-/// ASCII upper-case letter is a byte ≥ `A` and not > `Z`, found with two additions that cannot
-/// carry into the next byte.
+/// `[` or a byte of at most a space; returns how many bytes it did (a multiple of eight, or all
+/// of them: when every whole word was plain, the last eight bytes, overlapping the words done,
+/// are one more word). Bit tricks on a `u64`: a byte below `n` (≤ 128) shows in
+/// `(w - n·ONES) & !w & HIGH`, and an ASCII upper-case letter is a byte ≥ `A` and not > `Z`,
+/// found with two additions that cannot carry into the next byte.
 fn lower_plain_words(bytes: &mut [u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
-    let mut done = 0;
-    for chunk in bytes.chunks_exact_mut(8) {
+    // Lower-cases a plain word in place; `false` (and nothing changed) if it is not plain.
+    let lower = |chunk: &mut [u8]| {
         let Ok(word) = <[u8; 8]>::try_from(&*chunk) else {
-            break;
+            return false;
         };
         let w = u64::from_le_bytes(word);
         let special = below(w ^ (ONES * u64::from(b':')), 1)
             | below(w ^ (ONES * u64::from(b'[')), 1)
             | below(w, u64::from(b' ') + 1);
         if special != 0 {
-            break;
+            return false;
         }
         let low7 = w & !HIGH;
         let at_least_a = low7 + ONES * (0x80 - u64::from(b'A'));
         let above_z = low7 + ONES * (0x7f - u64::from(b'Z'));
         let upper = !w & (at_least_a ^ above_z) & HIGH;
         chunk.copy_from_slice(&(w | (upper >> 2)).to_le_bytes());
+        true
+    };
+    let n = bytes.len();
+    let mut done = 0;
+    for chunk in bytes.chunks_exact_mut(8) {
+        if !lower(chunk) {
+            return done;
+        }
         done += 8;
+    }
+    // Bytes already lowered stay as they are when lowered again.
+    if done < n && n >= 8 && bytes.get_mut(n - 8..).is_some_and(lower) {
+        return n;
     }
     done
 }
