@@ -50,14 +50,11 @@ impl Request {
         }
     }
 
-    /// Routes a request to route `index` of `table` (the table its host was found in).
-    fn route(&mut self, shared: &Shared, table: Rc<Table>, index: usize) {
-        let Ok(mut rng) = shared.rng.try_borrow_mut() else {
-            return;
-        };
-        let Some(route) = table.routes.get(index) else {
-            return;
-        };
+    /// Routes a request to route `index` of `table` (the table its host was found in); the
+    /// decision, if the host took it.
+    fn route(shared: &Shared, table: &Rc<Table>, index: usize) -> Option<Decided> {
+        let mut rng = shared.rng.try_borrow_mut().ok()?;
+        let route = table.routes.get(index)?;
         let decision = route.decide(&RequestHeaders, &mut rng);
         let header = decision.route.version_header.as_str();
         // Every copy a client sent goes first: some hosts (nginx) replace only the first copy,
@@ -71,32 +68,30 @@ impl Request {
             )),
             None => removed,
         };
-        if written.is_none() {
-            // The router never saw the decision: the request is counted under the version the
-            // upstream cluster names, not one it may never have reached.
-            return;
-        }
+        // Without it the router never saw the decision: the request is counted under the
+        // version the upstream cluster names, not one it may never have reached.
+        written?;
         // The router picked its route before this filter ran; make it look again. A host
         // without the function, or one that fails it, leaves the route as it was: ignored.
         if shared.config.clear_route_cache {
             read(abi::foreign_function("clear_route_cache", &[]));
         }
         shared.counts.routed.set(shared.counts.routed.get() + 1);
-        self.decided = Some(Decided {
+        Some(Decided {
             route: index,
             cause: decision.cause,
-            table: Rc::clone(&table),
-        });
+            table: Rc::clone(table),
+        })
     }
 
     pub(super) fn on_request_headers(&mut self) {
-        let Some(shared) = self.shared.clone() else {
+        let Some(shared) = self.shared.as_deref() else {
             return;
         };
         // Only hosts the routing table names are measured: the rest of the mesh's traffic
         // passes with this one header read and nothing at log time. A request whose authority
         // the host does not give is still counted, under the host "unknown".
-        let Ok(table) = shared.table.try_borrow().map(|table| Rc::clone(&table)) else {
+        let Ok(table) = shared.table.try_borrow() else {
             return;
         };
         let (destination, route) = match request_header(":authority") {
@@ -116,17 +111,18 @@ impl Request {
             .is_some_and(|content_type| outcome::is_grpc(&content_type));
         if let Some(route) = route
             && !shared.identity.side.is_server()
+            && let Some(decided) = Request::route(shared, &table, route)
         {
-            self.route(&shared, table, route);
+            self.decided = Some(decided);
         }
     }
 
     pub(super) fn on_log(&mut self) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
         let Some(destination) = self.destination.take() else {
             // Headers never arrived (e.g. a reset before them): nothing to attribute.
+            return;
+        };
+        let Some(shared) = self.shared.as_deref() else {
             return;
         };
         let facts = Facts::read(&HostProperties, self.grpc);
