@@ -14,8 +14,11 @@ use std::borrow::Cow;
 use fledge_proto::SPLIT_BUCKETS;
 use fledge_proto::v1;
 
+mod authority;
 #[cfg(test)]
 mod tests;
+
+pub use authority::{Destination, HostBytes};
 
 /// A value in a routing table or configuration that is not acceptable, with the path of the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,20 +162,20 @@ impl Table {
     /// exact match wins; otherwise a short name such as `reviews` or `reviews.shop` matches the
     /// first route whose host extends it at a dot (`reviews.shop.svc.cluster.local`), as the
     /// mesh's DNS search path would.
-    pub fn route_index(&self, host: &str) -> Option<usize> {
+    pub fn route_index(&self, host: &[u8]) -> Option<usize> {
         if host.is_empty() {
             return None;
         }
-        let wanted = host.as_bytes();
         let exact = self
             .routes
             .iter()
-            .position(|r| same(r.host.as_bytes(), wanted));
+            .position(|r| same(r.host.as_bytes(), host));
         exact.or_else(|| {
             self.routes.iter().position(|r| {
                 r.host
+                    .as_bytes()
                     .strip_prefix(host)
-                    .is_some_and(|rest| rest.starts_with('.'))
+                    .is_some_and(|rest| rest.first() == Some(&b'.'))
             })
         })
     }
@@ -181,7 +184,7 @@ impl Table {
     /// configured initial table until the agent's first arrives). Every other request takes the
     /// fast path — nothing read at log time, nothing recorded — in either role.
     pub fn measures(&self, host: &str) -> bool {
-        self.route_index(host).is_some()
+        self.route_index(host.as_bytes()).is_some()
     }
 
     /// Picks the version for a request to `host`, with the index of the route that decided (so
@@ -194,7 +197,7 @@ impl Table {
         request: &R,
         rng: &mut Rng,
     ) -> Option<(usize, Decision<'_>)> {
-        let index = self.route_index(host)?;
+        let index = self.route_index(host.as_bytes())?;
         let route = self.routes.get(index)?;
         Some((index, route.decide(request, rng)))
     }
@@ -468,123 +471,6 @@ pub fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
         let (k, v) = pair.trim().split_once('=')?;
         (k.trim() == name).then(|| v.trim().trim_matches('"'))
     })
-}
-
-/// A destination as the filter keys it: host lower case without port, and whether Envoy marked
-/// the request as a mirrored copy (it appends `-shadow` to the host).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Destination {
-    pub host: String,
-    pub shadow: bool,
-}
-
-impl Destination {
-    /// [`Destination::from_authority`] on the header's bytes as the host handed them over,
-    /// reusing their buffer: the host (before `:port`, or inside `[…]`) is cut out of the
-    /// trimmed authority and lower-cased in place. Bytes that are not UTF-8 are read lossily.
-    pub fn from_authority_bytes(mut authority: Vec<u8>) -> Destination {
-        // The common case in one pass: `host[:port]`, nothing to trim, no brackets. Eight
-        // bytes at a step while none is special, then a host name's usual bytes (lower-case
-        // letters, digits, dots, dashes) take one test each.
-        let mut end = authority.len();
-        let mut plain = true;
-        let words = lower_plain_words(&mut authority);
-        for (i, b) in authority.iter_mut().enumerate().skip(words) {
-            let c = *b;
-            if c > b':' && c != b'[' {
-                *b = c.to_ascii_lowercase();
-                continue;
-            }
-            match c {
-                b':' => {
-                    end = i;
-                    break;
-                }
-                b' ' | b'\t' | b'\n' | b'\r' | 0x0c | b'[' => {
-                    plain = false;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        if !plain {
-            return Destination::from_general_authority(authority);
-        }
-        authority.truncate(end);
-        Destination::from_host(authority)
-    }
-
-    /// [`Destination::from_authority_bytes`] for authorities with whitespace or brackets (and,
-    /// in the tests, the reference it is checked against).
-    fn from_general_authority(mut authority: Vec<u8>) -> Destination {
-        let start = authority
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(authority.len());
-        let stop = authority
-            .iter()
-            .rposition(|b| !b.is_ascii_whitespace())
-            .map_or(start, |last| last + 1);
-        let rest = authority.get(start..stop).unwrap_or_default();
-        let (from, end) = if rest.first() == Some(&b'[') {
-            // [v6]:port
-            let end = rest.iter().position(|&b| b == b']').unwrap_or(rest.len());
-            (start + 1, start + end.max(1))
-        } else {
-            let end = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
-            (start, start + end)
-        };
-        authority.truncate(end);
-        authority.drain(..from.min(end));
-        authority.make_ascii_lowercase();
-        Destination::from_host(authority)
-    }
-
-    /// The lower-case host, with Envoy's `-shadow` suffix taken off and noted.
-    fn from_host(mut host: Vec<u8>) -> Destination {
-        let shadow = host.ends_with(b"-shadow");
-        if shadow {
-            host.truncate(host.len() - b"-shadow".len());
-        }
-        let host = String::from_utf8(host)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        Destination { host, shadow }
-    }
-
-    pub fn from_authority(authority: &str) -> Destination {
-        Destination::from_authority_bytes(authority.as_bytes().to_vec())
-    }
-}
-
-/// Lower-cases `bytes` eight at a time from the start, up to the first word holding a `:`, a
-/// `[` or a byte of at most a space; returns how many bytes it did (a multiple of eight). Bit
-/// tricks on a `u64`: a byte below `n` (≤ 128) shows in `(w - n·ONES) & !w & HIGH`, and an
-/// ASCII upper-case letter is a byte ≥ `A` and not > `Z`, found with two additions that cannot
-/// carry into the next byte.
-fn lower_plain_words(bytes: &mut [u8]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
-    let mut done = 0;
-    for chunk in bytes.chunks_exact_mut(8) {
-        let Ok(word) = <[u8; 8]>::try_from(&*chunk) else {
-            break;
-        };
-        let w = u64::from_le_bytes(word);
-        let special = below(w ^ (ONES * u64::from(b':')), 1)
-            | below(w ^ (ONES * u64::from(b'[')), 1)
-            | below(w, u64::from(b' ') + 1);
-        if special != 0 {
-            break;
-        }
-        let low7 = w & !HIGH;
-        let at_least_a = low7 + ONES * (0x80 - u64::from(b'A'));
-        let above_z = low7 + ONES * (0x7f - u64::from(b'Z'));
-        let upper = !w & (at_least_a ^ above_z) & HIGH;
-        chunk.copy_from_slice(&(w | (upper >> 2)).to_le_bytes());
-        done += 8;
-    }
-    done
 }
 
 fn is_token_char(c: char) -> bool {

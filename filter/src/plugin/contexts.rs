@@ -22,7 +22,77 @@ thread_local! {
 struct Contexts {
     /// Root contexts: one per plugin configuration sharing this VM, usually one.
     roots: Vec<(u32, Root)>,
-    requests: HashMap<u32, Request, BuildHasherDefault<IdHasher>>,
+    requests: Requests,
+}
+
+/// Slots in [`Requests`]' direct table (a power of two).
+const SLOTS: usize = 64;
+
+/// Request contexts by id. Hosts number contexts consecutively, so the requests in flight in a
+/// VM mostly sit in distinct slots of a small table indexed by the id's low bits (an array
+/// access per callback); an id whose slot is taken goes to a hash map. An id is in one place
+/// at most.
+struct Requests {
+    slots: Vec<Option<(u32, Request)>>,
+    spill: HashMap<u32, Request, BuildHasherDefault<IdHasher>>,
+}
+
+impl Default for Requests {
+    fn default() -> Requests {
+        let mut slots = Vec::new();
+        slots.resize_with(SLOTS, || None);
+        Requests {
+            slots,
+            spill: HashMap::default(),
+        }
+    }
+}
+
+impl Requests {
+    fn slot(&mut self, id: u32) -> Option<&mut Option<(u32, Request)>> {
+        self.slots.get_mut(id as usize % SLOTS)
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut Request> {
+        if self
+            .slots
+            .get(id as usize % SLOTS)
+            .is_some_and(|slot| slot.as_ref().is_some_and(|(held, _)| *held == id))
+        {
+            return self
+                .slot(id)
+                .and_then(|slot| slot.as_mut().map(|(_, request)| request));
+        }
+        self.spill.get_mut(&id)
+    }
+
+    /// Drops request `id` where it lies; `false` if there is none.
+    fn remove(&mut self, id: u32) -> bool {
+        if let Some(slot) = self.slot(id)
+            && slot.as_ref().is_some_and(|(held, _)| *held == id)
+        {
+            *slot = None;
+            return true;
+        }
+        // Hashing and probing an empty map still costs a lookup: the spill is usually empty.
+        !self.spill.is_empty() && self.spill.remove(&id).is_some()
+    }
+
+    /// Puts request `id` in its slot when that is free or already its own (replacing it), else
+    /// in the spill; an older copy in the spill goes first.
+    fn insert(&mut self, id: u32, request: Request) {
+        if !self.spill.is_empty() {
+            self.spill.remove(&id);
+        }
+        match self.slot(id) {
+            Some(slot) if slot.as_ref().is_none_or(|(held, _)| *held == id) => {
+                *slot = Some((id, request));
+            }
+            _ => {
+                self.spill.insert(id, request);
+            }
+        }
+    }
 }
 
 impl Contexts {
@@ -63,7 +133,7 @@ fn with<T>(f: impl FnOnce(&mut Contexts) -> T) -> Option<T> {
 pub(super) fn create(id: u32, parent: u32) {
     with(|c| {
         if parent == 0 {
-            c.requests.remove(&id);
+            c.requests.remove(id);
             c.roots.retain(|(root, _)| *root != id);
             c.roots.push((id, Root::new()));
         } else {
@@ -90,16 +160,16 @@ pub(super) fn tick(root: u32) {
 }
 
 pub(super) fn request_headers(id: u32) {
-    with(|c| c.requests.get_mut(&id).map(Request::on_request_headers));
+    with(|c| c.requests.get_mut(id).map(Request::on_request_headers));
 }
 
 pub(super) fn log(id: u32) {
-    with(|c| c.requests.get_mut(&id).map(Request::on_log));
+    with(|c| c.requests.get_mut(id).map(Request::on_log));
 }
 
 pub(super) fn delete(id: u32) {
     with(|c| {
-        if c.requests.remove(&id).is_none() {
+        if !c.requests.remove(id) {
             c.roots.retain(|(root, _)| *root != id);
         }
     });

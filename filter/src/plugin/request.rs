@@ -12,12 +12,13 @@ use fledge_proto::v1::Traffic;
 use super::abi;
 use super::{Shared, absorb, property_string, read};
 use crate::outcome::{self, Facts, Outcome, Properties};
-use crate::routing::{self, Cause, Destination, Table};
+use crate::routing::{self, Cause, HostBytes, Table};
 
 /// One request: what was decided for it, kept until `on_log`.
 pub(super) struct Request {
     shared: Option<Rc<Shared>>,
-    destination: Option<Destination>,
+    /// The request's host as bytes: made text only if the request is recorded under it.
+    destination: Option<HostBytes>,
     decided: Option<Decided>,
     /// A gRPC request (by `content-type`): only then does `response.grpc_status` count.
     grpc: bool,
@@ -49,14 +50,11 @@ impl Request {
         }
     }
 
-    /// Routes a request to route `index` of `table` (the table its host was found in).
-    fn route(&mut self, shared: &Shared, table: Rc<Table>, index: usize) {
-        let Ok(mut rng) = shared.rng.try_borrow_mut() else {
-            return;
-        };
-        let Some(route) = table.routes.get(index) else {
-            return;
-        };
+    /// Routes a request to route `index` of `table` (the table its host was found in); the
+    /// decision, if the host took it.
+    fn route(shared: &Shared, table: &Rc<Table>, index: usize) -> Option<Decided> {
+        let mut rng = shared.rng.try_borrow_mut().ok()?;
+        let route = table.routes.get(index)?;
         let decision = route.decide(&RequestHeaders, &mut rng);
         let header = decision.route.version_header.as_str();
         // Every copy a client sent goes first: some hosts (nginx) replace only the first copy,
@@ -70,37 +68,35 @@ impl Request {
             )),
             None => removed,
         };
-        if written.is_none() {
-            // The router never saw the decision: the request is counted under the version the
-            // upstream cluster names, not one it may never have reached.
-            return;
-        }
+        // Without it the router never saw the decision: the request is counted under the
+        // version the upstream cluster names, not one it may never have reached.
+        written?;
         // The router picked its route before this filter ran; make it look again. A host
         // without the function, or one that fails it, leaves the route as it was: ignored.
         if shared.config.clear_route_cache {
             read(abi::foreign_function("clear_route_cache", &[]));
         }
         shared.counts.routed.set(shared.counts.routed.get() + 1);
-        self.decided = Some(Decided {
+        Some(Decided {
             route: index,
             cause: decision.cause,
-            table: Rc::clone(&table),
-        });
+            table: Rc::clone(table),
+        })
     }
 
     pub(super) fn on_request_headers(&mut self) {
-        let Some(shared) = self.shared.clone() else {
+        let Some(shared) = self.shared.as_deref() else {
             return;
         };
         // Only hosts the routing table names are measured: the rest of the mesh's traffic
         // passes with this one header read and nothing at log time. A request whose authority
         // the host does not give is still counted, under the host "unknown".
-        let Ok(table) = shared.table.try_borrow().map(|table| Rc::clone(&table)) else {
+        let Ok(table) = shared.table.try_borrow() else {
             return;
         };
         let (destination, route) = match request_header(":authority") {
             Some(authority) => {
-                let destination = Destination::from_authority_bytes(authority);
+                let destination = HostBytes::from_authority(authority);
                 // The route found here is the one the request is routed by (`Table::measures`
                 // is this lookup).
                 let Some(route) = table.route_index(&destination.host) else {
@@ -108,30 +104,40 @@ impl Request {
                 };
                 (destination, Some(route))
             }
-            None => (Destination::from_authority_bytes(Vec::new()), None),
+            None => (HostBytes::from_authority(Vec::new()), None),
         };
         self.destination = Some(destination);
         self.grpc = request_header("content-type")
             .is_some_and(|content_type| outcome::is_grpc(&content_type));
         if let Some(route) = route
             && !shared.identity.side.is_server()
+            && let Some(decided) = Request::route(shared, &table, route)
         {
-            self.route(&shared, table, route);
+            self.decided = Some(decided);
         }
     }
 
     pub(super) fn on_log(&mut self) {
-        let Some(shared) = self.shared.clone() else {
-            return;
-        };
         let Some(destination) = self.destination.take() else {
             // Headers never arrived (e.g. a reset before them): nothing to attribute.
             return;
         };
+        let Some(shared) = self.shared.as_deref() else {
+            return;
+        };
         let facts = Facts::read(&HostProperties, self.grpc);
+        let traffic = if destination.shadow {
+            Traffic::Shadow
+        } else {
+            Traffic::Live
+        };
+        let named;
         let (host, decided) = match self.decided.as_ref().and_then(Decided::host_and_version) {
             Some((host, version)) => (host, version),
-            None => (destination.host.as_str(), None),
+            None => {
+                named = destination.into_destination();
+                (named.host.as_str(), None)
+            }
         };
         // The upstream cluster only matters when the filter did not pick the version itself.
         let cluster = match decided {
@@ -141,11 +147,6 @@ impl Request {
         let own = shared.identity.own_version();
         let version = outcome::version_of(decided, cluster.as_deref(), own);
         let host = if host.is_empty() { "unknown" } else { host };
-        let traffic = if destination.shadow {
-            Traffic::Shadow
-        } else {
-            Traffic::Live
-        };
         let Ok(mut stats) = shared.stats.try_borrow_mut() else {
             return;
         };
