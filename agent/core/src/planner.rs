@@ -23,8 +23,22 @@ use crate::rollout::{
 use crate::windows::SeriesKey;
 
 /// A status whose only change is its evidence (the last analysis's time, numbers and wording, or
-/// the reason's) is persisted at most this often; any other change is persisted at once.
+/// the reason's) is persisted at most this often, plus its rollout's spread
+/// ([`evidence_every`]); any other change is persisted at once.
 pub const EVIDENCE_EVERY: Duration = Duration::from_secs(10);
+
+/// How often evidence alone is persisted for `rollout`: [`EVIDENCE_EVERY`] plus 0 – 4 s fixed by
+/// its name (FNV-1a), so that Rollouts started on the same tick do not all write their evidence
+/// on the same later ticks (1,000 at once took a local tick to seconds).
+pub fn evidence_every(rollout: &Rollout) -> Duration {
+    let hash = rollout
+        .key()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    EVIDENCE_EVERY + Duration::from_secs(hash % 5)
+}
 
 /// What one tick knows about one rollout.
 #[derive(Clone, Copy, Debug)]
@@ -80,7 +94,7 @@ pub struct TickPlan {
     pub notices: Vec<Notice>,
     /// Whether to persist `status`: it differs from the persisted one in phase, step, weight,
     /// verdict or anything but the evidence, or its evidence changed and the persisted one is
-    /// [`EVIDENCE_EVERY`] old.
+    /// [`evidence_every`] old.
     pub status_changed: bool,
     /// The analysis outcome the machine was given, for logs.
     pub outcome: Option<AnalysisOutcome>,
@@ -158,7 +172,9 @@ fn worth_persisting(tick: &Tick<'_>, status: &RolloutStatus) -> bool {
         return false;
     }
     beyond_evidence(persisted, status)
-        || at.is_none_or(|at| tick.now.duration_since(at).unsigned_abs() >= EVIDENCE_EVERY)
+        || at.is_none_or(|at| {
+            tick.now.duration_since(at).unsigned_abs() >= evidence_every(tick.rollout)
+        })
 }
 
 /// Whether two statuses differ in more than their evidence: the reason's wording and the last

@@ -252,19 +252,20 @@ fn status_is_persisted_on_a_change_and_evidence_at_most_every_few_seconds() {
         (50, Pause::until_analysis_passes()),
     ]);
     let mut persisted: Option<(RolloutStatus, Timestamp)> = None;
-    // (secs, verdict, persisted)
+    let every = evidence_every(&rollout).as_secs() as i64;
+    // (secs, verdict, persisted); with `every` 10: 0, 2, 4, 6, 12, 14, 16, 22, 24, 26.
     let rows = [
         (0, None, true),
         (2, Some(Verdict::NotEnoughData), true),
         (4, Some(Verdict::NotEnoughData), false),
         (6, Some(Verdict::NotEnoughData), false),
-        (12, Some(Verdict::NotEnoughData), true),
-        (14, Some(Verdict::NotEnoughData), false),
-        // Nothing new since 14 s, but 14 s's evidence was never written: it goes out at 22 s.
-        (16, None, false),
-        (22, None, true),
-        (24, None, false),
-        (26, Some(Verdict::Pass), true),
+        (2 + every, Some(Verdict::NotEnoughData), true),
+        (4 + every, Some(Verdict::NotEnoughData), false),
+        // Nothing new since, but that evidence was never written: it goes out `every` later.
+        (6 + every, None, false),
+        (2 + 2 * every, None, true),
+        (4 + 2 * every, None, false),
+        (6 + 2 * every, Some(Verdict::Pass), true),
     ];
     let mut evidence = 0.0;
     for (secs, verdict, expected) in rows {
@@ -292,6 +293,24 @@ fn status_is_persisted_on_a_change_and_evidence_at_most_every_few_seconds() {
     let status = rollout.status.unwrap();
     assert_eq!(status.canary_weight, 50, "the pass advanced the step");
     assert_eq!(persisted.map(|(s, _)| s), Some(status));
+}
+
+/// The spread is fixed by the name and covers 10 – 14 s over many names.
+#[test]
+fn evidence_intervals_spread_over_rollouts_by_name() {
+    let mut seen = std::collections::BTreeMap::new();
+    for i in 0..1000 {
+        let mut r = Rollout::test();
+        r.metadata.name = Some(format!("app-{i}"));
+        let every = evidence_every(&r).as_secs();
+        assert_eq!(evidence_every(&r).as_secs(), every, "fixed for a name");
+        *seen.entry(every).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().copied().collect::<Vec<_>>(),
+        [10, 11, 12, 13, 14]
+    );
+    assert!(seen.values().all(|&n| (150..=250).contains(&n)), "{seen:?}");
 }
 
 #[test]
