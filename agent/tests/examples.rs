@@ -5,7 +5,6 @@
 //! pass Istio's CRD schemas (`FLEDGE_ISTIO_CRDS`), the others `kubernetes-validate --strict`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -89,20 +88,8 @@ fn the_sample_app_serves_the_canary_ab_and_shadow_examples() {
             object["metadata"]["name"]
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("app.yaml");
-    let text: Vec<String> = kubernetes
-        .iter()
-        .map(|o| serde_norway::to_string(o).unwrap())
-        .collect();
-    std::fs::write(&file, text.join("---\n")).unwrap();
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet"])
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| panic!("kubernetes-validate: {e} (./dev test installs it)"));
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !said.contains("WARN"), "{said}");
+    if let Err(said) = fledge_testkit::kubernetes::validate(&kubernetes) {
+        panic!("kubernetes-validate --strict: {said}");
+    }
     assert_eq!(kubernetes.len(), 9, "three Services and six Deployments");
 }

@@ -227,17 +227,7 @@ async fn main() -> Result<()> {
                 "filter benchmark: {} requests per module and path, {:?} headers",
                 report.requests, config.headers
             );
-            for path in bench::RequestPath::ALL {
-                let p = report.path(path);
-                println!(
-                    "  {path:?}: fledge filter {:.0} ns/request, minimal module {:.0} ns/request, ratio {:.2} ({} versioned)",
-                    p.filter_ns, p.minimal_ns, p.ratio, p.versioned
-                );
-            }
-            println!(
-                "  traps {}, property misses {}",
-                report.traps, report.property_misses
-            );
+            println!("{report}");
             if report.traps > 0 {
                 bail!("{} callbacks trapped during the benchmark", report.traps);
             }

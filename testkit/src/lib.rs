@@ -5,6 +5,7 @@
 //! - [`messages`]: fixture builders for the `fledge.v1` wire messages, as extension traits
 //!   (`Report::test().errors(3, 100)`);
 //! - [`examples`]: the example manifests, copied into a temporary folder;
+//! - [`kubernetes`]: objects checked against Kubernetes' own schemas (`kubernetes-validate`);
 //! - `telemetry` (feature `telemetry`): a stand-in for the agent's `fledge.v1.Telemetry` gRPC
 //!   server, recording what filters send and pushing routing tables back.
 //!
@@ -13,6 +14,7 @@
 
 pub mod examples;
 pub mod istio;
+pub mod kubernetes;
 pub mod messages;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

@@ -57,16 +57,6 @@ async fn main() -> anyhow::Result<()> {
         "filter benchmark: {} requests per module and path, {} workers, median of {} rounds, {:?} headers",
         report.requests, config.workers, config.rounds, config.headers
     );
-    for path in RequestPath::ALL {
-        let p = report.path(path);
-        println!(
-            "  {path:?}: fledge filter {:.0} ns/request, minimal module {:.0} ns/request, ratio {:.2} ({} versioned)",
-            p.filter_ns, p.minimal_ns, p.ratio, p.versioned
-        );
-    }
-    println!(
-        "  traps {}, property misses {}",
-        report.traps, report.property_misses
-    );
+    println!("{report}");
     Ok(())
 }

@@ -216,6 +216,25 @@ impl BenchReport {
     }
 }
 
+/// The lines the benchmark prints under its heading: each path, then traps and misses.
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for path in RequestPath::ALL {
+            let p = self.path(path);
+            writeln!(
+                f,
+                "  {path:?}: fledge filter {:.0} ns/request, minimal module {:.0} ns/request, ratio {:.2} ({} versioned)",
+                p.filter_ns, p.minimal_ns, p.ratio, p.versioned
+            )?;
+        }
+        write!(
+            f,
+            "  traps {}, property misses {}",
+            self.traps, self.property_misses
+        )
+    }
+}
+
 /// The configuration fledge's filter runs with: client role, a header rule and a sticky 10 %
 /// split on the benchmark's routed host, reports every second to an agent cluster this host
 /// does not know (so the stream fails to open and the filter keeps counting, as with an agent

@@ -551,41 +551,7 @@ fn kustomize(way: &str) -> Vec<Value> {
 
 /// Runs `kubernetes-validate --strict` on `objects`; its output when any fails.
 fn kubernetes_errors(objects: &[&Value]) -> Result<(), String> {
-    let dir = tempfile_dir();
-    let file = dir.join("objects.yaml");
-    let text: Vec<String> = objects
-        .iter()
-        .map(|o| serde_norway::to_string(o).unwrap())
-        .collect();
-    std::fs::write(&file, text.join("---\n")).unwrap();
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet"])
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| panic!("kubernetes-validate: {e} (./dev test installs it)"));
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&dir).ok();
-    if out.status.success() && !said.contains("WARN") {
-        Ok(())
-    } else {
-        Err(said)
-    }
-}
-
-fn tempfile_dir() -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "fledge-install-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    fledge_testkit::kubernetes::validate(objects)
 }
 
 fn kind_name(object: &Value) -> (String, String) {
