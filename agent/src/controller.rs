@@ -284,49 +284,46 @@ impl<S: RolloutStore + 'static> Controller<S> {
         let applied = self.applier.apply(&rollout, &plan).await;
 
         let mut state = self.lock();
-        let applied = match applied {
-            Ok(applied) => applied,
-            Err(e) => {
-                if e.persisted.is_none() {
-                    // Nothing of this tick stands: its commands are given again next time.
-                    state
-                        .commands
-                        .entry(key.clone())
-                        .or_default()
-                        .splice(0..0, commands);
-                }
-                let Some(entry) = state.entries.get_mut(key) else {
-                    return;
-                };
-                if let Some(status) = e.persisted.clone() {
-                    // The intent is persisted: it stands, and its routes are applied again
-                    // after the wait, as a restarted agent would.
-                    if plan.finished() {
-                        judge.reset();
-                    }
-                    entry.persisted = Some(Arc::new(status.clone()));
-                    entry.persisted_at = Some(now);
-                    entry.rollout.status = Some(status);
-                    entry.routing_applied = false;
-                }
-                entry.judge = judge;
-                entry.failures += 1;
-                let wait = planner::retry_after(e.failure, entry.failures);
-                entry.retry_at = Some(Instant::now() + wait);
-                tracing::warn!(error = %e, failure = e.failure.label(), retry_in = ?wait, "write failed; will retry");
-                return;
+        if let Err(e) = applied {
+            if e.persisted.is_none() {
+                // Nothing of this tick stands: its commands are given again next time.
+                state
+                    .commands
+                    .entry(key.clone())
+                    .or_default()
+                    .splice(0..0, commands);
             }
-        };
+            let Some(entry) = state.entries.get_mut(key) else {
+                return;
+            };
+            if let Some(status) = e.persisted.clone() {
+                // The intent is persisted: it stands, and its routes are applied again
+                // after the wait, as a restarted agent would.
+                if plan.finished() {
+                    judge.reset();
+                }
+                entry.persisted = Some(Arc::new(status.clone()));
+                entry.persisted_at = Some(now);
+                entry.rollout.status = Some(status);
+                entry.routing_applied = false;
+            }
+            entry.judge = judge;
+            entry.failures += 1;
+            let wait = planner::retry_after(e.failure, entry.failures);
+            entry.retry_at = Some(Instant::now() + wait);
+            tracing::warn!(error = %e, failure = e.failure.label(), retry_in = ?wait, "write failed; will retry");
+            return;
+        }
         if let Some(entry) = state.entries.get_mut(key) {
             if plan.finished() {
                 judge.reset();
             }
             entry.judge = judge;
-            if applied.persisted {
-                entry.persisted = Some(Arc::new(applied.status.clone()));
+            if plan.status_changed {
+                entry.persisted = Some(Arc::new(plan.status.clone()));
                 entry.persisted_at = Some(now);
             }
-            entry.rollout.status = Some(applied.status);
+            entry.rollout.status = Some(plan.status);
             entry.routing_applied = true;
             entry.failures = 0;
             entry.retry_at = None;

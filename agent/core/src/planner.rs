@@ -123,10 +123,23 @@ pub fn target(rollout: &Rollout) -> Option<(AnalysisWindow, Arms)> {
     Some((window, arms))
 }
 
+/// The status to persist when the plan's routing write failed with `error`: it says why its
+/// weight is not routed, until a later tick's routes are written.
+pub fn routing_failed(status: &RolloutStatus, error: String) -> RolloutStatus {
+    RolloutStatus {
+        routing_error: Some(error),
+        ..status.clone()
+    }
+}
+
 /// Decides one tick: runs the state machine and orders its actions into writes.
 pub fn plan(tick: Tick<'_>) -> TickPlan {
     let outcome = tick.judgment.map(outcome);
-    let (status, actions) = rollout::step(tick.rollout, outcome.as_ref(), tick.commands, tick.now);
+    let (mut status, actions) =
+        rollout::step(tick.rollout, outcome.as_ref(), tick.commands, tick.now);
+    // An earlier routing write's error is over: this tick tries the routes again, or needs none.
+    // A persisted error makes the cleared status worth writing.
+    status.routing_error = None;
     let mut routing = None;
     let mut notices = Vec::new();
     let evidence = outcome

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fledge_core::ObjectKey;
-use fledge_core::planner::{Notice, TickPlan, WriteFailure};
+use fledge_core::planner::{self, Notice, TickPlan, WriteFailure};
 use fledge_core::rollout::{EventKind, Rollout, RolloutStatus, RoutingIntent};
 use fledge_core::routes;
 
@@ -39,15 +39,6 @@ pub struct ApplyError {
     pub persisted: Option<RolloutStatus>,
 }
 
-/// A plan carried out.
-#[derive(Debug)]
-pub struct Applied {
-    /// The status in effect.
-    pub status: RolloutStatus,
-    /// Whether it was written this tick.
-    pub persisted: bool,
-}
-
 /// What the controller writes with.
 pub struct Applier<S> {
     pub store: Arc<S>,
@@ -66,38 +57,29 @@ impl<S> Clone for Applier<S> {
 }
 
 impl<S: RolloutStore> Applier<S> {
-    /// Applies `plan` for `rollout` (the rollout as it was before the tick); returns the status
-    /// now in effect and whether it was persisted.
-    pub async fn apply(&self, rollout: &Rollout, plan: &TickPlan) -> Result<Applied, ApplyError> {
+    /// Applies `plan` for `rollout` (the rollout as it was before the tick).
+    pub async fn apply(&self, rollout: &Rollout, plan: &TickPlan) -> Result<(), ApplyError> {
         let key = ObjectKey::of(rollout);
-        // Routes are tried now, or need nothing: an error of an earlier attempt is over.
-        let mut status = plan.status.clone();
-        status.routing_error = None;
-        let persist = plan.status_changed || plan.status.routing_error.is_some();
-        if persist {
-            self.status(&key, rollout, &status).await?;
+        if plan.status_changed {
+            self.status(&key, rollout, &plan.status).await?;
         }
         if let Some(intent) = &plan.routing
             && let Err(e) = self
-                .routing(&key, rollout, intent, status.routing_revision)
+                .routing(&key, rollout, intent, plan.status.routing_revision)
                 .await
         {
             // The status says why its weight is not routed, as soon as it can.
-            let mut failed = status.clone();
-            failed.routing_error = Some(e.to_string());
+            let failed = planner::routing_failed(&plan.status, e.to_string());
             let persisted = match self.status(&key, rollout, &failed).await {
                 Ok(()) => Some(failed),
-                Err(_) => persist.then_some(status),
+                Err(_) => plan.status_changed.then(|| plan.status.clone()),
             };
             return Err(ApplyError { persisted, ..e });
         }
         for notice in &plan.notices {
-            self.notice(&key, rollout, &status, notice).await;
+            self.notice(&key, rollout, &plan.status, notice).await;
         }
-        Ok(Applied {
-            status,
-            persisted: persist,
-        })
+        Ok(())
     }
 
     /// Writes the VirtualService (when it changes) and pushes the filters' table for `intent`.
