@@ -30,6 +30,7 @@ use fledge_core::windows::Windows;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
+use crate::gates::Gates;
 use crate::metrics::Metrics;
 use crate::plane::{ControlPlane, UnknownRollout};
 use crate::store::RolloutStore;
@@ -66,6 +67,7 @@ pub struct Controller<S> {
     telemetry: Arc<Mutex<Windows>>,
     applier: Applier<S>,
     metrics: Arc<Metrics>,
+    gates: Gates,
     state: Arc<Mutex<State>>,
 }
 
@@ -76,6 +78,7 @@ impl<S> Clone for Controller<S> {
             telemetry: self.telemetry.clone(),
             applier: self.applier.clone(),
             metrics: self.metrics.clone(),
+            gates: self.gates.clone(),
             state: self.state.clone(),
         }
     }
@@ -98,8 +101,15 @@ impl<S: RolloutStore + 'static> Controller<S> {
             store,
             telemetry,
             metrics,
+            gates: Gates::default(),
             state: Arc::default(),
         }
+    }
+
+    /// The checks outside the proxy the loop asks every tick (none unless given).
+    pub fn with_gates(mut self, gates: Gates) -> Self {
+        self.gates = gates;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -270,9 +280,11 @@ impl<S: RolloutStore + 'static> Controller<S> {
             return;
         }
         let judgment = target.and_then(|_| judge.look(&rollout.spec.analysis, now));
+        let gates = self.gates.reports(&rollout, now);
         let plan = planner::plan(Tick {
             rollout: &rollout,
             judgment: judgment.as_ref(),
+            gates: &gates,
             commands: &commands,
             routing_applied,
             persisted: persisted.as_ref().map(|(s, at)| (&**s, *at)),
@@ -323,11 +335,13 @@ impl<S: RolloutStore + 'static> Controller<S> {
                 entry.persisted = Some(Arc::new(plan.status.clone()));
                 entry.persisted_at = Some(now);
             }
-            entry.rollout.status = Some(plan.status);
+            entry.rollout.status = Some(plan.status.clone());
             entry.routing_applied = true;
             entry.failures = 0;
             entry.retry_at = None;
         }
+        drop(state);
+        self.gates.applied(&rollout, &plan);
     }
 }
 

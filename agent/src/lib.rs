@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod controller;
+pub mod gates;
 pub mod http;
 pub mod kubectl;
 pub mod local;

@@ -17,8 +17,8 @@ use jiff::Timestamp;
 use crate::analysis::Judgment;
 use crate::judge::{Arms, outcome};
 use crate::rollout::{
-    self, Action, AnalysisOutcome, AnalysisRecord, AnalysisWindow, EventKind, Plan, Rollout,
-    RolloutStatus, RoutingIntent, UserCommand,
+    self, Action, AnalysisOutcome, AnalysisRecord, AnalysisWindow, EventKind, GateReport, Plan,
+    Rollout, RolloutStatus, RoutingIntent, UserCommand,
 };
 use crate::windows::SeriesKey;
 
@@ -47,6 +47,8 @@ pub struct Tick<'a> {
     pub rollout: &'a Rollout,
     /// This tick's look at the current step, if the judge looked.
     pub judgment: Option<&'a Judgment>,
+    /// The latest answers of the checks outside the proxy (metrics, webhooks, workloads).
+    pub gates: &'a [GateReport],
     /// People's commands since the last tick, in the order they arrived.
     pub commands: &'a [UserCommand],
     /// Whether the routing the status stands for was applied since this agent started.
@@ -135,8 +137,13 @@ pub fn routing_failed(status: &RolloutStatus, error: String) -> RolloutStatus {
 /// Decides one tick: runs the state machine and orders its actions into writes.
 pub fn plan(tick: Tick<'_>) -> TickPlan {
     let outcome = tick.judgment.map(outcome);
-    let (mut status, actions) =
-        rollout::step(tick.rollout, outcome.as_ref(), tick.commands, tick.now);
+    let (mut status, actions) = rollout::step(
+        tick.rollout,
+        outcome.as_ref(),
+        tick.gates,
+        tick.commands,
+        tick.now,
+    );
     // An earlier routing write's error is over: this tick tries the routes again, or needs none.
     // A persisted error makes the cleared status worth writing.
     status.routing_error = None;
@@ -211,8 +218,15 @@ fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
         routing_error,
         last_command,
         command_problem,
+        gates,
     } = a;
     let verdict = |r: &Option<AnalysisRecord>| r.as_ref().map(|r| (r.step, r.verdict));
+    // A check's numbers are evidence; what it says (its state and words) is not.
+    let said = |g: &[GateReport]| -> Vec<_> {
+        g.iter()
+            .map(|r| (r.name.clone(), r.kind, r.step, r.state.clone()))
+            .collect()
+    };
     *phase != b.phase
         || *current_step != b.current_step
         || *total_steps != b.total_steps
@@ -229,6 +243,7 @@ fn beyond_evidence(a: &RolloutStatus, b: &RolloutStatus) -> bool {
         || *routing_error != b.routing_error
         || *last_command != b.last_command
         || *command_problem != b.command_problem
+        || said(gates) != said(&b.gates)
 }
 
 /// The series a rollout's analysis may read, at any of its stages, until it ends: its host's

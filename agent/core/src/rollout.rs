@@ -1,7 +1,8 @@
 //! Rollouts: the `Rollout` object a person writes (`spec`), its checks (`validate`), its status
 //! (`status`), the strategies compiled into one plan of stages (`plan`), and the state machine
 //! that walks a Rollout through its plan one tick at a time (`machine`), taking people's commands
-//! (`command`), also those recorded on the object (`recorded`).
+//! (`command`), also those recorded on the object (`recorded`), and the answers of checks outside
+//! the proxy (`gates`).
 //!
 //! All pure: values in, values out. What it is not: it does not read telemetry, judge canaries
 //! (`analysis` does), write routes (`routes` builds them, `store` writes them) or keep a clock.
@@ -9,6 +10,7 @@
 pub mod command;
 #[cfg(any(test, feature = "testkit"))]
 mod fixture;
+pub mod gates;
 pub mod machine;
 pub mod plan;
 pub mod recorded;
@@ -17,6 +19,7 @@ pub mod status;
 pub mod validate;
 
 pub use command::{UnknownCommand, UserCommand};
+pub use gates::{GateKind, GateReport, GateState};
 pub use machine::{
     Action, AnalysisOutcome, AnalysisWindow, Event, EventKind, analysis_window, routing, step,
 };

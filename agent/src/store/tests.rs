@@ -44,7 +44,7 @@ async fn status_survives_a_restart_and_spec_edits_bump_the_generation() {
     assert_eq!(ObjectKey::of(r).to_string(), "shop/reviews");
     assert_eq!((r.metadata.generation, r.status.is_none()), (Some(1), true));
 
-    let (status, _) = rollout::step(r, None, &[], at(0));
+    let (status, _) = rollout::step(r, None, &[], &[], at(0));
     store.write_status(r, &status).await.unwrap();
     let rollout_text = fs::read_to_string(dir.path().join("canary.yaml")).unwrap();
 
@@ -88,7 +88,7 @@ async fn virtual_services_are_replaced_atomically_keeping_their_neighbours() {
     assert_eq!(user["spec"]["http"][0]["name"], "default");
 
     let r = &store.rollouts().await.unwrap().rollouts[0];
-    let (status, actions) = rollout::step(r, None, &[], at(0));
+    let (status, actions) = rollout::step(r, None, &[], &[], at(0));
     let Some(Action::SetRouting(intent)) = actions.first() else {
         panic!("routing expected first: {actions:?}")
     };
@@ -224,7 +224,7 @@ async fn names_that_could_collide_or_escape_the_folder_are_refused() {
     }
     let r = &listing.rollouts[0];
     store
-        .write_status(r, &rollout::step(r, None, &[], at(0)).0)
+        .write_status(r, &rollout::step(r, None, &[], &[], at(0)).0)
         .await
         .unwrap();
     assert_eq!(files(&dir.path().join("status")), ["shop_reviews.yaml"]);
@@ -238,7 +238,7 @@ async fn damaged_files_that_still_parse_are_refused_with_the_reason() {
     let dir = folder();
     let store = LocalStore::new(dir.path());
     let r = store.rollouts().await.unwrap().rollouts.remove(0);
-    let (status, _) = rollout::step(&r, None, &[UserCommand::Abort], at(0));
+    let (status, _) = rollout::step(&r, None, &[], &[UserCommand::Abort], at(0));
     assert_eq!(status.phase, Phase::Aborted);
     store.write_status(&r, &status).await.unwrap();
     let path = dir.path().join("status/shop_reviews.yaml");
@@ -320,7 +320,7 @@ async fn tick(dir: &Path, secs: i64, verdict: Option<Verdict>, commands: &[UserC
         evidence: json!({}),
         hold: None,
     });
-    let (status, actions) = rollout::step(&r, analysis.as_ref(), commands, at(secs));
+    let (status, actions) = rollout::step(&r, analysis.as_ref(), &[], commands, at(secs));
     for action in &actions {
         if let Action::SetRouting(intent) = action {
             let key = ObjectKey::virtual_service_of(&r);

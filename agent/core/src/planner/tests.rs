@@ -33,6 +33,7 @@ fn tick(
     let plan = plan(Tick {
         rollout,
         judgment: judgment.as_ref(),
+        gates: &[],
         commands,
         routing_applied,
         persisted: None,
@@ -167,6 +168,7 @@ fn notices_carry_the_evidence_and_the_phase() {
     let plan = plan(Tick {
         rollout: &rollout,
         judgment: Some(&failing),
+        gates: &[],
         commands: &[],
         routing_applied: true,
         persisted: None,
@@ -279,6 +281,7 @@ fn status_is_persisted_on_a_change_and_evidence_at_most_every_few_seconds() {
         let plan = plan(Tick {
             rollout: &rollout,
             judgment: judgment.as_ref(),
+            gates: &[],
             commands: &[],
             routing_applied: true,
             persisted: persisted.as_ref().map(|(s, at)| (s, Some(*at))),

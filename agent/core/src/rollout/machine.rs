@@ -11,13 +11,15 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::plan::{End, Plan, RoutingIntent, Stage, intent};
+use super::gates::GateReport;
+use super::plan::{End, Plan, RoutingIntent, Stage, StageKind, intent};
 use super::spec::Rollout;
 use super::status::{AnalysisRecord, Phase, RolloutStatus, Verdict};
 use crate::rollout::UserCommand;
 use crate::windows::Traffic;
 
 mod commands;
+mod gates;
 
 /// Who gave a command that came without a name (the agent's HTTP API).
 const ANONYMOUS: &str = "a person";
@@ -94,11 +96,13 @@ fn rollout_name(rollout: &Rollout) -> &str {
 }
 
 /// One tick: the analysis outcome first (a Fail rolls back whatever else happens), then the
-/// commands in order (`commands`, then the one recorded on the Rollout if not taken yet), then
-/// the current step's gate.
+/// answers of the checks outside the proxy about the current step (`gates`: a Fail rolls back,
+/// an Abort aborts), then the commands in order (`commands`, then the one recorded on the Rollout
+/// if not taken yet), then the current step's gate, which the checks' Holds and Waits keep shut.
 pub fn step(
     rollout: &Rollout,
     analysis: Option<&AnalysisOutcome>,
+    gates: &[GateReport],
     commands: &[UserCommand],
     now: Timestamp,
 ) -> (RolloutStatus, Vec<Action>) {
@@ -109,7 +113,7 @@ pub fn step(
         actions: Vec::new(),
         now,
     };
-    tick.run(analysis, commands);
+    tick.run(analysis, gates, commands);
     let Tick {
         mut status,
         mut actions,
@@ -141,7 +145,12 @@ struct Tick<'a> {
 }
 
 impl Tick<'_> {
-    fn run(&mut self, analysis: Option<&AnalysisOutcome>, commands: &[UserCommand]) {
+    fn run(
+        &mut self,
+        analysis: Option<&AnalysisOutcome>,
+        gates: &[GateReport],
+        commands: &[UserCommand],
+    ) {
         if let Err(invalid) = self.rollout.validate() {
             let reason = invalid.to_string();
             if self.status.phase != Phase::Failed || self.status.reason != reason {
@@ -161,6 +170,7 @@ impl Tick<'_> {
         if let Some(outcome) = analysis {
             self.analysis(outcome);
         }
+        self.checks(gates);
         for command in commands {
             self.given(&plan, *command, ANONYMOUS);
         }
@@ -184,13 +194,20 @@ impl Tick<'_> {
             Phase::Progressing if self.status.step_started_at != Some(self.now) => {
                 let passed = analysis.is_some_and(|a| a.verdict == Verdict::Pass);
                 if let Some(stage) = self.stage(&plan) {
-                    let hold = self.hold();
-                    if self.gate_open(&stage, passed) && hold.is_none() {
+                    // A stage that sends the canary nothing has no analysis to wait for.
+                    let analysis_hold = (stage.kind != StageKind::Prepare)
+                        .then(|| self.hold())
+                        .flatten();
+                    let hold = joined([analysis_hold, self.checks_holding()]);
+                    let waits = self.checks_waiting();
+                    if self.gate_open(&stage, passed) && hold.is_none() && waits.is_none() {
                         self.advance(&plan, "its gate is met");
-                    } else if let Some(over) = self.past_deadline(&stage) {
+                    } else if let Some(over) =
+                        self.past_deadline(&stage).filter(|_| waits.is_none())
+                    {
                         self.deadline(&plan, &stage, over, hold);
                     } else {
-                        self.status.reason = self.waiting(&plan, &stage, hold);
+                        self.status.reason = self.waiting(&plan, &stage, hold, waits);
                     }
                 }
             }
@@ -244,6 +261,8 @@ impl Tick<'_> {
         s.total_steps = Some(plan.total());
         s.canary_weight = stage.weight;
         s.step_started_at = Some(self.now);
+        // The checks' answers were about the step before.
+        s.gates.clear();
         s.reason = describe(plan, at);
         let message = format!("{why}: {}", s.reason);
         self.decide(EventKind::Normal, event, message);
@@ -434,7 +453,13 @@ impl Tick<'_> {
     }
 
     /// The reason while a gate holds: what the step waits for.
-    fn waiting(&self, plan: &Plan, stage: &Stage, hold: Option<String>) -> String {
+    fn waiting(
+        &self,
+        plan: &Plan,
+        stage: &Stage,
+        hold: Option<String>,
+        waits: Option<String>,
+    ) -> String {
         let g = &stage.gate;
         let at = self.status.current_step.unwrap_or(0) as usize;
         let mut wants = Vec::new();
@@ -454,6 +479,7 @@ impl Tick<'_> {
         if g.promoted {
             wants.push("a person to promote".into());
         }
+        wants.extend(waits);
         let waiting = if wants.is_empty() {
             String::new()
         } else {
@@ -502,9 +528,14 @@ impl Tick<'_> {
     }
 }
 
+/// The parts that are there, joined by `; `; None when none is.
+fn joined<const N: usize>(parts: [Option<String>; N]) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// What step `at` does, for a person: `step 2/4: 25% of requests to v2`.
 fn describe(plan: &Plan, at: usize) -> String {
-    use super::plan::StageKind;
     let stage = &plan.stages[at];
     let what = match stage.kind {
         StageKind::Step if stage.cohort => {
@@ -519,6 +550,7 @@ fn describe(plan: &Plan, at: usize) -> String {
             "{}% of requests mirrored to the canary, every response from stable",
             stage.mirror_percent.unwrap_or(0.0)
         ),
+        StageKind::Prepare => "preparing: no request to the canary until its checks pass".into(),
         StageKind::Preview => match stage.mirror_percent {
             Some(p) => format!("preview: {p}% of requests mirrored, every response from stable"),
             None => "preview: no live traffic on the canary".into(),

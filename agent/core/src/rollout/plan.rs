@@ -25,6 +25,9 @@ pub enum StageKind {
     Shadow,
     /// The blue/green preview: no live traffic, optionally mirrored copies.
     Preview,
+    /// Before any traffic: the checks outside the proxy that must pass first (pods ready,
+    /// pre-rollout hooks) end it; nothing else does.
+    Prepare,
 }
 
 /// What must hold before a stage ends. All set conditions must hold; a person's `promote` ends
@@ -103,6 +106,18 @@ fn first(kind: StageKind, cohort: bool, mirror: Option<f64>, at_least: Duration)
     }
 }
 
+/// The stage before any traffic: the canary gets nothing, and only the checks outside the proxy
+/// (which report about it) keep it from ending.
+fn prepare() -> Stage {
+    Stage {
+        kind: StageKind::Prepare,
+        weight: 0,
+        cohort: false,
+        mirror_percent: None,
+        gate: Gate::default(),
+    }
+}
+
 fn then(stages: &mut Vec<Stage>, then: Then, rest: &[CanaryStep], cohort: bool) -> End {
     match then {
         Then::Promote => End::Promote,
@@ -118,6 +133,9 @@ impl Plan {
     /// The plan of a spec with exactly one strategy; None otherwise.
     pub fn of(spec: &RolloutSpec) -> Option<Plan> {
         let mut stages = Vec::new();
+        if spec.prepares() {
+            stages.push(prepare());
+        }
         let mut cohort = Vec::new();
         let end = match spec.strategy.kind()? {
             StrategyKind::Canary(s) => {

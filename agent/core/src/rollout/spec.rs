@@ -287,6 +287,13 @@ pub struct CookieRule {
 }
 
 impl RolloutSpec {
+    /// Whether something must be ready before the canary gets any request, so the plan begins
+    /// with a stage of no traffic that only the checks outside the proxy end. A part of the spec
+    /// that needs one (workloads to scale, hooks to call first) answers here.
+    pub fn prepares(&self) -> bool {
+        false
+    }
+
     /// The version header in effect.
     pub fn version_header(&self) -> &str {
         self.version_header

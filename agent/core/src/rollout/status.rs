@@ -9,6 +9,7 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::gates::GateReport;
 use super::recorded::CommandRecord;
 
 /// Decisions kept in `status.history`; older ones are dropped first.
@@ -157,6 +158,11 @@ pub struct RolloutStatus {
     /// Why the command annotation cannot be read, while it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_problem: Option<String>,
+    /// What the checks outside the proxy (metrics from Prometheus, webhooks, the workloads) last
+    /// said about the current step, beside the analysis's own evidence; kept after the rollout
+    /// ends, as the evidence of its last step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateReport>,
 }
 
 impl RolloutStatus {
@@ -177,6 +183,6 @@ impl RolloutStatus {
 }
 
 /// Any JSON value; Kubernetes keeps it as given.
-fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
 }

@@ -11,6 +11,7 @@ use crate::rollout::plan::Shape;
 use crate::rollout::spec::*;
 
 mod commands;
+mod gates;
 mod props;
 mod walk;
 
@@ -59,7 +60,7 @@ impl Run {
 
     pub fn tick(&mut self, secs: u64, verdict: Option<Verdict>, commands: &[UserCommand]) {
         let analysis = verdict.map(outcome);
-        let (status, actions) = step(&self.rollout, analysis.as_ref(), commands, at(secs));
+        let (status, actions) = step(&self.rollout, analysis.as_ref(), &[], commands, at(secs));
         self.rollout.status = Some(status);
         self.actions = actions;
     }

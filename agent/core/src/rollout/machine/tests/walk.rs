@@ -46,7 +46,7 @@ fn walk(r: Rollout, canary_errors: f64, total_rps: f64, limit: u64, seed: u64) -
     };
     let mut r = r;
     let tick = |r: &mut Rollout, second: u64, outcome: Option<&AnalysisOutcome>| {
-        let (status, _) = step(r, outcome, &[], at(second));
+        let (status, _) = step(r, outcome, &[], &[], at(second));
         r.status = Some(status);
     };
     tick(&mut r, 0, None);
