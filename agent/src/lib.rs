@@ -16,6 +16,7 @@ pub mod kubectl;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod outbound;
 pub mod plane;
 pub mod serve;
 pub mod store;
