@@ -287,7 +287,8 @@ fn other_owners_routes_are_left_alone() {
 #[test]
 fn unusable_virtual_services_are_refused_naming_the_field() {
     type Edit = fn(&mut Value);
-    let cases: [(Edit, &str); 4] = [
+    const CUT: &str = "VirtualService shop/reviews: spec.http has no route of yours without a `match` to reviews.shop.svc.cluster.local (the default route the requests fledge does not route take): fledge does not write a VirtualService that would leave them without a route; was it cut short?";
+    let cases: [(Edit, &str); 8] = [
         (
             |v| v["kind"] = json!("DestinationRule"),
             "VirtualService shop/reviews: apiVersion/kind are \"networking.istio.io/v1\"/\"DestinationRule\", not networking.istio.io/v1 VirtualService",
@@ -303,6 +304,23 @@ fn unusable_virtual_services_are_refused_naming_the_field() {
         (
             |v| v["spec"]["http"][1] = json!("admin"),
             "VirtualService shop/reviews: spec.http[1] is not an object",
+        ),
+        // A file cut short after the matched routes: the default route is gone.
+        (
+            |v| {
+                v["spec"]["http"].as_array_mut().unwrap().pop();
+            },
+            CUT,
+        ),
+        (|v| v["spec"]["http"] = json!([]), CUT),
+        (
+            |v| v["spec"].as_object_mut().unwrap().clear(),
+            "VirtualService shop/reviews: spec.hosts [] do not include reviews.shop.svc.cluster.local",
+        ),
+        // A default route to another host is not this host's.
+        (
+            |v| v["spec"]["http"][2]["route"][0]["destination"]["host"] = json!("ratings"),
+            CUT,
         ),
     ];
     for (edit, expected) in cases {

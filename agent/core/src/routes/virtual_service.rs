@@ -69,6 +69,18 @@ pub fn virtual_service(intent: &RoutingIntent, user: &Value) -> Result<Value> {
     let (_, mut theirs): (Vec<Value>, Vec<Value>) = http
         .into_iter()
         .partition(|r| r["name"].as_str().is_some_and(|n| n.starts_with(&prefix)));
+    if !theirs
+        .iter()
+        .any(|r| is_default_to(r, &intent.host, namespace))
+    {
+        return Err(bad(
+            "spec.http",
+            format!(
+                "has no route of yours without a `match` to {} (the default route the requests fledge does not route take): fledge does not write a VirtualService that would leave them without a route; was it cut short?",
+                intent.host
+            ),
+        ));
+    }
     let mut routes = match &intent.shape {
         Shape::Managed {
             canary_weight,
@@ -106,6 +118,23 @@ pub fn release(owner: &str, user: &Value) -> Value {
 }
 
 /// Whether a VirtualService host (`reviews`, `reviews.shop`, or the full name) names `target`.
+/// Whether `route` matches every request (no `match`, or an empty one) and sends some to `host`.
+fn is_default_to(route: &Value, host: &str, namespace: &str) -> bool {
+    let matches_all = match &route["match"] {
+        Value::Null => true,
+        Value::Array(m) => m.is_empty(),
+        _ => false,
+    };
+    let to_host = route["route"].as_array().is_some_and(|to| {
+        to.iter().any(|d| {
+            d["destination"]["host"]
+                .as_str()
+                .is_some_and(|h| same_host(h, host, namespace))
+        })
+    });
+    matches_all && to_host
+}
+
 fn same_host(host: &str, target: &str, namespace: &str) -> bool {
     let full = |h: &str| match h.matches('.').count() {
         0 => format!("{h}.{namespace}.svc.cluster.local"),
