@@ -38,6 +38,8 @@ pub struct Options {
     pub instance: Option<String>,
     /// Refuse telemetry streams without a mesh identity (the agent runs behind a sidecar).
     pub require_peer_identity: bool,
+    /// Requests one telemetry stream may report per second (see `telemetry::session`).
+    pub max_stream_requests_per_second: u64,
     /// Take commands over the HTTP API too (off: only on the Rollout object, under RBAC).
     pub http_commands: bool,
 }
@@ -59,6 +61,7 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         http: options.http,
         tick: options.tick,
         require_peer_identity: options.require_peer_identity,
+        max_stream_requests_per_second: options.max_stream_requests_per_second,
         http_commands: options.http_commands,
     };
     let agent = Agent::serve(store, listen).await?;

@@ -109,6 +109,11 @@ pub struct KubeArgs {
     /// from the client's certificate and drops one a client sent.
     #[arg(long, env = "FLEDGE_REQUIRE_PEER_IDENTITY")]
     pub require_peer_identity: bool,
+    /// Requests one telemetry stream (one proxy) may report per second on average; a stream
+    /// that claims more is refused, which bounds what one stream weighs in a comparison. Raise
+    /// it for a gateway that serves more.
+    #[arg(long, env = "FLEDGE_MAX_STREAM_REQUESTS_PER_SECOND", default_value_t = crate::telemetry::DEFAULT_MAX_REQUESTS_PER_SECOND)]
+    pub max_stream_requests_per_second: u64,
     /// Also take commands over the HTTP API (`POST /api/v1/rollouts/NS/NAME/promote`), which
     /// has no authentication of its own. Off: commands are written on the Rollout object
     /// (`kubectl fledge`), where Kubernetes RBAC decides who may give them.

@@ -41,6 +41,7 @@ impl Agent {
             http: options.http,
             tick: options.tick,
             require_peer_identity: false,
+            max_stream_requests_per_second: crate::telemetry::DEFAULT_MAX_REQUESTS_PER_SECOND,
             http_commands: true,
         };
         let agent = Self::serve(LocalStore::new(&options.dir), listen).await?;

@@ -51,6 +51,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tick: std::time::Duration::from_secs(1),
                 instance: args.pod_name,
                 require_peer_identity: args.require_peer_identity,
+                max_stream_requests_per_second: args.max_stream_requests_per_second,
                 http_commands: args.http_commands,
             };
             fledge_agent::cluster::start(options)

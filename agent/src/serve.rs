@@ -58,6 +58,8 @@ pub struct Listen {
     pub tick: Duration,
     /// Refuse telemetry streams that carry no mesh identity (see `telemetry::peer`).
     pub require_peer_identity: bool,
+    /// Requests one telemetry stream may report per second (see `telemetry::session`).
+    pub max_stream_requests_per_second: u64,
     /// Take commands over HTTP (`POST …/promote`); otherwise only on the Rollout object.
     pub http_commands: bool,
 }
@@ -103,6 +105,7 @@ impl Agent {
         let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone())
             .requiring_peer_identity(listen.require_peer_identity)
+            .with_stream_rate(listen.max_stream_requests_per_second)
             .into_server();
         let guard = Guard {
             loopback: http_addr.ip().is_loopback(),

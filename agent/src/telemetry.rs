@@ -15,5 +15,5 @@ pub mod validate;
 
 pub use grpc::TelemetryService;
 pub use hub::{Hub, StreamInfo};
-pub use session::Session;
+pub use session::{DEFAULT_MAX_REQUESTS_PER_SECOND, Session};
 pub use validate::{Rejection, ValidReport};

@@ -51,6 +51,8 @@ pub struct TelemetryService {
     idle_timeout: Duration,
     /// Refuse streams that carry no mesh identity.
     require_peer: bool,
+    /// Requests a stream may report per second.
+    stream_rate: u64,
 }
 
 impl TelemetryService {
@@ -63,7 +65,14 @@ impl TelemetryService {
             hello_timeout: HELLO_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             require_peer: false,
+            stream_rate: super::session::DEFAULT_MAX_REQUESTS_PER_SECOND,
         }
+    }
+
+    /// At most `per_second` requests a second from one stream (see `Session::with_rate`).
+    pub fn with_stream_rate(mut self, per_second: u64) -> Self {
+        self.stream_rate = per_second;
+        self
     }
 
     /// Refuse every stream without a mesh identity in `x-forwarded-client-cert`.
@@ -173,7 +182,7 @@ impl TelemetryService {
     ) {
         self.metrics.streams_connected.inc();
         let identity = peer.identity.clone();
-        let mut session = Session::with_peer(self.max_skew_ms, peer);
+        let mut session = Session::with_peer(self.max_skew_ms, peer).with_rate(self.stream_rate);
         let mut tables = self.hub.subscribe();
         let closed = self.hub.closed();
         tokio::pin!(closed);

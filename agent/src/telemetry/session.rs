@@ -81,12 +81,65 @@ enum State {
     },
 }
 
+/// Requests one stream may report per second, on average (bursts of [`RATE_BURST_SECS`]): more
+/// than one proxy serves, and so the most one stream (one proxy, or a client that lies) can weigh
+/// in a comparison. A stream that claims more has its report refused and is closed. A gateway
+/// that truly serves more raises it (`--max-stream-requests-per-second`).
+pub const DEFAULT_MAX_REQUESTS_PER_SECOND: u64 = 200_000;
+/// How many seconds of the rate a stream may report at once (after an outage, filters send
+/// what they kept in one report).
+pub const RATE_BURST_SECS: u64 = 30;
+
 /// One filter stream, as the agent sees it.
 #[derive(Debug, Clone)]
 pub struct Session {
     max_skew_ms: i64,
     state: State,
     peer: Peer,
+    budget: Budget,
+}
+
+/// The requests a stream may still report: refilled at its rate, at most a burst's worth.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    per_second: u64,
+    left: u64,
+    /// When `left` was last refilled (unix ms); None until the Hello.
+    at_ms: Option<i64>,
+}
+
+impl Budget {
+    fn new(per_second: u64) -> Self {
+        Self {
+            per_second,
+            left: 0,
+            at_ms: None,
+        }
+    }
+
+    fn burst(&self) -> u64 {
+        self.per_second.saturating_mul(RATE_BURST_SECS)
+    }
+
+    /// Takes `requests` at `now_ms`, or says how many the stream may report now.
+    fn take(&mut self, requests: u64, now_ms: i64) -> Result<(), u64> {
+        let refill = match self.at_ms {
+            None => self.burst(),
+            Some(at) => {
+                let ms = u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0);
+                (u128::from(self.per_second) * u128::from(ms) / 1000)
+                    .try_into()
+                    .unwrap_or(u64::MAX)
+            }
+        };
+        self.left = self.left.saturating_add(refill).min(self.burst());
+        self.at_ms = Some(self.at_ms.map_or(now_ms, |at| at.max(now_ms)));
+        if requests > self.left {
+            return Err(self.left);
+        }
+        self.left -= requests;
+        Ok(())
+    }
 }
 
 /// The stream's mesh identity, and whether one is required.
@@ -111,7 +164,37 @@ impl Session {
             max_skew_ms,
             state: State::AwaitingHello,
             peer,
+            budget: Budget::new(DEFAULT_MAX_REQUESTS_PER_SECOND),
         }
+    }
+
+    /// At most `per_second` requests a second on average from this stream (see
+    /// [`DEFAULT_MAX_REQUESTS_PER_SECOND`]).
+    pub fn with_rate(mut self, per_second: u64) -> Session {
+        self.budget = Budget::new(per_second);
+        self
+    }
+
+    /// Whether the stream may report `report`'s requests now.
+    fn within_rate(
+        &mut self,
+        report: &ValidReport,
+        seq: u64,
+        now_ms: i64,
+    ) -> Result<(), Rejection> {
+        let requests = report
+            .series
+            .iter()
+            .fold(0u64, |sum, (_, d)| sum.saturating_add(d.counts.requests));
+        self.budget.take(requests, now_ms).map_err(|left| {
+            Rejection::new(
+                "rate",
+                format!(
+                    "report {seq} carries {requests} requests but this stream may report {left} now                      (at most {} a second, bursts of {RATE_BURST_SECS} s): more than one proxy                      serves; raise --max-stream-requests-per-second for a proxy that truly does",
+                    self.budget.per_second
+                ),
+            )
+        })
     }
 
     /// Whether this peer may say `hello`.
@@ -205,7 +288,8 @@ impl Session {
             )),
             (Some(v1::filter_message::Msg::Report(report)), State::Open { side, .. }) => {
                 let valid = validate(&report, now_ms, self.max_skew_ms)
-                    .and_then(|r| self.may_report(side, &r).map(|()| r));
+                    .and_then(|r| self.may_report(side, &r).map(|()| r))
+                    .and_then(|r| self.within_rate(&r, report_seq, now_ms).map(|()| r));
                 match valid {
                     Ok(mut report) => {
                         if let State::Open { seq, .. } = &mut self.state {

@@ -40,7 +40,8 @@ pub fn quote(s: &str) -> String {
 #[error("{message}")]
 pub struct Rejection {
     /// A short stable token. From `validate`: `window`, `clock`, `series`, `counts`,
-    /// `histogram`; from the stream's session: `before_hello`, `empty`, `hello`, `seq`; from the
+    /// `histogram`; from the stream's session: `before_hello`, `empty`, `hello`, `seq`, `rate`,
+    /// `peer_identity`, `peer_namespace`; from the
     /// gRPC adapter: `decode`, `too_large`, `hello_timeout`, `idle`.
     pub reason: &'static str,
     pub message: String,

@@ -582,6 +582,7 @@ async fn the_agent_is_ready_only_once_the_rollout_cache_has_synced() {
         tick: Duration::from_millis(100),
         instance: None,
         require_peer_identity: false,
+        max_stream_requests_per_second: fledge_agent::telemetry::DEFAULT_MAX_REQUESTS_PER_SECOND,
         http_commands: false,
     };
     let agent = fledge_agent::cluster::start_with(server.client(), options)

@@ -446,3 +446,68 @@ fn the_mesh_identity_bounds_what_a_stream_may_say() {
         assert_eq!(got, expected);
     }
 }
+
+/// A stream at 1,000 requests a second: a burst of 30 s at once, then what the rate refills.
+#[test]
+fn a_stream_reports_at_most_its_rate_and_a_bursts_worth_at_once() {
+    let mut session = Session::new(DEFAULT_MAX_SKEW_MS).with_rate(1_000);
+    assert!(matches!(
+        session.received(hello(CLIENT, 0), NOW_MS),
+        Action::Register(_)
+    ));
+    // (ms after the Hello, requests, accepted); each report's window ends at the agent's clock.
+    let rows: [(i64, u64, bool); 6] = [
+        (0, 20_000, true),      // 30,000 of burst, 10,000 left
+        (0, 10_001, false),     // one more than is left
+        (0, 10_000, true),      // exactly what is left
+        (500, 501, false),      // half a second refills 500
+        (500, 500, true),       // the 500 (no more time passed)
+        (60_000, 30_000, true), // a minute refills at most a burst
+    ];
+    for (i, (after_ms, requests, accepted)) in rows.into_iter().enumerate() {
+        let now = NOW_MS + after_ms;
+        let mut r = report(i as u64 + 1, requests);
+        r.window_start_unix_ms = now - 1000;
+        r.window_end_unix_ms = now;
+        let action = session.received(sent(r), now);
+        match (&action, accepted) {
+            (Action::Merge(_), true) => {}
+            (Action::Refuse(r), false) => {
+                assert_eq!(r.reason, "rate", "row {i}");
+                assert!(
+                    r.message.contains(&format!("carries {requests} requests"))
+                        && r.message.contains("at most 1000 a second"),
+                    "row {i}: {}",
+                    r.message
+                );
+            }
+            _ => panic!("row {i}: {}", said(&action)),
+        }
+    }
+    let mut over = report(10, 1);
+    over.window_start_unix_ms = NOW_MS + 59_000;
+    over.window_end_unix_ms = NOW_MS + 60_000;
+    assert!(
+        matches!(
+            session.received(sent(over), NOW_MS + 60_000),
+            Action::Refuse(_)
+        ),
+        "the burst was spent"
+    );
+}
+
+#[test]
+fn the_default_rate_takes_a_busy_proxy_and_refuses_a_flood() {
+    let mut session = Session::new(DEFAULT_MAX_SKEW_MS);
+    session.received(hello(CLIENT, 0), NOW_MS);
+    let busy = DEFAULT_MAX_REQUESTS_PER_SECOND / 2;
+    assert!(matches!(
+        session.received(sent(report(1, busy)), NOW_MS),
+        Action::Merge(_)
+    ));
+    let flood = DEFAULT_MAX_REQUESTS_PER_SECOND * RATE_BURST_SECS;
+    assert!(matches!(
+        session.received(sent(report(2, flood)), NOW_MS),
+        Action::Refuse(Rejection { reason: "rate", .. })
+    ));
+}
