@@ -17,6 +17,7 @@ pub mod recorded;
 pub mod spec;
 pub mod status;
 pub mod validate;
+pub mod webhooks;
 
 pub use command::{UnknownCommand, UserCommand};
 pub use gates::{GateKind, GateReport, GateState};
@@ -28,7 +29,7 @@ pub use recorded::{COMMAND_ANNOTATION, CommandOutcome, CommandRecord, RecordedCo
 pub use spec::{
     AbTestStrategy, BlueGreenStrategy, CanaryStep, CanaryStrategy, CohortRule, CookieRule,
     HeaderRule, Pause, Rollout, RolloutSpec, ShadowStrategy, Sticky, Strategy, Then,
-    VirtualServiceRef,
+    VirtualServiceRef, Webhook,
 };
 pub use status::{AnalysisRecord, Decision, Phase, RolloutStatus, Verdict};
 pub use validate::{InvalidRollout, Problem};
