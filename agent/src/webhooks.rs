@@ -175,16 +175,15 @@ impl Webhooks {
     }
 }
 
-impl Gate for Webhooks {
-    fn reports(&self, rollout: &Rollout, now: Timestamp) -> Vec<GateReport> {
-        let Some(status) = rollout.status.as_ref() else {
-            return Vec::new();
-        };
+impl Webhooks {
+    /// What each gating hook of `rollout`'s current step says now (name, state, evidence),
+    /// starting to ask those not asked yet, and forgetting the rollout's calls about other steps
+    /// (their tasks stop at their next answer).
+    fn gates_now(&self, rollout: &Rollout) -> Vec<(String, GateState, Value)> {
         let calls = webhooks::gating(rollout);
         let key = rollout.key();
         let current: HashSet<&str> = calls.iter().map(|c| c.key.as_str()).collect();
         let mut asked = self.lock();
-        // Calls about another step are over; their tasks stop at their next answer.
         asked.retain(|k, a| a.rollout != key || current.contains(k.as_str()));
         let mut out = Vec::with_capacity(calls.len());
         for call in &calls {
@@ -200,21 +199,39 @@ impl Gate for Webhooks {
                 self.ask(call, &key);
             }
             let entry = &asked[&call.key];
-            let report = GateReport::about(
-                status,
+            out.push((
                 call.hook.name.clone(),
-                GateKind::Webhook,
                 entry.state.clone(),
-                now,
-            );
-            out.extend(report.map(|r| r.with_evidence(entry.evidence.clone())));
+                entry.evidence.clone(),
+            ));
         }
         out
+    }
+}
+
+impl Gate for Webhooks {
+    fn reports(&self, rollout: &Rollout, now: Timestamp) -> Vec<GateReport> {
+        let Some(status) = rollout.status.as_ref() else {
+            return Vec::new();
+        };
+        self.gates_now(rollout)
+            .into_iter()
+            .filter_map(|(name, state, evidence)| {
+                GateReport::about(status, name, GateKind::Webhook, state, now)
+                    .map(|r| r.with_evidence(evidence))
+            })
+            .collect()
     }
 
     fn applied(&self, rollout: &Rollout, plan: &TickPlan) {
         for call in webhooks::due(rollout, &plan.status) {
             self.notify(call, rollout.key());
+        }
+        // A step that a hook gates starts asking now, not at the next tick.
+        if rollout.spec.webhooks.iter().any(|h| h.on.is_gate()) {
+            let mut next = rollout.clone();
+            next.status = Some(plan.status.clone());
+            self.gates_now(&next);
         }
     }
 }
