@@ -2,7 +2,8 @@
 //! (`status`), the strategies compiled into one plan of stages (`plan`), and the state machine
 //! that walks a Rollout through its plan one tick at a time (`machine`), taking people's commands
 //! (`command`), also those recorded on the object (`recorded`), and the answers of checks outside
-//! the proxy (`gates`).
+//! the proxy (`gates`); the webhooks a spec names, which are due when and what they are sent
+//! (`webhooks`).
 //!
 //! All pure: values in, values out. What it is not: it does not read telemetry, judge canaries
 //! (`analysis` does), write routes (`routes` builds them, `store` writes them) or keep a clock.
