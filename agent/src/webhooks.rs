@@ -5,8 +5,8 @@
 //! task that asks the hook (retrying what is worth retrying, with backoff) and, until it says
 //! yes, asks again every `interval`; [`Gate::reports`] answers from the task's latest result —
 //! the hook's pending state until then. Notifications (`step`, `postRollout`, `rollback`,
-//! `notify`): [`Gate::applied`] compares the written status with the one before and sends what
-//! the change calls for; a notification that fails is logged and counted, never held against
+//! `notify`): [`Gate::applied`] compares the written status with the one of the last plan it
+//! heard of (or, the first time, the loop's) and sends what the change calls for; a notification that fails is logged and counted, never held against
 //! the rollout. Every call carries the core's idempotency key (header `Idempotency-Key` and the
 //! body), so a receiver knows a call sent twice — retried, or again after a restart.
 //!
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use fledge_core::planner::TickPlan;
 use fledge_core::rollout::webhooks::{self, Answer, HookCall, Meaning};
-use fledge_core::rollout::{GateKind, GateReport, GateState, Rollout, Webhook};
+use fledge_core::rollout::{GateKind, GateReport, GateState, Rollout, RolloutStatus, Webhook};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -38,6 +38,8 @@ struct Asked {
 }
 
 type Calls = Arc<Mutex<HashMap<String, Asked>>>;
+/// The status each rollout with webhooks had at the last plan this gate heard of.
+type Seen = Arc<Mutex<HashMap<String, RolloutStatus>>>;
 
 /// The webhook gate; cheap to clone.
 #[derive(Clone)]
@@ -46,6 +48,7 @@ pub struct Webhooks {
     client: Result<Outbound, String>,
     metrics: Arc<Metrics>,
     asked: Calls,
+    seen: Seen,
 }
 
 impl Webhooks {
@@ -54,6 +57,7 @@ impl Webhooks {
             client: Ok(client),
             metrics,
             asked: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
@@ -68,6 +72,7 @@ impl Webhooks {
             client,
             metrics,
             asked: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
@@ -224,8 +229,24 @@ impl Gate for Webhooks {
     }
 
     fn applied(&self, rollout: &Rollout, plan: &TickPlan) {
-        for call in webhooks::due(rollout, &plan.status) {
-            self.notify(call, rollout.key());
+        if rollout.spec.webhooks.is_empty() {
+            return;
+        }
+        // The change since the last plan heard of, not only since the loop's status: a tick
+        // whose status was persisted but whose routes failed is not heard of, and the change
+        // it made must still be told.
+        let key = rollout.key();
+        let before = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), plan.status.clone());
+        let mut was = rollout.clone();
+        if let Some(before) = before {
+            was.status = Some(before);
+        }
+        for call in webhooks::due(&was, &plan.status) {
+            self.notify(call, key.clone());
         }
         // A step that a hook gates starts asking now, not at the next tick.
         if rollout.spec.webhooks.iter().any(|h| h.on.is_gate()) {

@@ -217,11 +217,20 @@ async fn notifications_go_out_once_per_change_and_failures_are_counted() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.received("chat").len(), 1);
     assert_eq!(server.received("steps").len(), 1);
+    // A step whose plan was not heard of (its routes failed after its status was written) is
+    // still told at the next plan heard of.
+    let moved_on = r
+        .clone()
+        .with_status_for_test(status(Phase::Progressing, Some(1), 50));
+    gate.applied(&moved_on, &plan(status(Phase::Progressing, Some(1), 50)));
+    let steps = server.wait_for("steps", 2, WITHIN).await;
+    assert_eq!(steps[1].body["weights"]["canary"]["percent"], 50);
+    server.wait_for("down", 2, WITHIN).await;
     let text = metrics.render();
     for needle in [
         "fledge_agent_webhook_calls_total{hook_type=\"notify\",result=\"error\"} 2",
         "fledge_agent_webhook_calls_total{hook_type=\"notify\",result=\"ok\"} 1",
-        "fledge_agent_webhook_calls_total{hook_type=\"step\",result=\"ok\"} 1",
+        "fledge_agent_webhook_calls_total{hook_type=\"step\",result=\"ok\"} 2",
     ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
