@@ -1,8 +1,9 @@
 //! Webhooks through the real controller, in both stores (a folder of YAML files, and the
 //! stand-in API server, which checks every call): a failing pre-rollout hook holds the canary at
 //! 0 % until it answers 2xx, or aborts when told to; a confirmation hook holds the promotion,
-//! past the progress deadline, until it answers 200; the chat hook gets its Slack-style message
-//! on start, promotion and abort; the step hook gets fledge's JSON at each step.
+//! past the progress deadline, until it answers 200; one that holds past the deadline rolls back;
+//! the chat hook gets its Slack-style message on start, promotion, abort and rollback; the step
+//! and rollback hooks get fledge's JSON.
 //!
 //! Time: the controller ticks in simulated seconds, the hooks answer in real time on their own
 //! tasks, so the test waits for a hook's answer before the tick that should see it.
@@ -34,6 +35,7 @@ fn rollout(server: &HookServer, pre_on_failure: &str) -> Value {
          "interval": "100ms"},
         {"name": "pipeline", "type": "step", "url": server.url("steps")},
         {"name": "chat", "type": "notify", "url": server.url("chat")},
+        {"name": "undo", "type": "rollback", "url": server.url("undo")},
     ]);
     r
 }
@@ -202,6 +204,36 @@ async fn aborted<S: RolloutStore + 'static>(run: &mut Run<'_, S>, server: &HookS
     assert!(server.received("steps").is_empty(), "no step began");
 }
 
+/// A pre-rollout hook that holds past the progress deadline rolls back, and the rollback hook
+/// and the chat hear it.
+async fn rolled_back<S: RolloutStore + 'static>(run: &mut Run<'_, S>, server: &HookServer) {
+    server.answer("pre", 503);
+    let status = run.until(50, |s| s.phase.is_final()).await;
+    assert_eq!(status.phase, Phase::RolledBack, "{}", status.reason);
+    assert!(
+        status
+            .reason
+            .contains("beyond the progress deadline of 60s: load-test: "),
+        "{}",
+        status.reason
+    );
+    let undo = server.wait_for("undo", 1, WITHIN).await;
+    assert_eq!(undo[0].body["event"], "rolledBack");
+    assert_eq!(undo[0].body["phase"], "RolledBack");
+    assert_eq!(undo[0].body["weights"]["canary"]["percent"], 0);
+    assert_eq!(
+        undo[0].body["evidence"]["gates"][0]["name"], "load-test",
+        "the evidence names the check: {}",
+        undo[0].body
+    );
+    let chat = server.wait_for("chat", 2, WITHIN).await;
+    let text = chat[1].body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("fledge: shop/reviews rolled back v2 to v1: step 1/3 held"),
+        "{text}"
+    );
+}
+
 fn folder(rollout: &Value) -> tempfile::TempDir {
     let dir = fledge_testkit::examples::folder(&["virtualservice.yaml"]);
     let text = serde_norway::to_string(rollout).unwrap();
@@ -220,7 +252,7 @@ fn local_status(dir: &Path) -> Option<RolloutStatus> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_gate_and_tell_a_rollout_through_the_local_store() {
-    for (on_failure, scenario) in [("hold", true), ("abort", false)] {
+    for (on_failure, scenario) in [("hold", 0), ("abort", 1), ("hold", 2)] {
         let server = HookServer::start().await;
         let dir = folder(&rollout(&server, on_failure));
         let telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
@@ -231,17 +263,17 @@ async fn hooks_gate_and_tell_a_rollout_through_the_local_store() {
             status: Box::new(move || local_status(&path)),
             second: 0,
         };
-        if scenario {
-            gated_promotion(&mut run, &server).await;
-        } else {
-            aborted(&mut run, &server).await;
+        match scenario {
+            0 => gated_promotion(&mut run, &server).await,
+            1 => aborted(&mut run, &server).await,
+            _ => rolled_back(&mut run, &server).await,
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_gate_and_tell_a_rollout_through_the_api_server() {
-    for (on_failure, scenario) in [("hold", true), ("abort", false)] {
+    for (on_failure, scenario) in [("hold", 0), ("abort", 1), ("hold", 2)] {
         let hooks = HookServer::start().await;
         let server = ApiServer::start().await;
         server.apply_rollout(rollout(&hooks, on_failure));
@@ -253,10 +285,10 @@ async fn hooks_gate_and_tell_a_rollout_through_the_api_server() {
             status: Box::new(|| kube_status(&server)),
             second: 0,
         };
-        if scenario {
-            gated_promotion(&mut run, &hooks).await;
-        } else {
-            aborted(&mut run, &hooks).await;
+        match scenario {
+            0 => gated_promotion(&mut run, &hooks).await,
+            1 => aborted(&mut run, &hooks).await,
+            _ => rolled_back(&mut run, &hooks).await,
         }
         assert!(server.violations().is_empty(), "{:#?}", server.violations());
     }
