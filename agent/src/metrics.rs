@@ -46,6 +46,15 @@ pub struct WriteKindLabel {
     pub write: &'static str,
 }
 
+/// Label of one attempt to call a webhook: the hook's type (`preRollout`, `notify`, …) and how
+/// the attempt ended (`ok`, `not_yet`, `error`: no answer, 5xx, 408 or 429; `refused`: another
+/// answer).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub hook_type: &'static str,
+    pub result: &'static str,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -83,6 +92,8 @@ pub struct Metrics {
     pub filter_dropped_requests: Counter,
     /// Series the telemetry store holds now.
     pub series_stored: Gauge,
+    /// Attempts to call a webhook, by the hook's type and how each ended.
+    pub webhook_calls: Family<HookLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -112,6 +123,12 @@ impl Metrics {
         let over_cap_requests = Counter::default();
         let filter_dropped_requests = Counter::default();
         let series_stored = Gauge::default();
+        let webhook_calls = Family::<HookLabel, Counter>::default();
+        registry.register(
+            "webhook_calls",
+            "Attempts to call a webhook, by hook type and result (ok, not_yet, error, refused)",
+            webhook_calls.clone(),
+        );
         for (name, help, family) in [
             (
                 "ignored_series",
@@ -214,6 +231,7 @@ impl Metrics {
             over_cap_requests,
             filter_dropped_requests,
             series_stored,
+            webhook_calls,
         }
     }
 
@@ -253,6 +271,13 @@ impl Metrics {
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts one attempt to call a hook of `hook_type` that ended in `result`.
+    pub fn hook_called(&self, hook_type: &'static str, result: &'static str) {
+        self.webhook_calls
+            .get_or_create(&HookLabel { hook_type, result })
             .inc();
     }
 

@@ -73,7 +73,7 @@ impl Outbound {
 
     /// GETs `url`.
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<Answer, OutboundError> {
-        self.send(Method::GET, url, None, timeout).await
+        self.send(Method::GET, url, None, &[], timeout).await
     }
 
     /// POSTs `body` as JSON to `url`.
@@ -83,8 +83,20 @@ impl Outbound {
         body: &serde_json::Value,
         timeout: Duration,
     ) -> Result<Answer, OutboundError> {
+        self.post_json_with(url, body, &[], timeout).await
+    }
+
+    /// POSTs `body` as JSON to `url` with these extra headers (name, value).
+    pub async fn post_json_with(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Answer, OutboundError> {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
-        self.send(Method::POST, url, Some(bytes), timeout).await
+        self.send(Method::POST, url, Some(bytes), headers, timeout)
+            .await
     }
 
     async fn send(
@@ -92,6 +104,7 @@ impl Outbound {
         method: Method,
         url: &str,
         body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<Answer, OutboundError> {
         let bad = |reason: String| OutboundError::BadUrl {
@@ -113,6 +126,9 @@ impl Outbound {
             .header(hyper::header::USER_AGENT, "fledge-agent");
         if body.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

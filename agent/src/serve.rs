@@ -13,12 +13,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::controller::Controller;
+use crate::gates::Gates;
 use crate::http::{Guard, router};
 use crate::metrics::Metrics;
 use crate::store::RolloutStore;
 use fledge_core::windows::Windows;
 
 use crate::telemetry::{Hub, TelemetryService};
+use crate::webhooks::Webhooks;
 
 /// How long a stopping agent's telemetry server may take to close its connections.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -102,7 +104,9 @@ impl Agent {
         let mut windows = Windows::new(RETENTION_SECS, MAX_SERIES);
         windows.keep_only(Default::default());
         let telemetry = Arc::new(Mutex::new(windows));
-        let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
+        let gates = Gates::new(vec![Arc::new(Webhooks::start(metrics.clone()))]);
+        let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone())
+            .with_gates(gates);
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone())
             .requiring_peer_identity(listen.require_peer_identity)
             .with_stream_rate(listen.max_stream_requests_per_second)

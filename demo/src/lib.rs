@@ -9,6 +9,7 @@
 //! and observes the parts. Nothing here decides anything about the rollout: every decision is
 //! the agent's, every route the mesh's.
 
+pub mod approval;
 pub mod progress;
 pub mod scenario;
 mod stack;
@@ -43,6 +44,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the approval service: {source}")]
+    Approval { source: std::io::Error },
     #[error("the filter module: {0} (run ./dev wasm)")]
     Module(String),
     #[error(
@@ -122,6 +125,8 @@ pub struct Outcome {
     pub slices: Vec<Slice>,
     pub stable: BackendCounts,
     pub canary: BackendCounts,
+    /// What the scenario's approval service and chat received (empty without one).
+    pub hooks: Vec<approval::HookRequest>,
 }
 
 impl Outcome {
@@ -262,6 +267,9 @@ async fn drive(stack: &mut Stack, config: &DemoConfig, out: &mut impl FnMut(&str
         ticker.tick().await;
         let line = stack.observe().await;
         out(&line.to_string());
+        for line in stack.approval.iter().flat_map(|a| a.take_lines()) {
+            out(&format!("  {line}"));
+        }
         if ended.is_none() && stack.finished() {
             ended = Some(tokio::time::Instant::now());
         }
@@ -300,6 +308,11 @@ pub fn outcome(stack: &Stack) -> Outcome {
         slices: stack.slices.clone(),
         stable: stack.stable.counts(),
         canary: stack.canary.counts(),
+        hooks: stack
+            .approval
+            .as_ref()
+            .map(|a| a.received())
+            .unwrap_or_default(),
         rollout,
     }
 }

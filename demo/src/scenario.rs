@@ -39,15 +39,19 @@ pub enum Scenario {
     Ab,
     /// A copy of the traffic reaches the canary, whose answers are discarded; promoted.
     Shadow,
+    /// A healthy canary at 20 % whose promotion waits for an approval service (webhooks);
+    /// promoted once it says yes. A chat hook hears the start and the promotion.
+    Approval,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Healthy,
         Scenario::Erroring,
         Scenario::Slow,
         Scenario::Ab,
         Scenario::Shadow,
+        Scenario::Approval,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +61,7 @@ impl Scenario {
             Scenario::Slow => "slow",
             Scenario::Ab => "ab",
             Scenario::Shadow => "shadow",
+            Scenario::Approval => "approval",
         }
     }
 
@@ -76,6 +81,9 @@ impl Scenario {
             Scenario::Shadow => {
                 "a shadow: half the requests are copied to the canary and judged, no client sees it; it should be promoted"
             }
+            Scenario::Approval => {
+                "a healthy canary at 20% whose promotion waits for an approval service (a webhook) that says yes 15s after the step's pause; a chat hook hears the start and the promotion"
+            }
         }
     }
 
@@ -83,13 +91,19 @@ impl Scenario {
     pub fn expected_phase(self) -> &'static str {
         match self {
             Scenario::Erroring | Scenario::Slow => "RolledBack",
-            Scenario::Healthy | Scenario::Ab | Scenario::Shadow => "Succeeded",
+            Scenario::Healthy | Scenario::Ab | Scenario::Shadow | Scenario::Approval => "Succeeded",
         }
     }
 
-    /// The stable backend's behaviour: lognormal latency (median 20 ms, p99 80 ms), 0.5 % errors.
+    /// The stable backend's behaviour: lognormal latency (median 20 ms, p99 80 ms), 0.5 % errors
+    /// (none in the approval scenario).
     pub fn stable_behaviour(self) -> Behaviour {
-        base_behaviour()
+        match self {
+            // No errors on either side, so the approval, not the analysis, is what the
+            // promotion visibly waits for.
+            Scenario::Approval => Behaviour::new(base_latency(), 0.0),
+            _ => base_behaviour(),
+        }
     }
 
     /// The canary backend's behaviour for this scenario.
@@ -103,6 +117,7 @@ impl Scenario {
                 ),
                 BASE_ERROR_RATE,
             ),
+            Scenario::Approval => Behaviour::new(base_latency(), 0.0),
             Scenario::Healthy | Scenario::Ab | Scenario::Shadow => base_behaviour(),
         }
     }
@@ -119,8 +134,13 @@ impl Scenario {
     pub fn rollout_yaml(self, hold: Duration, interval: Duration) -> String {
         let hold = format!("{}ms", hold.as_millis());
         let strategy = match self {
-            Scenario::Healthy | Scenario::Erroring | Scenario::Slow => format!(
-                "    canary:\n      steps:\n        - weight: 10\n          pause: {{duration: {hold}}}\n        - weight: 50\n          pause: {{duration: {hold}, untilAnalysisPasses: true}}\n"
+            Scenario::Healthy | Scenario::Erroring | Scenario::Slow => {
+                format!(
+                    "    canary:\n      steps:\n        - weight: 10\n          pause: {{duration: {hold}}}\n        - weight: 50\n          pause: {{duration: {hold}, untilAnalysisPasses: true}}\n"
+                )
+            }
+            Scenario::Approval => format!(
+                "    canary:\n      steps:\n        - weight: 20\n          pause: {{duration: {hold}}}\n"
             ),
             Scenario::Ab => format!(
                 "    abTest:\n      rules:\n        - header: {{name: {BETA_HEADER}, exact: \"{BETA_VALUE}\"}}\n      duration: {hold}\n      then: promote\n"
@@ -132,6 +152,26 @@ impl Scenario {
         format!(
             "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n",
             interval.as_millis()
+        )
+    }
+}
+
+impl Scenario {
+    /// How long the approval service waits after it is first asked before it says yes, for
+    /// scenarios that have one: the step's pause (`hold`), then 15 s more, so the promotion
+    /// visibly waits for it once the pause is over and the analysis has passed.
+    pub fn approval_after(self, hold: Duration) -> Option<Duration> {
+        (self == Scenario::Approval).then_some(hold + Duration::from_secs(15))
+    }
+
+    /// The `spec.webhooks` lines to append to the Rollout file of a scenario with an approval
+    /// service at `approve` and a chat at `chat` (empty for the others).
+    pub fn webhooks_yaml(self, approve: &str, chat: &str) -> String {
+        if self != Scenario::Approval {
+            return String::new();
+        }
+        format!(
+            "  webhooks:\n    - name: release-approval\n      type: confirmPromotion\n      url: {approve}\n      interval: 2s\n    - name: chat\n      type: notify\n      url: {chat}\n"
         )
     }
 }
@@ -201,6 +241,24 @@ mod tests {
     }
 
     #[test]
+    fn only_the_approval_scenario_has_webhooks() {
+        let hold = Duration::from_secs(15);
+        for s in Scenario::ALL {
+            let hooks = s.webhooks_yaml("http://127.0.0.1:1/approve", "http://127.0.0.1:1/chat");
+            let after = s.approval_after(hold);
+            if s == Scenario::Approval {
+                assert_eq!(after, Some(Duration::from_secs(30)));
+                assert!(
+                    hooks.contains("type: confirmPromotion\n      url: http://127.0.0.1:1/approve")
+                );
+                assert!(hooks.contains("type: notify\n      url: http://127.0.0.1:1/chat"));
+            } else {
+                assert_eq!((after, hooks.as_str()), (None, ""), "{s}");
+            }
+        }
+    }
+
+    #[test]
     fn names_round_trip_and_unknown_names_are_listed() {
         for s in Scenario::ALL {
             assert_eq!(s.name().parse::<Scenario>(), Ok(s));
@@ -217,6 +275,7 @@ mod tests {
             (Scenario::Slow, 0.005, 30.0, 120.0),
             (Scenario::Ab, 0.005, 20.0, 80.0),
             (Scenario::Shadow, 0.005, 20.0, 80.0),
+            (Scenario::Approval, 0.0, 20.0, 80.0),
         ];
         for (s, errors, median_ms, p99_ms) in table {
             let b = s.canary_behaviour();
@@ -224,7 +283,11 @@ mod tests {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             assert!((ms(b.latency.median()) - median_ms).abs() < 0.01, "{s}");
             assert!((ms(b.latency.p99()) - p99_ms).abs() < 0.01, "{s}");
-            assert_eq!(s.stable_behaviour(), base_behaviour(), "{s}");
+            if s == Scenario::Approval {
+                assert_eq!(s.stable_behaviour(), b, "errors on neither side");
+            } else {
+                assert_eq!(s.stable_behaviour(), base_behaviour(), "{s}");
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use fledge_sandbox::config::{DestinationSpec, FilterSpec, SubsetSpec};
 use fledge_sandbox::{Backend, BackendConfig, Mesh, SandboxConfig};
 
+use crate::approval::Approval;
 use crate::progress::{self, Progress};
 use crate::scenario::{CANARY, HOST, NAME, NAMESPACE, STABLE, Scenario, virtual_service_yaml};
 use crate::traffic::{Slice, Traffic, TrafficConfig};
@@ -47,6 +48,8 @@ pub struct Stack {
     pub dir: PathBuf,
     pub stable: Backend,
     pub canary: Backend,
+    /// The approval service and chat the scenario's webhooks call, if it has any.
+    pub approval: Option<Approval>,
     agent: Option<Agent>,
     options: Options,
     api: ApiClient,
@@ -66,10 +69,19 @@ impl Stack {
         let scenario = config.scenario;
         let dir = fresh_dir(scenario)?;
         write(&dir.join(VIRTUAL_SERVICE_FILE), &virtual_service_yaml())?;
-        write(
-            &dir.join(ROLLOUT_FILE),
-            &scenario.rollout_yaml(config.hold, config.interval),
-        )?;
+        let approval = match scenario.approval_after(config.hold) {
+            Some(after) => Some(
+                Approval::start(after)
+                    .await
+                    .map_err(|source| Error::Approval { source })?,
+            ),
+            None => None,
+        };
+        let mut rollout = scenario.rollout_yaml(config.hold, config.interval);
+        if let Some(a) = &approval {
+            rollout.push_str(&scenario.webhooks_yaml(&a.url("approve"), &a.url("chat")));
+        }
+        write(&dir.join(ROLLOUT_FILE), &rollout)?;
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut options = Options {
             dir: dir.clone(),
@@ -133,6 +145,7 @@ impl Stack {
             dir,
             stable,
             canary,
+            approval,
             agent: Some(agent),
             options,
             api,

@@ -6,6 +6,8 @@
 //!   (`Report::test().errors(3, 100)`);
 //! - [`examples`]: the example manifests, copied into a temporary folder;
 //! - [`kubernetes`]: objects checked against Kubernetes' own schemas (`kubernetes-validate`);
+//! - `hooks` (feature `hooks`): a stand-in for the servers webhooks call, recording every
+//!   request and answering with the status the test sets;
 //! - `telemetry` (feature `telemetry`): a stand-in for the agent's `fledge.v1.Telemetry` gRPC
 //!   server, recording what filters send and pushing routing tables back.
 //!
@@ -13,6 +15,8 @@
 //! depend on fledge-core, so fledge-core's own tests can use it.
 
 pub mod examples;
+#[cfg(feature = "hooks")]
+pub mod hooks;
 pub mod istio;
 pub mod kubernetes;
 pub mod messages;

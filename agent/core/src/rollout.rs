@@ -2,7 +2,8 @@
 //! (`status`), the strategies compiled into one plan of stages (`plan`), and the state machine
 //! that walks a Rollout through its plan one tick at a time (`machine`), taking people's commands
 //! (`command`), also those recorded on the object (`recorded`), and the answers of checks outside
-//! the proxy (`gates`).
+//! the proxy (`gates`); the webhooks a spec names, which are due when and what they are sent
+//! (`webhooks`).
 //!
 //! All pure: values in, values out. What it is not: it does not read telemetry, judge canaries
 //! (`analysis` does), write routes (`routes` builds them, `store` writes them) or keep a clock.
@@ -17,6 +18,7 @@ pub mod recorded;
 pub mod spec;
 pub mod status;
 pub mod validate;
+pub mod webhooks;
 
 pub use command::{UnknownCommand, UserCommand};
 pub use gates::{GateKind, GateReport, GateState};
@@ -28,7 +30,7 @@ pub use recorded::{COMMAND_ANNOTATION, CommandOutcome, CommandRecord, RecordedCo
 pub use spec::{
     AbTestStrategy, BlueGreenStrategy, CanaryStep, CanaryStrategy, CohortRule, CookieRule,
     HeaderRule, Pause, Rollout, RolloutSpec, ShadowStrategy, Sticky, Strategy, Then,
-    VirtualServiceRef,
+    VirtualServiceRef, Webhook,
 };
 pub use status::{AnalysisRecord, Decision, Phase, RolloutStatus, Verdict};
 pub use validate::{InvalidRollout, Problem};

@@ -8,13 +8,14 @@
 //! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
 //! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
 //! `uninstall`: a deleted Rollout leaves no fledge route behind; `local_commands`: a command in a
-//! Rollout file of the local store.
+//! Rollout file of the local store; `webhooks`: hooks that gate and tell a rollout, in both stores.
 
 mod apiserver;
 mod crash;
 mod local_commands;
 mod plugin;
 mod uninstall;
+mod webhooks;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

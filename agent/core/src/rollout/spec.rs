@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::status::RolloutStatus;
+pub use super::webhooks::{Format, HookType, OnFailure, Webhook};
 use crate::analysis::AnalysisSpec;
 
 /// The header the filter sets to the chosen version when `spec.versionHeader` is not given.
@@ -57,6 +58,10 @@ pub struct RolloutSpec {
     /// How canary is judged against baseline (every field has a default).
     #[serde(default)]
     pub analysis: AnalysisSpec,
+    /// HTTP calls to the rest of the pipeline: gates before any traffic and before the
+    /// promotion, notifications at each step, at the end and on a rollback, chat messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
 }
 
 /// A VirtualService by name; the namespace defaults to the Rollout's own.
@@ -291,7 +296,7 @@ impl RolloutSpec {
     /// with a stage of no traffic that only the checks outside the proxy end. A part of the spec
     /// that needs one (workloads to scale, hooks to call first) answers here.
     pub fn prepares(&self) -> bool {
-        false
+        self.webhooks.iter().any(|h| h.on == HookType::PreRollout)
     }
 
     /// The version header in effect.

@@ -39,6 +39,12 @@ fn every_example_parses_validates_and_plans() {
         ),
         ("shadow.yaml", "shadow", vec![Shadow], End::Promote),
         ("blue-green.yaml", "blueGreen", vec![Preview], End::Promote),
+        (
+            "webhooks.yaml",
+            "canary",
+            vec![Prepare, Step, Step],
+            End::Promote,
+        ),
     ];
     for (file, strategy, kinds, end) in cases {
         let r = example(file);

@@ -185,6 +185,7 @@ impl RolloutSpec {
         if let Err(e) = self.analysis.validate() {
             c.bad(format!("spec.analysis.{}", e.field), e.problem);
         }
+        c.0.extend(super::webhooks::problems(&self.webhooks));
         c.0
     }
 
