@@ -185,6 +185,9 @@ impl RolloutSpec {
         if let Err(e) = self.analysis.validate() {
             c.bad(format!("spec.analysis.{}", e.field), e.problem);
         }
+        for (field, problem) in crate::metric::problems(&self.analysis.metrics) {
+            c.bad(format!("spec.analysis.{field}"), problem);
+        }
         c.0
     }
 
