@@ -76,6 +76,7 @@ impl Stack {
             grpc: any,
             http: any,
             tick: config.tick,
+            prometheus: None,
         };
         let agent = Agent::start(options.clone()).await?;
         let agent_addrs = (agent.local.grpc_addr, agent.local.http_addr);

@@ -6,6 +6,7 @@
 //!   (`Report::test().errors(3, 100)`);
 //! - [`examples`]: the example manifests, copied into a temporary folder;
 //! - [`kubernetes`]: objects checked against Kubernetes' own schemas (`kubernetes-validate`);
+//! - [`prometheus`]: a real Prometheus on a loopback port scraping an exporter the test sets;
 //! - `telemetry` (feature `telemetry`): a stand-in for the agent's `fledge.v1.Telemetry` gRPC
 //!   server, recording what filters send and pushing routing tables back.
 //!
@@ -16,5 +17,6 @@ pub mod examples;
 pub mod istio;
 pub mod kubernetes;
 pub mod messages;
+pub mod prometheus;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

@@ -106,9 +106,9 @@ pub fn decide(
                 gate.fail_after.as_secs()
             ))
         } else {
+            // No running count in the words: a status whose words change is written again.
             GateState::Hold(format!(
-                "query failed, retrying (the gate fails once errors last {}s; {lasted}s so far): \
-                 {error}",
+                "query failed, retrying (the gate fails once errors last {}s): {error}",
                 gate.fail_after.as_secs()
             ))
         };
