@@ -8,11 +8,13 @@
 //! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
 //! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
 //! `uninstall`: a deleted Rollout leaves no fledge route behind; `local_commands`: a command in a
-//! Rollout file of the local store.
+//! Rollout file of the local store; `metric_gate`: a CPU gate from a real Prometheus rolls a hot
+//! canary back and lets a cool one through.
 
 mod apiserver;
 mod crash;
 mod local_commands;
+mod metric_gate;
 mod plugin;
 mod uninstall;
 
