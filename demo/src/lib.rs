@@ -10,6 +10,7 @@
 //! the agent's, every route the mesh's.
 
 pub mod progress;
+mod prometheus;
 pub mod scenario;
 mod stack;
 pub mod traffic;
@@ -45,6 +46,8 @@ pub enum Error {
     },
     #[error("the filter module: {0} (run ./dev wasm)")]
     Module(String),
+    #[error("the local Prometheus: {0}")]
+    Prometheus(String),
     #[error(
         "scenario {scenario} did not end within {after:?}; last phase {phase}; the rollout folder is {dir}"
     )]

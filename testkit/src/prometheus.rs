@@ -28,7 +28,9 @@ pub fn installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A `/metrics` endpoint in Prometheus's text format, serving the values last set.
+/// A `/metrics` endpoint in Prometheus's text format, serving the values last set. Clones set
+/// the same values.
+#[derive(Clone)]
 pub struct Exporter {
     addr: SocketAddr,
     values: Arc<Mutex<BTreeMap<String, f64>>>,
