@@ -318,3 +318,6 @@ impl Looking {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
