@@ -71,6 +71,22 @@ pub fn render(template: &str, names: &Names<'_>, version: &str) -> String {
     out
 }
 
+/// Whether `template` has a `{{version}}`, so its two arms ask different things.
+pub fn names_version(template: &str) -> bool {
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return false;
+        };
+        if after[..close].trim() == "version" {
+            return true;
+        }
+        rest = &after[close + 2..];
+    }
+    false
+}
+
 /// Whether every `{{…}}` in `template` is a known placeholder; the problem in words otherwise.
 pub fn check(template: &str) -> Result<(), String> {
     let mut rest = template;

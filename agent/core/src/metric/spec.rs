@@ -185,6 +185,17 @@ pub fn problems(metrics: &[MetricGate]) -> Vec<(String, String)> {
                 "is missing: a bound relative to stable needs the stable's value".into(),
             );
         }
+        if m.relative()
+            && let Some(q) = &m.query
+            && !query::names_version(q)
+        {
+            bad(
+                "query",
+                "has no {{version}}: for a bound relative to stable it runs for both arms, and \
+                 would ask the same of both; add {{version}}, or give canaryQuery and stableQuery"
+                    .into(),
+            );
+        }
         if m.interval < Duration::from_secs(1) {
             bad("interval", format!("{:?} is under 1s", m.interval));
         }

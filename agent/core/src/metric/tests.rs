@@ -347,6 +347,15 @@ fn every_wrong_field_is_named() {
         ),
         (
             MetricGate {
+                query: Some("avg(cpu{v=\"{{canary}}\"})".into()),
+                max_ratio_to_stable: Some(1.2),
+                ..ok.clone()
+            },
+            "metrics[0].query",
+            "has no {{version}}",
+        ),
+        (
+            MetricGate {
                 interval: Duration::from_millis(500),
                 ..ok.clone()
             },

@@ -296,12 +296,12 @@ fn metric_gates_of_the_examples_reach_the_typed_spec_and_bad_ones_are_refused() 
     assert!(gate.stable_query.is_some() && gate.address.is_none());
 
     let mut bad = cpu.clone();
-    bad.spec.analysis.metrics[0].query = Some("cpu{v=\"{{cannary}}\"}".into());
+    bad.spec.analysis.metrics[0].query = Some("cpu{v=\"{{version}}\",c=\"{{cannary}}\"}".into());
     let err = bad.validate().expect_err("an unknown placeholder");
     assert_eq!(err.problems.len(), 1, "{err}");
     assert!(
         err.to_string().starts_with(
-            "Rollout shop/reviews: spec.analysis.metrics[0].query \"cpu{v=\\\"{{cannary}}\\\"}\" has the unknown placeholder {{cannary}}"
+            "Rollout shop/reviews: spec.analysis.metrics[0].query \"cpu{v=\\\"{{version}}\\\",c=\\\"{{cannary}}\\\"}\" has the unknown placeholder {{cannary}}"
         ),
         "{err}"
     );
