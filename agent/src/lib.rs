@@ -3,8 +3,9 @@
 //! windows; `controller` runs the core's planner every tick and applies what it plans; `store`
 //! keeps Rollouts, VirtualServices and events (YAML files or the Kubernetes API); `http`, `cli`,
 //! `kubectl` (the kubectl plugin's calls) and `metrics` are the surfaces people use; `gates` asks
-//! the checks outside the proxy (`metric_gate`: Prometheus through `prometheus` and `outbound`); `local` and `cluster` wire them into a running
-//! agent (`serve`). What it is not: a place for policy — a decision found here belongs in the core.
+//! the checks outside the proxy (`metric_gate`: Prometheus through `prometheus` and
+//! `outbound`); `local` and `cluster` wire them into a running agent (`serve`). What it is
+//! not: a place for policy — a decision found here belongs in the core.
 
 pub mod bench;
 pub mod cli;
