@@ -28,8 +28,8 @@ pub fn installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A `/metrics` endpoint in Prometheus's text format, serving the values last set. Clones set
-/// the same values.
+/// A `/metrics` endpoint in Prometheus's text format, serving the values last set, on a thread
+/// of its own until the process ends. Clones set the same values.
 #[derive(Clone)]
 pub struct Exporter {
     addr: SocketAddr,
