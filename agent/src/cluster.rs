@@ -9,6 +9,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::gates::Gates;
+use crate::metric_gate::MetricGates;
+use crate::outbound::OutboundError;
 use crate::serve::{Agent, BindError, Listen};
 use crate::store::{self, KubeStore, Scope};
 
@@ -24,6 +27,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
 }
 
 /// Where and how to run.
@@ -42,6 +47,8 @@ pub struct Options {
     pub max_stream_requests_per_second: u64,
     /// Take commands over the HTTP API too (off: only on the Rollout object, under RBAC).
     pub http_commands: bool,
+    /// The Prometheus metric gates ask when they name none (`--prometheus-url`).
+    pub prometheus: Option<String>,
 }
 
 /// The agent with the client the environment gives: in-cluster, else the kubeconfig.
@@ -64,7 +71,8 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         max_stream_requests_per_second: options.max_stream_requests_per_second,
         http_commands: options.http_commands,
     };
-    let agent = Agent::serve(store, listen).await?;
+    let gates = Gates::new(vec![MetricGates::gate(options.prometheus.clone())?]);
+    let agent = Agent::serve_with_gates(store, listen, gates).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");
     Ok(agent)
 }

@@ -88,6 +88,10 @@ pub struct LocalArgs {
     /// Address of the HTTP API, health and metrics.
     #[arg(long, env = "FLEDGE_HTTP_ADDR", default_value = "127.0.0.1:9091")]
     pub http: std::net::SocketAddr,
+    /// The Prometheus server metric gates (`spec.analysis.metrics`) ask when they name none,
+    /// e.g. `http://prometheus.istio-system:9090`.
+    #[arg(long, env = "FLEDGE_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +123,10 @@ pub struct KubeArgs {
     /// (`kubectl fledge`), where Kubernetes RBAC decides who may give them.
     #[arg(long, env = "FLEDGE_HTTP_COMMANDS")]
     pub http_commands: bool,
+    /// The Prometheus server metric gates (`spec.analysis.metrics`) ask when they name none,
+    /// e.g. `http://prometheus.istio-system:9090`.
+    #[arg(long, env = "FLEDGE_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

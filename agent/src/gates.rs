@@ -36,6 +36,12 @@ impl Gates {
         Self(gates)
     }
 
+    /// These gates and `gate`.
+    pub fn and(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.0.push(gate);
+        self
+    }
+
     /// Every gate's answers about `rollout`, in the order the gates were given.
     pub fn reports(&self, rollout: &Rollout, now: Timestamp) -> Vec<GateReport> {
         self.0

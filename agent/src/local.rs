@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::gates::Gates;
+use crate::metric_gate::MetricGates;
+use crate::outbound::OutboundError;
 use crate::serve::{Agent, BindError, Listen};
 pub use crate::serve::{Agent as LocalAgent, STOP_GRACE};
 use crate::store::LocalStore;
@@ -18,6 +21,8 @@ pub enum Error {
     Bind(#[from] BindError),
     #[error("rollout folder {0} does not exist or is not a folder")]
     NoDir(PathBuf),
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
 }
 
 /// Where and how to run.
@@ -28,6 +33,8 @@ pub struct Options {
     pub http: SocketAddr,
     /// Time between reconcile ticks.
     pub tick: Duration,
+    /// The Prometheus metric gates ask when they name none (`--prometheus-url`).
+    pub prometheus: Option<String>,
 }
 
 impl Agent {
@@ -44,7 +51,8 @@ impl Agent {
             max_stream_requests_per_second: crate::telemetry::DEFAULT_MAX_REQUESTS_PER_SECOND,
             http_commands: true,
         };
-        let agent = Self::serve(LocalStore::new(&options.dir), listen).await?;
+        let gates = Gates::new(vec![MetricGates::gate(options.prometheus.clone())?]);
+        let agent = Self::serve_with_gates(LocalStore::new(&options.dir), listen, gates).await?;
         tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, dir = %options.dir.display(), "fledge agent running (local store)");
         Ok(agent)
     }

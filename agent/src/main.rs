@@ -32,6 +32,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 grpc: args.grpc,
                 http: args.http,
                 tick: std::time::Duration::from_secs(1),
+                prometheus: args.prometheus_url,
             };
             fledge_agent::local::LocalAgent::start(options)
                 .await?
@@ -53,6 +54,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 require_peer_identity: args.require_peer_identity,
                 max_stream_requests_per_second: args.max_stream_requests_per_second,
                 http_commands: args.http_commands,
+                prometheus: args.prometheus_url,
             };
             fledge_agent::cluster::start(options)
                 .await?

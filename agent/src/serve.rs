@@ -86,6 +86,15 @@ impl Agent {
         store: S,
         listen: Listen,
     ) -> Result<Self, BindError> {
+        Self::serve_with_gates(store, listen, Gates::default()).await
+    }
+
+    /// As [`Agent::serve`], the loop asking `gates` (the checks outside the proxy) every tick.
+    pub async fn serve_with_gates<S: RolloutStore + 'static>(
+        store: S,
+        listen: Listen,
+        gates: Gates,
+    ) -> Result<Self, BindError> {
         let bind = |addr, what| async move {
             TcpListener::bind(addr)
                 .await
@@ -104,7 +113,8 @@ impl Agent {
         let mut windows = Windows::new(RETENTION_SECS, MAX_SERIES);
         windows.keep_only(Default::default());
         let telemetry = Arc::new(Mutex::new(windows));
-        let gates = Gates::new(vec![Arc::new(Webhooks::start(metrics.clone()))]);
+        // Webhooks count their calls in the agent's metrics, so they start here.
+        let gates = gates.and(Arc::new(Webhooks::start(metrics.clone())));
         let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone())
             .with_gates(gates);
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone())

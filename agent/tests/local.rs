@@ -21,6 +21,7 @@ fn options(dir: &std::path::Path, grpc: SocketAddr, http: SocketAddr) -> Options
         grpc,
         http,
         tick: Duration::from_millis(200),
+        prometheus: None,
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod approval;
 pub mod progress;
+mod prometheus;
 pub mod scenario;
 mod stack;
 pub mod traffic;
@@ -48,6 +49,8 @@ pub enum Error {
     Approval { source: std::io::Error },
     #[error("the filter module: {0} (run ./dev wasm)")]
     Module(String),
+    #[error("the local Prometheus: {0}")]
+    Prometheus(String),
     #[error(
         "scenario {scenario} did not end within {after:?}; last phase {phase}; the rollout folder is {dir}"
     )]

@@ -20,6 +20,21 @@ pub const BETA_VALUE: &str = "1";
 /// The sticky key the load sends (the Rollout's default sticky header).
 pub const USER_HEADER: &str = "x-user-id";
 
+/// The metric the `cpu-gate` scenario's exporter reports per version (cores in use), and the
+/// gate's bound on the canary's.
+pub const CPU_METRIC: &str = "demo_cpu_usage_cores";
+const CPU_MAX: f64 = 0.7;
+
+/// What the `cpu-gate` scenario's exporter reports: the stable's CPU, and the canary's at
+/// first and from `climbs_after` on (the canary serving its share for a while first).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuStory {
+    pub stable: f64,
+    pub canary: f64,
+    pub canary_later: f64,
+    pub climbs_after: Duration,
+}
+
 /// Both versions' error rate, and the erroring canary's.
 const BASE_ERROR_RATE: f64 = 0.005;
 const BAD_ERROR_RATE: f64 = 0.05;
@@ -42,16 +57,20 @@ pub enum Scenario {
     /// A healthy canary at 20 % whose promotion waits for an approval service (webhooks);
     /// promoted once it says yes. A chat hook hears the start and the promotion.
     Approval,
+    /// As good as stable in the mesh, but its CPU (from a local Prometheus) is over the gate's
+    /// bound: rolled back.
+    CpuGate,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Healthy,
         Scenario::Erroring,
         Scenario::Slow,
         Scenario::Ab,
         Scenario::Shadow,
         Scenario::Approval,
+        Scenario::CpuGate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +81,7 @@ impl Scenario {
             Scenario::Ab => "ab",
             Scenario::Shadow => "shadow",
             Scenario::Approval => "approval",
+            Scenario::CpuGate => "cpu-gate",
         }
     }
 
@@ -84,13 +104,16 @@ impl Scenario {
             Scenario::Approval => {
                 "a healthy canary at 20% whose promotion waits for an approval service (a webhook) that says yes 15s after the step's pause; a chat hook hears the start and the promotion"
             }
+            Scenario::CpuGate => {
+                "a canary as good as stable in the mesh whose CPU, as a local Prometheus reads it from its exporter, climbs from 0.4 to 0.85 cores after 6s (stable 0.3) against a gate of 0.7: it should be rolled back"
+            }
         }
     }
 
     /// The phase the rollout should end in.
     pub fn expected_phase(self) -> &'static str {
         match self {
-            Scenario::Erroring | Scenario::Slow => "RolledBack",
+            Scenario::Erroring | Scenario::Slow | Scenario::CpuGate => "RolledBack",
             Scenario::Healthy | Scenario::Ab | Scenario::Shadow | Scenario::Approval => "Succeeded",
         }
     }
@@ -118,7 +141,22 @@ impl Scenario {
                 BASE_ERROR_RATE,
             ),
             Scenario::Approval => Behaviour::new(base_latency(), 0.0),
-            Scenario::Healthy | Scenario::Ab | Scenario::Shadow => base_behaviour(),
+            Scenario::Healthy | Scenario::Ab | Scenario::Shadow | Scenario::CpuGate => {
+                base_behaviour()
+            }
+        }
+    }
+
+    /// The CPU (cores) the versions' exporter reports, for a scenario with a CPU gate.
+    pub fn cpu(self) -> Option<CpuStory> {
+        match self {
+            Scenario::CpuGate => Some(CpuStory {
+                stable: 0.3,
+                canary: 0.4,
+                canary_later: 0.85,
+                climbs_after: Duration::from_secs(6),
+            }),
+            _ => None,
         }
     }
 
@@ -134,11 +172,9 @@ impl Scenario {
     pub fn rollout_yaml(self, hold: Duration, interval: Duration) -> String {
         let hold = format!("{}ms", hold.as_millis());
         let strategy = match self {
-            Scenario::Healthy | Scenario::Erroring | Scenario::Slow => {
-                format!(
-                    "    canary:\n      steps:\n        - weight: 10\n          pause: {{duration: {hold}}}\n        - weight: 50\n          pause: {{duration: {hold}, untilAnalysisPasses: true}}\n"
-                )
-            }
+            Scenario::Healthy | Scenario::Erroring | Scenario::Slow | Scenario::CpuGate => format!(
+                "    canary:\n      steps:\n        - weight: 10\n          pause: {{duration: {hold}}}\n        - weight: 50\n          pause: {{duration: {hold}, untilAnalysisPasses: true}}\n"
+            ),
             Scenario::Approval => format!(
                 "    canary:\n      steps:\n        - weight: 20\n          pause: {{duration: {hold}}}\n"
             ),
@@ -149,8 +185,14 @@ impl Scenario {
                 "    shadow:\n      mirrorPercent: 50\n      duration: {hold}\n      then: promote\n"
             ),
         };
+        let metrics = match self.cpu() {
+            Some(_) => format!(
+                "    metrics:\n      - name: cpu\n        query: '{CPU_METRIC}{{version=\"{{{{version}}}}\"}}'\n        max: {CPU_MAX}\n        interval: 1s\n"
+            ),
+            None => String::new(),
+        };
         format!(
-            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n",
+            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n{metrics}",
             interval.as_millis()
         )
     }
@@ -264,7 +306,10 @@ mod tests {
             assert_eq!(s.name().parse::<Scenario>(), Ok(s));
         }
         let err = "fast".parse::<Scenario>().unwrap_err();
-        assert!(err.contains("\"fast\"") && err.contains("healthy, erroring, slow, ab, shadow"));
+        assert!(
+            err.contains("\"fast\"")
+                && err.contains("healthy, erroring, slow, ab, shadow, cpu-gate")
+        );
     }
 
     #[test]
@@ -276,6 +321,7 @@ mod tests {
             (Scenario::Ab, 0.005, 20.0, 80.0),
             (Scenario::Shadow, 0.005, 20.0, 80.0),
             (Scenario::Approval, 0.0, 20.0, 80.0),
+            (Scenario::CpuGate, 0.005, 20.0, 80.0),
         ];
         for (s, errors, median_ms, p99_ms) in table {
             let b = s.canary_behaviour();
@@ -289,5 +335,19 @@ mod tests {
                 assert_eq!(s.stable_behaviour(), base_behaviour(), "{s}");
             }
         }
+    }
+
+    #[test]
+    fn the_cpu_gate_scenario_gates_on_the_exported_cpu() {
+        let text = Scenario::CpuGate.rollout_yaml(Duration::from_secs(15), Duration::from_secs(1));
+        assert!(
+            text.ends_with(
+                "analysis:\n    interval: 1000ms\n    metrics:\n      - name: cpu\n        query: 'demo_cpu_usage_cores{version=\"{{version}}\"}'\n        max: 0.7\n        interval: 1s\n"
+            ),
+            "{text}"
+        );
+        let story = Scenario::CpuGate.cpu().expect("a CPU story");
+        assert!(story.canary < 0.7 && story.canary_later > 0.7, "{story:?}");
+        assert_eq!(Scenario::Healthy.cpu(), None);
     }
 }

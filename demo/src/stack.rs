@@ -23,6 +23,7 @@ use fledge_sandbox::{Backend, BackendConfig, Mesh, SandboxConfig};
 
 use crate::approval::Approval;
 use crate::progress::{self, Progress};
+use crate::prometheus::LocalPrometheus;
 use crate::scenario::{CANARY, HOST, NAME, NAMESPACE, STABLE, Scenario, virtual_service_yaml};
 use crate::traffic::{Slice, Traffic, TrafficConfig};
 use crate::{DemoConfig, Error, Result};
@@ -61,6 +62,8 @@ pub struct Stack {
     /// Every finished slice of load so far.
     pub slices: Vec<Slice>,
     answered: BTreeMap<String, u64>,
+    /// The scenario's Prometheus, if it gates on a metric.
+    _prometheus: Option<LocalPrometheus>,
 }
 
 impl Stack {
@@ -83,11 +86,13 @@ impl Stack {
         }
         write(&dir.join(ROLLOUT_FILE), &rollout)?;
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let prometheus = LocalPrometheus::start(scenario).await?;
         let mut options = Options {
             dir: dir.clone(),
             grpc: any,
             http: any,
             tick: config.tick,
+            prometheus: prometheus.as_ref().map(|p| p.prometheus.url().to_owned()),
         };
         let agent = Agent::start(options.clone()).await?;
         let agent_addrs = (agent.local.grpc_addr, agent.local.http_addr);
@@ -155,6 +160,7 @@ impl Stack {
             observations: Vec::new(),
             slices: Vec::new(),
             answered: BTreeMap::new(),
+            _prometheus: prometheus,
         })
     }
 

@@ -8,6 +8,7 @@
 //! - [`kubernetes`]: objects checked against Kubernetes' own schemas (`kubernetes-validate`);
 //! - `hooks` (feature `hooks`): a stand-in for the servers webhooks call, recording every
 //!   request and answering with the status the test sets;
+//! - [`prometheus`]: a real Prometheus on a loopback port scraping an exporter the test sets;
 //! - `telemetry` (feature `telemetry`): a stand-in for the agent's `fledge.v1.Telemetry` gRPC
 //!   server, recording what filters send and pushing routing tables back.
 //!
@@ -20,5 +21,6 @@ pub mod hooks;
 pub mod istio;
 pub mod kubernetes;
 pub mod messages;
+pub mod prometheus;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

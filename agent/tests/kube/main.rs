@@ -9,10 +9,13 @@
 //! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
 //! `uninstall`: a deleted Rollout leaves no fledge route behind; `local_commands`: a command in a
 //! Rollout file of the local store; `webhooks`: hooks that gate and tell a rollout, in both stores.
+//! Rollout file of the local store; `metric_gate`: a CPU gate from a real Prometheus rolls a hot
+//! canary back and lets a cool one through.
 
 mod apiserver;
 mod crash;
 mod local_commands;
+mod metric_gate;
 mod plugin;
 mod uninstall;
 mod webhooks;
@@ -585,6 +588,7 @@ async fn the_agent_is_ready_only_once_the_rollout_cache_has_synced() {
         require_peer_identity: false,
         max_stream_requests_per_second: fledge_agent::telemetry::DEFAULT_MAX_REQUESTS_PER_SECOND,
         http_commands: false,
+        prometheus: None,
     };
     let agent = fledge_agent::cluster::start_with(server.client(), options)
         .await

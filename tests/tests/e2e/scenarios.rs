@@ -1,4 +1,4 @@
-//! The demo's five scenarios as tests: how each rollout ends, why, and which backend answered
+//! The demo's six scenarios as tests: how each rollout ends, why, and which backend answered
 //! whom before and after the agent's decisions.
 
 use std::time::{Duration, SystemTime};
@@ -144,6 +144,47 @@ async fn a_shadow_is_judged_on_mirrored_requests_and_promoted_unseen() {
         answers(&outcome, Cohort::Beta, "v2"),
         0,
         "no cohort load in this scenario"
+    );
+    assert_eq!(outcome.unanswered(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_over_its_cpu_gate_is_rolled_back_on_prometheuss_word() {
+    let outcome = run(Scenario::CpuGate).await;
+    assert_eq!(outcome.phase, "RolledBack", "{}", outcome.reason);
+    let query = "demo_cpu_usage_cores{version=\"v2\"}";
+    assert!(
+        outcome.reason.contains("Metric check cpu failed")
+            && outcome
+                .reason
+                .contains(&format!("canary 0.85 is above max 0.7; query: {query}")),
+        "{}",
+        outcome.reason
+    );
+    // The status keeps the gate's answer: the query as sent, the value, the bound.
+    let gate = &outcome.rollout["status"]["gates"][0];
+    assert_eq!(gate["name"], "cpu");
+    assert_eq!(gate["kind"], "Metric");
+    assert_eq!(gate["state"], "Fail");
+    assert_eq!(gate["evidence"]["canary"]["query"], query);
+    assert_eq!(gate["evidence"]["canary"]["value"], 0.85);
+    assert_eq!(gate["evidence"]["bounds"][0]["limit"], 0.7);
+    // Nothing in the mesh was wrong: the analysis never failed the canary.
+    assert!(
+        outcome.failing_checks.is_empty(),
+        "{:?}",
+        outcome.failing_checks
+    );
+    // The canary served its share while its CPU was under the bound, and none after.
+    let rolled_back = outcome.decided_at(&["RolledBack"]).expect("decision");
+    assert!(
+        outcome.answers_between(Cohort::Plain, "v2", SystemTime::UNIX_EPOCH, rolled_back) > 20,
+        "the canary served before its CPU climbed"
+    );
+    assert_eq!(
+        answers_after(&outcome, Cohort::Plain, "v2", rolled_back + SETTLE),
+        0,
+        "no client reaches the canary after the rollback"
     );
     assert_eq!(outcome.unanswered(), 0);
 }

@@ -35,6 +35,10 @@ pub struct AnalysisSpec {
     pub errors: ErrorCheck,
     /// Latency comparison.
     pub latency: LatencyCheck,
+    /// Numbers read from Prometheus (CPU, business KPIs) held against bounds while the canary
+    /// runs (`fledge_core::metric`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<crate::metric::MetricGate>,
 }
 
 /// A request fails when it gets a 5xx, a gRPC error, a reset or a timeout (`Series.failures`).
@@ -85,6 +89,7 @@ impl Default for AnalysisSpec {
             no_traffic_timeout: Duration::from_secs(60),
             errors: ErrorCheck::default(),
             latency: LatencyCheck::default(),
+            metrics: Vec::new(),
         }
     }
 }

@@ -45,6 +45,13 @@ fn every_example_parses_validates_and_plans() {
             vec![Prepare, Step, Step],
             End::Promote,
         ),
+        ("cpu-gate.yaml", "canary", vec![Step, Step], End::Promote),
+        (
+            "delivery-kpi.yaml",
+            "canary",
+            vec![Step, Step],
+            End::Promote,
+        ),
     ];
     for (file, strategy, kinds, end) in cases {
         let r = example(file);
@@ -280,4 +287,28 @@ fn the_custom_resource_definition_generates() {
     ] {
         assert!(status.get(field).is_some(), "status.{field} missing");
     }
+}
+
+#[test]
+fn metric_gates_of_the_examples_reach_the_typed_spec_and_bad_ones_are_refused() {
+    let cpu = example("cpu-gate.yaml");
+    let gate = &cpu.spec.analysis.metrics[0];
+    assert_eq!(gate.name, "cpu");
+    assert_eq!((gate.max, gate.max_ratio_to_stable), (Some(0.7), Some(1.5)));
+    assert_eq!(gate.fail_after, Duration::from_secs(120));
+    let kpi = example("delivery-kpi.yaml");
+    let gate = &kpi.spec.analysis.metrics[0];
+    assert_eq!((gate.min, gate.max_below_stable), (Some(0.99), Some(0.005)));
+    assert!(gate.stable_query.is_some() && gate.address.is_none());
+
+    let mut bad = cpu.clone();
+    bad.spec.analysis.metrics[0].query = Some("cpu{v=\"{{version}}\",c=\"{{cannary}}\"}".into());
+    let err = bad.validate().expect_err("an unknown placeholder");
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.to_string().starts_with(
+            "Rollout shop/reviews: spec.analysis.metrics[0].query \"cpu{v=\\\"{{version}}\\\",c=\\\"{{cannary}}\\\"}\" has the unknown placeholder {{cannary}}"
+        ),
+        "{err}"
+    );
 }

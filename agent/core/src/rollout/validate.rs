@@ -186,6 +186,9 @@ impl RolloutSpec {
             c.bad(format!("spec.analysis.{}", e.field), e.problem);
         }
         c.0.extend(super::webhooks::problems(&self.webhooks));
+        for (field, problem) in crate::metric::problems(&self.analysis.metrics) {
+            c.bad(format!("spec.analysis.{field}"), problem);
+        }
         c.0
     }
 
