@@ -4,11 +4,13 @@
 //!
 //! Only wiring: settings come from `config`, the store is `store::KubeStore`, the servers are
 //! `serve::Agent`. `/readyz` answers 200 only once the Rollout cache has synced and the loop has
-//! read it.
+//! read it. With an election (the install's two replicas), the agent leads only while it holds
+//! the Lease (`leader`); `/leaderz` says whether it does.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::leader::{Elector, LeaseOptions, Leadership};
 use crate::serve::{Agent, BindError, Listen};
 use crate::store::{self, KubeStore, Scope};
 
@@ -24,6 +26,22 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("leader election: {0}")]
+    Timing(#[from] fledge_core::lease::TimingError),
+    #[error(
+        "leader election: no name for this agent in the Lease: set POD_NAME (the install sets \
+         it from the pod's name) or --pod-name"
+    )]
+    NoIdentity,
+}
+
+/// The Lease the replicas elect a leader with.
+#[derive(Clone, Debug)]
+pub struct Election {
+    pub lease_name: String,
+    /// None: the client's default namespace (the ServiceAccount's, in a pod).
+    pub lease_namespace: Option<String>,
+    pub timing: fledge_core::lease::Timing,
 }
 
 /// Where and how to run.
@@ -40,6 +58,8 @@ pub struct Options {
     pub require_peer_identity: bool,
     /// Take commands over the HTTP API too (off: only on the Rollout object, under RBAC).
     pub http_commands: bool,
+    /// Lead only while holding this Lease (None: lead alone, as a single replica may).
+    pub election: Option<Election>,
 }
 
 /// The agent with the client the environment gives: in-cluster, else the kubeconfig.
@@ -53,6 +73,28 @@ pub async fn start(options: Options) -> Result<Agent, Error> {
 /// The agent over the API server `client` talks to. Fails at once when the Rollout CRD is not
 /// installed or the agent may not list Rollouts.
 pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agent, Error> {
+    let elector = match &options.election {
+        None => None,
+        Some(e) => {
+            e.timing.validate()?;
+            let identity = options
+                .instance
+                .clone()
+                .or_else(hostname)
+                .ok_or(Error::NoIdentity)?;
+            let lease = LeaseOptions {
+                name: e.lease_name.clone(),
+                namespace: e
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_owned()),
+                identity,
+                timing: e.timing,
+            };
+            tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "standing by until this agent holds the Lease");
+            Some(Elector::new(client.clone(), lease, Leadership::elected()))
+        }
+    };
     let store = KubeStore::connect(client, options.scope.clone(), options.instance).await?;
     let listen = Listen {
         grpc: options.grpc,
@@ -61,7 +103,16 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         require_peer_identity: options.require_peer_identity,
         http_commands: options.http_commands,
     };
-    let agent = Agent::serve(store, listen).await?;
+    let agent = Agent::serve_elected(store, listen, elector).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");
     Ok(agent)
+}
+
+/// The host's name, for an agent without POD_NAME.
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }

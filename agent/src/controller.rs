@@ -30,6 +30,7 @@ use fledge_core::windows::Windows;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plane::{ControlPlane, UnknownRollout};
 use crate::store::RolloutStore;
@@ -67,6 +68,8 @@ pub struct Controller<S> {
     applier: Applier<S>,
     metrics: Arc<Metrics>,
     state: Arc<Mutex<State>>,
+    /// Whether this agent leads; ticks are skipped while it stands by.
+    leadership: Arc<Leadership>,
 }
 
 impl<S> Clone for Controller<S> {
@@ -77,6 +80,7 @@ impl<S> Clone for Controller<S> {
             applier: self.applier.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
+            leadership: self.leadership.clone(),
         }
     }
 }
@@ -99,7 +103,14 @@ impl<S: RolloutStore + 'static> Controller<S> {
             telemetry,
             metrics,
             state: Arc::default(),
+            leadership: Leadership::alone(),
         }
+    }
+
+    /// Ticks only while `leadership` leads (its store should be `store::Led` on the same one).
+    pub fn led_by(mut self, leadership: Arc<Leadership>) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -113,6 +124,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A sender that is gone will never say stop: tick on without watching it.
         let mut watching = true;
+        let mut term = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -121,6 +133,16 @@ impl<S: RolloutStore + 'static> Controller<S> {
             if *stopping.borrow() {
                 return;
             }
+            // A standby neither reads nor writes; a leader that was one before starts over
+            // from the persisted status, which another leader may have moved on meanwhile.
+            if !self.leadership.may_write() {
+                continue;
+            }
+            let now_term = self.leadership.term();
+            if term.is_some_and(|t| t != now_term) {
+                *self.lock() = State::default();
+            }
+            term = Some(now_term);
             self.tick(Timestamp::now()).await;
         }
     }
@@ -361,5 +383,9 @@ impl<S: RolloutStore + 'static> ControlPlane for Controller<S> {
 
     fn ready(&self) -> bool {
         self.lock().loaded
+    }
+
+    fn leading(&self) -> bool {
+        self.leadership.may_write()
     }
 }

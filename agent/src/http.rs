@@ -1,4 +1,4 @@
-//! The agent's HTTP surface (axum): health, readiness, Prometheus metrics, and the rollout API
+//! The agent's HTTP surface (axum): health, readiness, leadership (`/leaderz`), Prometheus metrics, and the rollout API
 //! the CLI and people use — `GET /api/v1/rollouts[/{ns}/{name}]` for objects with their status
 //! and evidence (the list also names the objects that cannot be read, under `problems`), `POST /api/v1/rollouts/{ns}/{name}/{promote|abort|pause|resume}` for commands.
 //!
@@ -80,6 +80,7 @@ pub fn router(plane: Arc<dyn ControlPlane>, metrics: Arc<Metrics>, guard: Guard)
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/leaderz", get(leaderz))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/rollouts", get(list))
         .route("/api/v1/rollouts/{namespace}/{name}", get(one))
@@ -92,6 +93,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// 200 only on the agent that leads (the one that reconciles and takes telemetry); 503 on a
+/// standby. For people and monitoring: the pods' readiness stays `/readyz`, true on a standby
+/// too, so a rolling update of the agents can proceed.
+async fn leaderz(State(state): State<AppState>) -> Response {
+    if state.plane.leading() {
+        (StatusCode::OK, "leading\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "standing by\n").into_response()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod http;
 pub mod kubectl;
+pub mod leader;
 pub mod local;
 pub mod logging;
 pub mod metrics;

@@ -14,8 +14,9 @@ use tokio::task::JoinHandle;
 
 use crate::controller::Controller;
 use crate::http::{Guard, router};
+use crate::leader::{Elector, Leadership};
 use crate::metrics::Metrics;
-use crate::store::RolloutStore;
+use crate::store::{Led, RolloutStore};
 use fledge_core::windows::Windows;
 
 use crate::telemetry::{Hub, TelemetryService};
@@ -74,14 +75,29 @@ pub struct Agent {
     others: Vec<JoinHandle<()>>,
     /// Tells the reconcile loop to stop after the tick in progress.
     stopping: watch::Sender<bool>,
+    /// The Lease this agent takes and renews (none when it runs alone), and its task.
+    election: Option<(Elector, JoinHandle<()>)>,
 }
 
 impl Agent {
-    /// Binds both listeners (port 0 picks a free one) and starts serving `store`.
+    /// Binds both listeners (port 0 picks a free one) and starts serving `store`, alone.
     pub async fn serve<S: RolloutStore + 'static>(
         store: S,
         listen: Listen,
     ) -> Result<Self, BindError> {
+        Self::serve_elected(store, listen, None).await
+    }
+
+    /// As [`serve`](Self::serve), but with `elector` (if any) deciding when this agent leads:
+    /// while it stands by it writes nothing, skips its ticks and refuses filter streams.
+    pub async fn serve_elected<S: RolloutStore + 'static>(
+        store: S,
+        listen: Listen,
+        elector: Option<Elector>,
+    ) -> Result<Self, BindError> {
+        let leadership = elector
+            .as_ref()
+            .map_or_else(Leadership::alone, Elector::leadership);
         let bind = |addr, what| async move {
             TcpListener::bind(addr)
                 .await
@@ -100,7 +116,9 @@ impl Agent {
         let mut windows = Windows::new(RETENTION_SECS, MAX_SERIES);
         windows.keep_only(Default::default());
         let telemetry = Arc::new(Mutex::new(windows));
-        let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
+        let store = Led::new(store, leadership.clone());
+        let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone())
+            .led_by(leadership.clone());
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone())
             .requiring_peer_identity(listen.require_peer_identity)
             .into_server();
@@ -127,14 +145,30 @@ impl Agent {
                 tracing::error!(error = %e, "telemetry server stopped");
             }
         });
+        let mut leading = leadership.watch();
+        let standby_hub = hub.clone();
         let others = vec![
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(http, api).await {
                     tracing::error!(error = %e, "HTTP API stopped");
                 }
             }),
+            // Filter streams follow leadership: a standby ends them and refuses new ones.
+            tokio::spawn(async move {
+                loop {
+                    standby_hub.set_standby(!*leading.borrow_and_update());
+                    if leading.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }),
+            // Last: `serve_until_terminated` waits for it.
             tokio::spawn(controller.run(listen.tick, stopped)),
         ];
+        let election = elector.map(|e| {
+            let task = tokio::spawn(e.clone().run());
+            (e, task)
+        });
         Ok(Self {
             grpc_addr,
             http_addr,
@@ -143,6 +177,7 @@ impl Agent {
             grpc,
             others,
             stopping,
+            election,
         })
     }
 
@@ -150,6 +185,9 @@ impl Agent {
     /// streams end with UNAVAILABLE and their connections close; the telemetry server gets
     /// [`STOP_GRACE`] to let them go before it is aborted too.
     pub fn stop(self) {
+        if let Some((_, task)) = &self.election {
+            task.abort();
+        }
         self.hub.close();
         for task in self.others {
             task.abort();
@@ -194,6 +232,11 @@ impl Agent {
             && ended.await.is_err()
         {
             tracing::warn!(after = ?SHUTDOWN_WRITES, "the reconcile loop did not end in time");
+        }
+        // Nothing more is written: the Lease goes back, so a standby takes over at once.
+        if let Some((elector, task)) = self.election.take() {
+            task.abort();
+            elector.release().await;
         }
         // Streams end with UNAVAILABLE and connections get GOAWAY; the process exits only after
         // they went out (or STOP_GRACE), so the filters learn it now, not by a broken pipe.

@@ -8,6 +8,7 @@
 //! - `routes`: the VirtualService and the filters' `HostRoute` for a routing intent;
 //! - `planner`: one rollout's tick — judgment, commands and time in; status, routing to apply
 //!   and events out;
+//! - `lease`: leader election over a Kubernetes Lease, as decisions on its fields;
 //! - `key`: object names.
 //!
 //! What it is not: it does no I/O, keeps no clock and holds no lock. Its `Cargo.toml` lists no
@@ -17,6 +18,7 @@
 pub mod analysis;
 pub mod judge;
 pub mod key;
+pub mod lease;
 pub mod planner;
 pub mod rollout;
 pub mod routes;

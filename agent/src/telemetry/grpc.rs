@@ -33,6 +33,9 @@ const XFCC: &str = "x-forwarded-client-cert";
 
 /// What a filter's stream ends with when the agent stops.
 const STOPPING: &str = "the agent is stopping";
+/// What a standby answers: the filter keeps its deltas, backs off and connects again, which
+/// the telemetry Service sends to a replica (the leader accepts).
+pub const STANDBY: &str = "standby: not the leader";
 
 /// The largest message the agent decodes (tonic's default, said here so it is one bound).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -97,6 +100,9 @@ impl Telemetry for TelemetryService {
         if self.hub.is_closed() {
             return Err(Status::unavailable(STOPPING));
         }
+        if self.hub.is_standby() {
+            return Err(Status::unavailable(STANDBY));
+        }
         // Set by the agent's own sidecar from the client's certificate (see `peer`).
         let identity = request
             .metadata()
@@ -125,6 +131,8 @@ enum End {
     Closed,
     /// The agent is stopping.
     Stopping,
+    /// Another agent leads now.
+    StandingBy,
     /// The session refused it, or a message did not decode.
     Refused(Rejection),
     /// It said no Hello in time, or went quiet.
@@ -177,6 +185,8 @@ impl TelemetryService {
         let mut tables = self.hub.subscribe();
         let closed = self.hub.closed();
         tokio::pin!(closed);
+        let standing_by = self.hub.standing_by();
+        tokio::pin!(standing_by);
         let mut id: Option<u64> = None;
         let quiet = tokio::time::sleep(self.hello_timeout);
         tokio::pin!(quiet);
@@ -184,6 +194,7 @@ impl TelemetryService {
             // The newest table, when something may have made it worth sending.
             let offer: Option<Arc<v1::RoutingTable>> = tokio::select! {
                 () = &mut closed => break End::Stopping,
+                () = &mut standing_by => break End::StandingBy,
                 () = &mut quiet => break End::TimedOut(match id {
                     None => Rejection::new("hello_timeout", format!("no Hello within {:?} of opening the stream", self.hello_timeout)),
                     Some(_) => Rejection::new("idle", format!("nothing sent for {:?}; a filter reports every second", self.idle_timeout)),
@@ -234,6 +245,9 @@ impl TelemetryService {
             End::Closed => {}
             End::Stopping => {
                 let _ = tx.send(Err(Status::unavailable(STOPPING))).await;
+            }
+            End::StandingBy => {
+                let _ = tx.send(Err(Status::unavailable(STANDBY))).await;
             }
             End::Refused(rejection) => {
                 self.metrics.rejected(rejection.reason);
