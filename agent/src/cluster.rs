@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::leader::{Elector, LeaseOptions, Leadership};
+use crate::leader::{Elector, Leadership, LeaseOptions};
 use crate::serve::{Agent, BindError, Listen};
 use crate::store::{self, KubeStore, Scope};
 

@@ -133,9 +133,10 @@ impl<S: RolloutStore + 'static> Controller<S> {
             if *stopping.borrow() {
                 return;
             }
-            // A standby neither reads nor writes; a leader that was one before starts over
-            // from the persisted status, which another leader may have moved on meanwhile.
+            // A standby writes nothing and holds no rollout; a leader that was one before
+            // starts over from the persisted status, which another leader may have moved on.
             if !self.leadership.may_write() {
+                self.stand_by().await;
                 continue;
             }
             let now_term = self.leadership.term();
@@ -145,6 +146,16 @@ impl<S: RolloutStore + 'static> Controller<S> {
             term = Some(now_term);
             self.tick(Timestamp::now()).await;
         }
+    }
+
+    /// A standby's tick: it only checks that it could take over (the Rollouts can be listed),
+    /// which is its readiness; it keeps nothing of them.
+    async fn stand_by(&self) {
+        let listed = self.store.rollouts().await.is_ok();
+        let mut state = self.lock();
+        state.entries.clear();
+        state.commands.clear();
+        state.loaded = listed;
     }
 
     /// One pass over every Rollout.

@@ -234,11 +234,17 @@ impl Elector {
             Ok(Err(e)) => {
                 tracing::warn!(lease = %o.name, error = %e, "cannot release the Lease; it expires by itself")
             }
-            Err(_) => tracing::warn!(lease = %o.name, "releasing the Lease took too long; it expires by itself"),
+            Err(_) => {
+                tracing::warn!(lease = %o.name, "releasing the Lease took too long; it expires by itself")
+            }
         }
     }
 
-    fn object(&self, spec: k8s_openapi::api::coordination::v1::LeaseSpec, rv: Option<String>) -> Lease {
+    fn object(
+        &self,
+        spec: k8s_openapi::api::coordination::v1::LeaseSpec,
+        rv: Option<String>,
+    ) -> Lease {
         Lease {
             metadata: ObjectMeta {
                 name: Some(self.options.name.clone()),

@@ -212,15 +212,21 @@ impl Agent {
         let _ = self.grpc.await;
     }
 
-    /// Runs until SIGTERM or Ctrl-C, then stops gracefully: the tick in progress finishes its
-    /// writes (the status and the routes of a step go together) and no other starts; then every
-    /// filter stream ends with UNAVAILABLE, so the filters reconnect at once (to the next agent)
-    /// rather than after a timeout.
+    /// Runs until SIGTERM or Ctrl-C, then stops gracefully ([`shut_down`](Self::shut_down)).
     pub async fn serve_until_terminated(mut self) {
         tokio::select! {
             _ = &mut self.grpc => return,
             () = terminated() => {}
         }
+        self.shut_down().await;
+    }
+
+    /// Stops gracefully: the tick in progress finishes its writes (the status and the routes
+    /// of a step go together) and no other starts; a leader then gives its Lease back, so a
+    /// standby takes over at once rather than after the lease duration; then every filter
+    /// stream ends with UNAVAILABLE, so the filters reconnect at once (to the next agent)
+    /// rather than after a timeout.
+    pub async fn shut_down(mut self) {
         tracing::info!("stopping: finishing the writes in flight, then closing filter streams");
         let _ = self.stopping.send(true);
         // `others` ends with the reconcile loop (see `serve`).

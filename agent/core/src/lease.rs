@@ -123,7 +123,9 @@ pub fn expires(lease: &LeaseSpec, timing: &Timing) -> Option<Timestamp> {
         .lease_duration_seconds
         .filter(|s| *s > 0)
         .map_or(timing.lease_duration.as_secs() as i64, i64::from);
-    renewed.checked_add(jiff::SignedDuration::from_secs(secs)).ok()
+    renewed
+        .checked_add(jiff::SignedDuration::from_secs(secs))
+        .ok()
 }
 
 /// What `me` does next with `lease` (None: no Lease exists) at `now`.
@@ -172,7 +174,10 @@ pub fn released(lease: &LeaseSpec, me: &str, now: Timestamp) -> Option<LeaseSpec
 
 /// Until when a leader may write after a renew that started at `renew_started` succeeded.
 /// Generic over the clock so the agent uses a monotonic one.
-pub fn writes_until<T: std::ops::Add<Duration, Output = T>>(renew_started: T, timing: &Timing) -> T {
+pub fn writes_until<T: std::ops::Add<Duration, Output = T>>(
+    renew_started: T,
+    timing: &Timing,
+) -> T {
     renew_started + timing.renew_deadline
 }
 

@@ -36,6 +36,8 @@ const STOPPING: &str = "the agent is stopping";
 /// What a standby answers: the filter keeps its deltas, backs off and connects again, which
 /// the telemetry Service sends to a replica (the leader accepts).
 pub const STANDBY: &str = "standby: not the leader";
+/// How long a stream ended for a standby is still read for reports already on their way.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
 /// The largest message the agent decodes (tonic's default, said here so it is one bound).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -248,6 +250,9 @@ impl TelemetryService {
             }
             End::StandingBy => {
                 let _ = tx.send(Err(Status::unavailable(STANDBY))).await;
+                // What the filter sent before it learnt this is still read and counted: it
+                // does not send it again, so a report ignored here would be lost.
+                self.drain(&mut inbound, &mut session, id).await;
             }
             End::Refused(rejection) => {
                 self.metrics.rejected(rejection.reason);
@@ -270,6 +275,24 @@ impl TelemetryService {
 
     /// Records and counts a valid report before merging it, so whoever sees its data in the
     /// windows also sees it counted.
+    /// Reads a stream the agent has ended until the filter closes its side (or [`DRAIN`]),
+    /// merging the reports still on the way.
+    async fn drain(
+        &self,
+        inbound: &mut Streaming<FilterMessage>,
+        session: &mut Session,
+        id: Option<u64>,
+    ) {
+        let drained = async {
+            while let Ok(Some(message)) = inbound.message().await {
+                if let Action::Merge(merge) = session.received(message, unix_ms()) {
+                    self.merge(id, merge);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN, drained).await;
+    }
+
     fn merge(&self, stream: Option<u64>, merge: Merge) {
         if let Some(stream) = stream {
             self.hub.reported(stream, merge.hosts());

@@ -12,6 +12,7 @@
 
 mod apiserver;
 mod crash;
+mod leader;
 mod local_commands;
 mod plugin;
 mod uninstall;

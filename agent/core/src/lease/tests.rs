@@ -56,20 +56,78 @@ fn what_a_candidate_writes_next() {
     };
     let cases: Vec<(&str, Option<LeaseSpec>, i64, (&str, &str, i32, Option<i64>))> = vec![
         ("no Lease", None, 5, ("create", "a", 0, Some(5))),
-        ("ours, renewed", Some(held("a", Some(3), Some(15), 2)), 5, ("renew", "a", 2, Some(5))),
+        (
+            "ours, renewed",
+            Some(held("a", Some(3), Some(15), 2)),
+            5,
+            ("renew", "a", 2, Some(5)),
+        ),
         // Ours even when it looks expired: nobody else took it, so renewing keeps it.
-        ("ours, past its duration", Some(held("a", Some(0), Some(15), 2)), 40, ("renew", "a", 2, Some(40))),
-        ("another's, fresh", Some(held("b", Some(3), Some(15), 2)), 5, ("wait", "b", -1, Some(18))),
-        ("another's, one second before expiry", Some(held("b", Some(3), Some(15), 2)), 17, ("wait", "b", -1, Some(18))),
-        ("another's, expired exactly now", Some(held("b", Some(3), Some(15), 2)), 18, ("take", "a", 3, Some(18))),
-        ("another's, long expired", Some(held("b", Some(3), Some(15), 2)), 100, ("take", "a", 3, Some(100))),
+        (
+            "ours, past its duration",
+            Some(held("a", Some(0), Some(15), 2)),
+            40,
+            ("renew", "a", 2, Some(40)),
+        ),
+        (
+            "another's, fresh",
+            Some(held("b", Some(3), Some(15), 2)),
+            5,
+            ("wait", "b", -1, Some(18)),
+        ),
+        (
+            "another's, one second before expiry",
+            Some(held("b", Some(3), Some(15), 2)),
+            17,
+            ("wait", "b", -1, Some(18)),
+        ),
+        (
+            "another's, expired exactly now",
+            Some(held("b", Some(3), Some(15), 2)),
+            18,
+            ("take", "a", 3, Some(18)),
+        ),
+        (
+            "another's, long expired",
+            Some(held("b", Some(3), Some(15), 2)),
+            100,
+            ("take", "a", 3, Some(100)),
+        ),
         // The Lease's own duration counts, not ours.
-        ("another's, its own short duration", Some(held("b", Some(3), Some(2), 2)), 5, ("take", "a", 3, Some(5))),
-        ("another's, no duration: ours", Some(held("b", Some(3), None, 2)), 17, ("wait", "b", -1, Some(18))),
+        (
+            "another's, its own short duration",
+            Some(held("b", Some(3), Some(2), 2)),
+            5,
+            ("take", "a", 3, Some(5)),
+        ),
+        (
+            "another's, no duration: ours",
+            Some(held("b", Some(3), None, 2)),
+            17,
+            ("wait", "b", -1, Some(18)),
+        ),
         // No renew time: the acquire time stands in for it.
-        ("another's, acquired only", Some(held("b", None, Some(15), 2)), 14, ("wait", "b", -1, Some(15))),
-        ("released (empty holder)", Some(free.clone()), 5, ("take", "a", 5, Some(5))),
-        ("released (no holder)", Some(LeaseSpec { holder_identity: None, ..free }), 5, ("take", "a", 5, Some(5))),
+        (
+            "another's, acquired only",
+            Some(held("b", None, Some(15), 2)),
+            14,
+            ("wait", "b", -1, Some(15)),
+        ),
+        (
+            "released (empty holder)",
+            Some(free.clone()),
+            5,
+            ("take", "a", 5, Some(5)),
+        ),
+        (
+            "released (no holder)",
+            Some(LeaseSpec {
+                holder_identity: None,
+                ..free
+            }),
+            5,
+            ("take", "a", 5, Some(5)),
+        ),
     ];
     for (what, lease, now, expected) in cases {
         let step = next(lease.as_ref(), "a", &timing, at(now));
@@ -132,8 +190,14 @@ fn a_leader_stops_writing_before_anyone_may_take_over() {
         let lease = held("a", Some(10), Some(secs as i32), 0);
         let stop = writes_until(at(10), &timing);
         let until = expires(&lease, &timing).unwrap();
-        assert!(stop < until, "{secs} s: stops at {stop}, expires at {until}");
-        assert!(matches!(next(Some(&lease), "b", &timing, stop), Step::Wait { .. }));
+        assert!(
+            stop < until,
+            "{secs} s: stops at {stop}, expires at {until}"
+        );
+        assert!(matches!(
+            next(Some(&lease), "b", &timing, stop),
+            Step::Wait { .. }
+        ));
     }
 }
 
@@ -146,10 +210,22 @@ fn timing_that_could_elect_two_leaders_is_refused() {
         ((s(2), ms(1500), ms(250)), None),
         ((ms(1500), s(1), ms(100)), Some("whole number of seconds")),
         ((s(0), s(0), s(0)), Some("whole number of seconds")),
-        ((s(15), s(15), s(2)), Some("--renew-deadline 15s must be shorter than --lease-duration 15s")),
-        ((s(15), s(20), s(2)), Some("must be shorter than --lease-duration")),
-        ((s(15), s(10), s(10)), Some("--retry-period 10s must be shorter than --renew-deadline 10s")),
-        ((s(15), s(10), s(0)), Some("--retry-period must be more than zero")),
+        (
+            (s(15), s(15), s(2)),
+            Some("--renew-deadline 15s must be shorter than --lease-duration 15s"),
+        ),
+        (
+            (s(15), s(20), s(2)),
+            Some("must be shorter than --lease-duration"),
+        ),
+        (
+            (s(15), s(10), s(10)),
+            Some("--retry-period 10s must be shorter than --renew-deadline 10s"),
+        ),
+        (
+            (s(15), s(10), s(0)),
+            Some("--retry-period must be more than zero"),
+        ),
     ];
     for ((lease, renew, retry), expected) in cases {
         let timing = Timing {

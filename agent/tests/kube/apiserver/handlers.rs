@@ -456,7 +456,11 @@ async fn answer(
         }
         Call::GetLease { ns, name } => {
             if !query.is_empty() {
-                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(vec!["a query".into()]));
+                return refuse(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    wrong(vec!["a query".into()]),
+                );
             }
             get_lease(&shared, (ns, name))
         }

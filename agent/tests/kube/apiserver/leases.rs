@@ -30,7 +30,10 @@ pub(super) fn lease_errors(body: &Value, key: &(String, String)) -> Vec<String> 
         ));
     }
     if body["metadata"]["name"] != key.1.as_str() {
-        errors.push(format!("metadata.name {} does not match the path", body["metadata"]["name"]));
+        errors.push(format!(
+            "metadata.name {} does not match the path",
+            body["metadata"]["name"]
+        ));
     }
     if !body["metadata"]["namespace"].is_null() && body["metadata"]["namespace"] != key.0.as_str() {
         errors.push("metadata.namespace does not match the path".into());
@@ -45,23 +48,31 @@ pub(super) fn lease_errors(body: &Value, key: &(String, String)) -> Vec<String> 
     if let Some(holder) = spec.get("holderIdentity")
         && !(holder.is_null() || holder.as_str().is_some_and(|h| !h.is_empty()))
     {
-        errors.push(format!("spec.holderIdentity {holder}: a non-empty string or absent"));
+        errors.push(format!(
+            "spec.holderIdentity {holder}: a non-empty string or absent"
+        ));
     }
     if let Some(d) = spec.get("leaseDurationSeconds")
         && d.as_i64().is_none_or(|d| d <= 0)
     {
-        errors.push(format!("spec.leaseDurationSeconds {d}: must be greater than 0"));
+        errors.push(format!(
+            "spec.leaseDurationSeconds {d}: must be greater than 0"
+        ));
     }
     if let Some(t) = spec.get("leaseTransitions")
         && t.as_i64().is_none_or(|t| t < 0)
     {
-        errors.push(format!("spec.leaseTransitions {t}: must be greater than or equal to 0"));
+        errors.push(format!(
+            "spec.leaseTransitions {t}: must be greater than or equal to 0"
+        ));
     }
     for field in ["acquireTime", "renewTime"] {
         if let Some(t) = spec.get(field)
             && !t.as_str().is_some_and(micro_time)
         {
-            errors.push(format!("spec.{field} {t}: not a MicroTime (RFC 3339, 6 fraction digits)"));
+            errors.push(format!(
+                "spec.{field} {t}: not a MicroTime (RFC 3339, 6 fraction digits)"
+            ));
         }
     }
     errors
@@ -89,7 +100,13 @@ pub(super) fn create_lease(
     mut body: Value,
     wrong: &dyn Fn(Vec<String>) -> String,
 ) -> Response {
-    let key = (ns, body["metadata"]["name"].as_str().unwrap_or_default().to_owned());
+    let key = (
+        ns,
+        body["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
     let mut errors = lease_errors(&body, &key);
     if !body["metadata"]["resourceVersion"].is_null() {
         errors.push("metadata.resourceVersion: must not be set on create".into());
@@ -118,7 +135,10 @@ pub(super) fn replace_lease(
     wrong: &dyn Fn(Vec<String>) -> String,
 ) -> Response {
     let mut errors = lease_errors(&body, &key);
-    let Some(rv) = body["metadata"]["resourceVersion"].as_str().map(str::to_owned) else {
+    let Some(rv) = body["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned)
+    else {
         errors.push("metadata.resourceVersion: must be specified for an update".into());
         return refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, wrong(errors));
     };
