@@ -475,4 +475,19 @@ async fn a_leader_shut_down_gives_the_lease_back_and_the_standby_takes_over_at_o
     );
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
     b.agent.stop();
+
+    // The Role in the install grants exactly the Lease calls made (create, get, update), in the
+    // namespace they were made in; the rest of what the agents did is the ClusterRole's.
+    let docs = yaml_docs(&manifests().join("install/base/agent.yaml"));
+    let role = docs.iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(role["metadata"]["namespace"], "fledge-system");
+    let cluster_role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
+    let used = server.accesses();
+    let (leases, rest): (BTreeSet<Access>, BTreeSet<Access>) = used
+        .into_iter()
+        .partition(|a| a.group == "coordination.k8s.io");
+    assert_eq!(leases, granted(role), "the Lease calls and the Role");
+    let cluster_granted = granted(cluster_role);
+    let missing: Vec<_> = rest.difference(&cluster_granted).collect();
+    assert!(missing.is_empty(), "used but not granted: {missing:#?}");
 }
