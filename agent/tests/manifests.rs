@@ -80,8 +80,14 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
     let lease_role = one(&docs, "Role");
     let lease_binding = one(&docs, "RoleBinding");
     assert_eq!(lease_binding["roleRef"]["kind"], "Role");
-    assert_eq!(lease_binding["roleRef"]["name"], lease_role["metadata"]["name"]);
-    assert_eq!(lease_binding["subjects"][0]["name"], account["metadata"]["name"]);
+    assert_eq!(
+        lease_binding["roleRef"]["name"],
+        lease_role["metadata"]["name"]
+    );
+    assert_eq!(
+        lease_binding["subjects"][0]["name"],
+        account["metadata"]["name"]
+    );
     assert_eq!(lease_binding["subjects"][0]["namespace"], ns);
 
     // Two agents, one leader; rolled one at a time, never fewer than two ready.
@@ -101,7 +107,9 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
     assert_eq!(preferred["topologyKey"], "kubernetes.io/hostname");
     assert_eq!(preferred["labelSelector"], spec["selector"]);
     // The longest graceful stop (the write in flight, the Lease, the streams) fits the grace.
-    let grace = spec["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
     let stop = fledge_agent::serve::SHUTDOWN_WRITES + fledge_agent::serve::STOP_GRACE;
     assert!(stop.as_secs() * 2 <= grace, "{stop:?} within {grace} s");
     let pod = &spec["template"]["spec"];

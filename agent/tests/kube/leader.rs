@@ -418,7 +418,7 @@ async fn a_leader_shut_down_gives_the_lease_back_and_the_standby_takes_over_at_o
 
     // The leader moves the rollout; the standby writes nothing and takes no stream.
     tokio::time::timeout(Duration::from_secs(30), async {
-        while !kube_status(&server).is_some_and(|s| s.current_step == Some(1)) {
+        while kube_status(&server).is_none_or(|s| s.current_step != Some(1)) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -490,4 +490,80 @@ async fn a_leader_shut_down_gives_the_lease_back_and_the_standby_takes_over_at_o
     let cluster_granted = granted(cluster_role);
     let missing: Vec<_> = rest.difference(&cluster_granted).collect();
     assert!(missing.is_empty(), "used but not granted: {missing:#?}");
+}
+
+/// The real `fledge-agent kube` binary as leader, stopped with SIGTERM: it gives the Lease back
+/// and exits 0, and the standby takes over at once, long before the lease would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_leading_binary_hands_the_lease_over_at_once() {
+    let server = ApiServer::start().await;
+    server.apply_rollout(rollout(4));
+    server.create_virtual_service(example("virtualservice.yaml"));
+    server.add_user("agent-bin", AGENT);
+    let home = tempfile::tempdir().unwrap();
+    let kubeconfig = home.path().join("agent.kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: stand-in\n  cluster:\n    server: {url}\n\
+         users:\n- name: agent\n  user:\n    token: agent-bin\n\
+         contexts:\n- name: agent\n  context:\n    cluster: stand-in\n    user: agent\n    namespace: fledge-system\n\
+         current-context: agent\n",
+        url = server.url
+    );
+    std::fs::write(&kubeconfig, text).unwrap();
+    // A lease long enough that a takeover by expiry could not pass for a release.
+    let mut binary = tokio::process::Command::new(env!("CARGO_BIN_EXE_fledge-agent"))
+        .args(["kube", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "--lease-duration",
+            "20s",
+            "--renew-deadline",
+            "10s",
+            "--retry-period",
+            "250ms",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", home.path())
+        .env("POD_NAME", "agent-bin")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    until_held_by(&server, "agent-bin", Duration::from_secs(20)).await;
+    let standby = replica(&server, "agent-b").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        holder(&server).as_deref(),
+        Some("agent-bin"),
+        "the standby waits"
+    );
+
+    let pid = binary.id().unwrap().to_string();
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), binary.wait())
+        .await
+        .expect("the binary stops")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    until_held_by(&server, "agent-b", Duration::from_secs(5)).await;
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the standby took over {took:?} after SIGTERM: the Lease was not given back"
+    );
+    // The binary wrote the Lease back without a holder before the standby took it.
+    let writes = server.writes();
+    let released = writes.iter().any(|w| {
+        w.token.as_deref() == Some("agent-bin")
+            && w.what == "lease fledge-system/fledge-agent"
+            && w.body["spec"]["holderIdentity"].is_null()
+    });
+    assert!(released, "no release among {writes:#?}");
+    assert!(server.violations().is_empty(), "{:#?}", server.violations());
+    standby.agent.stop();
 }

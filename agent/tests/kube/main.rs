@@ -7,6 +7,7 @@
 //! readiness waits for the Rollout cache; errors name the object and the missing permission;
 //! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
 //! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
+//! `leader`: two agents, one Lease — killed and stopped leaders, one writer at a time;
 //! `uninstall`: a deleted Rollout leaves no fledge route behind; `local_commands`: a command in a
 //! Rollout file of the local store.
 

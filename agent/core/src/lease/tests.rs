@@ -46,6 +46,9 @@ fn summary(step: &Step) -> (&'static str, String, i32, Option<i64>) {
     }
 }
 
+/// The kind of step, the holder it writes, its transitions and its renew time (seconds from T0).
+type Summary = (&'static str, &'static str, i32, Option<i64>);
+
 #[test]
 fn what_a_candidate_writes_next() {
     let timing = Timing::default();
@@ -54,7 +57,7 @@ fn what_a_candidate_writes_next() {
         lease_transitions: Some(4),
         ..LeaseSpec::default()
     };
-    let cases: Vec<(&str, Option<LeaseSpec>, i64, (&str, &str, i32, Option<i64>))> = vec![
+    let cases: Vec<(&str, Option<LeaseSpec>, i64, Summary)> = vec![
         ("no Lease", None, 5, ("create", "a", 0, Some(5))),
         (
             "ours, renewed",

@@ -336,7 +336,7 @@ async fn answer(
         Call::ListRollouts { ns } => {
             let errors = if query.contains_key("resourceVersion") {
                 query_errors(
-                    &query,
+                    query,
                     &[
                         ("limit", None),
                         ("resourceVersion", Some("0")),
@@ -344,7 +344,7 @@ async fn answer(
                     ],
                 )
             } else {
-                query_errors(&query, &[("limit", None)])
+                query_errors(query, &[("limit", None)])
             };
             let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
             if !errors.is_empty() || limit.is_none_or(|l| l == 0) {
@@ -359,7 +359,7 @@ async fn answer(
         }
         Call::WatchRollouts { ns } => {
             let errors = query_errors(
-                &query,
+                query,
                 &[
                     ("watch", Some("true")),
                     ("resourceVersion", None),
@@ -382,7 +382,7 @@ async fn answer(
         }
         Call::ApplyStatus { ns, name } => {
             let mut errors = query_errors(
-                &query,
+                query,
                 &[
                     ("fieldManager", Some("fledge-agent")),
                     ("force", Some("true")),
@@ -410,18 +410,18 @@ async fn answer(
             } else {
                 "kubectl-fledge"
             };
-            let errors = query_errors(&query, &[("fieldManager", Some(manager))]);
+            let errors = query_errors(query, &[("fieldManager", Some(manager))]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             patch_rollout(&shared, (ns, name), &body, &wrong)
         }
         Call::SelfSubjectReview => {
-            let errors = query_errors(&query, &[]);
+            let errors = query_errors(query, &[]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
-            self_subject_review(&shared, &user, &body, &wrong)
+            self_subject_review(&shared, user, &body, &wrong)
         }
         Call::GetVirtualService { ns, name } => {
             if !query.is_empty() {
@@ -434,21 +434,21 @@ async fn answer(
             get_virtual_service(&shared, (ns, name))
         }
         Call::ReplaceVirtualService { ns, name } => {
-            let errors = query_errors(&query, &[("fieldManager", Some("fledge-agent"))]);
+            let errors = query_errors(query, &[("fieldManager", Some("fledge-agent"))]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             replace_virtual_service(&shared, (ns, name), body, &wrong)
         }
         Call::CreateEvent { ns } => {
-            let errors = query_errors(&query, &[]);
+            let errors = query_errors(query, &[]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             create_event(&shared, ns, body, &wrong)
         }
         Call::PatchEvent { ns, name } => {
-            let errors = query_errors(&query, &[]);
+            let errors = query_errors(query, &[]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
@@ -465,14 +465,14 @@ async fn answer(
             get_lease(&shared, (ns, name))
         }
         Call::CreateLease { ns } => {
-            let errors = query_errors(&query, &[("fieldManager", Some("fledge-agent"))]);
+            let errors = query_errors(query, &[("fieldManager", Some("fledge-agent"))]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             create_lease(&shared, ns, body, &wrong)
         }
         Call::ReplaceLease { ns, name } => {
-            let errors = query_errors(&query, &[("fieldManager", Some("fledge-agent"))]);
+            let errors = query_errors(query, &[("fieldManager", Some("fledge-agent"))]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
