@@ -58,6 +58,8 @@ pub struct Options {
     pub require_peer_identity: bool,
     /// Take commands over the HTTP API too (off: only on the Rollout object, under RBAC).
     pub http_commands: bool,
+    /// Serve the rollout API's reads and metrics to the cluster (off: to the pod itself only).
+    pub http_reads: bool,
     /// Lead only while holding this Lease (None: lead alone, as a single replica may).
     pub election: Option<Election>,
 }
@@ -102,6 +104,7 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         tick: options.tick,
         require_peer_identity: options.require_peer_identity,
         http_commands: options.http_commands,
+        http_reads: options.http_reads,
     };
     let agent = Agent::serve_elected(store, listen, elector).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");

@@ -115,6 +115,11 @@ pub struct KubeArgs {
     /// (`kubectl fledge`), where Kubernetes RBAC decides who may give them.
     #[arg(long, env = "FLEDGE_HTTP_COMMANDS")]
     pub http_commands: bool,
+    /// Serve the rollout API's reads (`GET /api/v1/rollouts…`) and `/metrics` to the cluster.
+    /// Off: only to the agent's own pod (127.0.0.1: the sidecar's metrics merging, `kubectl
+    /// port-forward`); health, readiness and `/leaderz` are always served.
+    #[arg(long, env = "FLEDGE_HTTP_READS")]
+    pub http_reads: bool,
     #[command(flatten)]
     pub election: ElectionArgs,
 }

@@ -4,7 +4,8 @@
 //!
 //! An adapter only: it converts HTTP to calls on a [`ControlPlane`] and back. What a command
 //! does is the rollout state machine's business, not this module's; who may send one over HTTP
-//! is [`guard`]'s (no web page, JSON only, loopback names on a loopback listener).
+//! is [`guard`]'s (no web page, JSON only, loopback names on a loopback listener), and so is who
+//! may read the rollouts and metrics in a cluster.
 
 use std::sync::Arc;
 
@@ -69,7 +70,8 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// The agent's HTTP routes; commands pass `guard` first.
+/// The agent's HTTP routes; commands and reads pass `guard` first (serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>` so the guard sees who asks).
 pub fn router(plane: Arc<dyn ControlPlane>, metrics: Arc<Metrics>, guard: Guard) -> Router {
     let commands = Router::new()
         .route(
@@ -77,13 +79,16 @@ pub fn router(plane: Arc<dyn ControlPlane>, metrics: Arc<Metrics>, guard: Guard)
             post(command),
         )
         .route_layer(middleware::from_fn_with_state(guard, guard::mutations));
+    let reads = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/rollouts", get(list))
+        .route("/api/v1/rollouts/{namespace}/{name}", get(one))
+        .route_layer(middleware::from_fn_with_state(guard, guard::reads));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/leaderz", get(leaderz))
-        .route("/metrics", get(metrics_text))
-        .route("/api/v1/rollouts", get(list))
-        .route("/api/v1/rollouts/{namespace}/{name}", get(one))
+        .merge(reads)
         .merge(commands)
         .with_state(AppState { plane, metrics })
 }

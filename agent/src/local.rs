@@ -42,6 +42,7 @@ impl Agent {
             tick: options.tick,
             require_peer_identity: false,
             http_commands: true,
+            http_reads: true,
         };
         let agent = Self::serve(LocalStore::new(&options.dir), listen).await?;
         tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, dir = %options.dir.display(), "fledge agent running (local store)");

@@ -52,6 +52,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 instance: args.pod_name,
                 require_peer_identity: args.require_peer_identity,
                 http_commands: args.http_commands,
+                http_reads: args.http_reads,
                 election: Some(fledge_agent::cluster::Election {
                     lease_name: args.election.lease_name.clone(),
                     lease_namespace: args.election.lease_namespace.clone(),

@@ -61,6 +61,9 @@ pub struct Listen {
     pub require_peer_identity: bool,
     /// Take commands over HTTP (`POST …/promote`); otherwise only on the Rollout object.
     pub http_commands: bool,
+    /// Serve the rollout API's reads and `/metrics` to any peer; otherwise only to the pod
+    /// itself (see `http::guard`).
+    pub http_reads: bool,
 }
 
 /// A running agent. Dropping it leaves it running; `stop` ends it.
@@ -125,6 +128,7 @@ impl Agent {
         let guard = Guard {
             loopback: http_addr.ip().is_loopback(),
             commands: listen.http_commands,
+            reads: listen.http_reads,
         };
         let api = router(Arc::new(controller.clone()), metrics.clone(), guard);
 
@@ -149,6 +153,7 @@ impl Agent {
         let standby_hub = hub.clone();
         let others = vec![
             tokio::spawn(async move {
+                let api = api.into_make_service_with_connect_info::<SocketAddr>();
                 if let Err(e) = axum::serve(http, api).await {
                     tracing::error!(error = %e, "HTTP API stopped");
                 }

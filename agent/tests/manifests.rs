@@ -136,6 +136,10 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
         panic!("args {args:?} do not run `kube`")
     };
     assert_eq!(kube.namespace, None, "a ClusterRole: every namespace");
+    assert!(
+        !kube.http_reads,
+        "rollouts and metrics are read from the pod itself only"
+    );
     assert!(kube.grpc.ip().is_unspecified() && kube.http.ip().is_unspecified());
     let ports: BTreeMap<&str, u64> = container["ports"]
         .as_array()

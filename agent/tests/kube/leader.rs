@@ -80,6 +80,7 @@ async fn replica(server: &ApiServer, name: &str) -> Replica {
         instance: Some(name.to_owned()),
         require_peer_identity: false,
         http_commands: false,
+        http_reads: false,
         election: Some(Election {
             lease_name: "fledge-agent".into(),
             lease_namespace: None,

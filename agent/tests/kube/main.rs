@@ -585,6 +585,7 @@ async fn the_agent_is_ready_only_once_the_rollout_cache_has_synced() {
         instance: None,
         require_peer_identity: false,
         http_commands: false,
+        http_reads: false,
         election: None,
     };
     let agent = fledge_agent::cluster::start_with(server.client(), options)
