@@ -139,12 +139,16 @@ impl<S: RolloutStore + 'static> Controller<S> {
                 self.stand_by().await;
                 continue;
             }
+            // The first tick of a term reads the Rollouts from the source, not from a cache
+            // that may not have seen the previous leader's last status yet.
             let now_term = self.leadership.term();
-            if term.is_some_and(|t| t != now_term) {
+            let new_term = term != Some(now_term);
+            if new_term {
                 *self.lock() = State::default();
             }
-            term = Some(now_term);
-            self.tick(Timestamp::now()).await;
+            if self.pass(Timestamp::now(), new_term).await {
+                term = Some(now_term);
+            }
         }
     }
 
@@ -160,12 +164,23 @@ impl<S: RolloutStore + 'static> Controller<S> {
 
     /// One pass over every Rollout.
     pub async fn tick(&self, now: Timestamp) {
+        self.pass(now, false).await;
+    }
+
+    /// One pass, over the Rollouts as the store reads them now (`fresh`) or as it holds them;
+    /// false when they could not be listed.
+    async fn pass(&self, now: Timestamp, fresh: bool) -> bool {
         let started = Instant::now();
-        let listing = match self.store.rollouts().await {
+        let listed = if fresh {
+            self.store.rollouts_now().await
+        } else {
+            self.store.rollouts().await
+        };
+        let listing = match listed {
             Ok(listing) => listing,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list rollouts");
-                return;
+                return false;
             }
         };
         let problems: Vec<String> = listing.problems.iter().map(ToString::to_string).collect();
@@ -216,6 +231,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
         self.metrics
             .analysis_seconds
             .observe(started.elapsed().as_secs_f64());
+        true
     }
 
     /// Lets deleted Rollouts go once their routes are out of the VirtualService, and puts the

@@ -115,6 +115,13 @@ pub trait RolloutStore: Send + Sync {
     /// Every Rollout with its last persisted status.
     fn rollouts(&self) -> impl Future<Output = Result<Listing>> + Send;
 
+    /// As [`rollouts`](Self::rollouts), but read from the source now rather than from a cache
+    /// that may lag: for an agent that has just become the leader, whose first statuses must
+    /// be the ones the previous leader persisted last.
+    fn rollouts_now(&self) -> impl Future<Output = Result<Listing>> + Send {
+        self.rollouts()
+    }
+
     /// Persists `status` for `rollout` (computed from `rollout.spec` at
     /// `rollout.metadata.generation`), so a restarted agent resumes from it.
     fn write_status(

@@ -41,6 +41,10 @@ impl<S: RolloutStore> RolloutStore for Led<S> {
         self.inner.rollouts().await
     }
 
+    async fn rollouts_now(&self) -> Result<Listing> {
+        self.inner.rollouts_now().await
+    }
+
     async fn write_status(&self, rollout: &Rollout, status: &RolloutStatus) -> Result<()> {
         self.may("status")?;
         self.inner.write_status(rollout, status).await

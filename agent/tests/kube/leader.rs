@@ -467,6 +467,15 @@ async fn a_leader_shut_down_gives_the_lease_back_and_the_standby_takes_over_at_o
 
     let (statuses, routes) = history(&server.writes());
     assert_forward(&statuses, &routes);
+    // Each leader's first tick read the Rollouts from the API server (a list, a quorum read),
+    // not only from its watch cache, which may lag behind the last status written: two lists
+    // beyond the two that start the agents' watches.
+    let lists = server
+        .calls()
+        .iter()
+        .filter(|c| *c == "GET /apis/fledge.dev/v1alpha1/rollouts?&limit=500")
+        .count();
+    assert_eq!(lists, 2 + 2, "{:#?}", server.calls());
     // Graceful: every report handed to a stream was counted once, by one agent or the other.
     let received = a_metrics.reports_received.get() + b.agent.metrics.reports_received.get();
     assert_eq!(
