@@ -61,6 +61,8 @@ pub struct Write {
     pub token: Option<String>,
     pub what: String,
     pub body: Value,
+    /// When the stand-in took it.
+    pub at: std::time::Instant,
 }
 
 type Key = (String, String);
@@ -332,6 +334,11 @@ impl ApiServer {
     /// Refuses `access` with 403 from now on.
     pub fn forbid(&self, access: Access) {
         self.lock().forbidden.insert(access);
+    }
+
+    /// Lets `access` through again after [`forbid`](Self::forbid).
+    pub fn permit(&self, access: Access) {
+        self.lock().forbidden.remove(&access);
     }
 
     /// Refuses `access` with 403 to `user` from now on.

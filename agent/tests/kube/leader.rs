@@ -10,248 +10,16 @@
 //! ServiceAccount), so the stand-in can say who made every write. A kill is `Agent::stop`:
 //! every task aborted where it stands, a write in flight included, nothing flushed.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod fixtures;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use fledge_agent::cluster::{Election, Options};
-use fledge_agent::serve::Agent;
-use fledge_core::lease::Timing;
-use fledge_proto::v1::{self, FilterMessage, Hello, Report, telemetry_client::TelemetryClient};
-use fledge_testkit::messages::{HelloExt, SeriesExt};
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
+use self::fixtures::*;
 use super::apiserver::{AGENT, Write};
-use super::crash::routed_weight;
 use super::*;
-
-const HOST: &str = "reviews.shop.svc.cluster.local";
-const TICK: Duration = Duration::from_millis(250);
-
-fn timing() -> Timing {
-    Timing {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1500),
-        retry_period: Duration::from_millis(250),
-    }
-}
-
-/// A canary in `steps` steps, each held until the analysis passes; errors only, with a floor
-/// a clean canary passes within seconds.
-fn rollout(steps: u32) -> Value {
-    let weights: Vec<Value> = (1..=steps)
-        .map(|i| json!({ "weight": i * 90 / steps, "pause": { "untilAnalysisPasses": true } }))
-        .collect();
-    json!({
-        "apiVersion": "fledge.dev/v1alpha1",
-        "kind": "Rollout",
-        "metadata": { "name": "reviews", "namespace": "shop" },
-        "spec": {
-            "host": HOST,
-            "stable": "v1",
-            "canary": "v2",
-            "virtualService": { "name": "reviews" },
-            "strategy": { "canary": { "steps": weights } },
-            "analysis": {
-                "interval": "1s",
-                "minSamples": 20,
-                "errors": { "tolerance": 0.25, "floor": 0.2, "passMargin": 0.5 },
-                "latency": { "enabled": false },
-            },
-        },
-    })
-}
-
-/// One agent replica: its own token, pod name and listeners.
-struct Replica {
-    name: String,
-    agent: Agent,
-}
-
-async fn replica(server: &ApiServer, name: &str) -> Replica {
-    server.add_user(name, AGENT);
-    let options = Options {
-        scope: Scope::AllNamespaces,
-        grpc: "127.0.0.1:0".parse().unwrap(),
-        http: "127.0.0.1:0".parse().unwrap(),
-        tick: TICK,
-        instance: Some(name.to_owned()),
-        require_peer_identity: false,
-        http_commands: false,
-        http_reads: false,
-        election: Some(Election {
-            lease_name: "fledge-agent".into(),
-            lease_namespace: None,
-            timing: timing(),
-        }),
-    };
-    let agent = fledge_agent::cluster::start_with(server.client_as(name), options)
-        .await
-        .unwrap();
-    Replica {
-        name: name.to_owned(),
-        agent,
-    }
-}
-
-fn holder(server: &ApiServer) -> Option<String> {
-    server.lease("fledge-system", "fledge-agent")?["spec"]["holderIdentity"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// Waits until `name` holds the Lease; returns how long that took.
-async fn until_held_by(server: &ApiServer, name: &str, within: Duration) -> Duration {
-    let started = Instant::now();
-    while holder(server).as_deref() != Some(name) {
-        assert!(
-            started.elapsed() < within,
-            "{name} did not take the Lease within {within:?}; held by {:?}",
-            holder(server)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
-}
-
-/// What the filter stand-in did: reports handed to a stream, requests in them.
-#[derive(Default)]
-struct Sent {
-    reports: AtomicU64,
-    requests: AtomicU64,
-    /// Streams a standby refused.
-    refused: AtomicU64,
-}
-
-/// A filter: one stream at a time to one of `addrs` in turn, Hello first, then one report a
-/// second with the requests of that second (canary 100, baseline 300, no errors) plus any a
-/// failed send left over.
-async fn filter(addrs: Arc<Mutex<Vec<SocketAddr>>>, sent: Arc<Sent>, stop: Arc<AtomicBool>) {
-    let mut turn = 0usize;
-    let mut pending = 0u64;
-    let mut seq = 0u64;
-    let mut last = fledge_testkit::messages::now_unix_ms();
-    while !stop.load(Ordering::SeqCst) {
-        let addr = {
-            let addrs = addrs.lock().unwrap();
-            turn += 1;
-            addrs[turn % addrs.len()]
-        };
-        let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let (tx, rx) = mpsc::channel::<FilterMessage>(1);
-        tx.send(Hello::test().role(v1::Role::Client).message())
-            .await
-            .unwrap();
-        let replies = TelemetryClient::new(channel)
-            .connect(ReceiverStream::new(rx))
-            .await;
-        let mut replies = match replies {
-            Ok(r) => r.into_inner(),
-            Err(status) => {
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-                assert!(status.message().contains("standby"), "{status:?}");
-                sent.refused.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let mut every = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                reply = replies.message() => match reply {
-                    Ok(Some(_)) => continue,
-                    _ => break,
-                },
-            }
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
-            let now = fledge_testkit::messages::now_unix_ms();
-            let series = |version: &str, requests: u64| {
-                v1::Series::test()
-                    .host(HOST)
-                    .version(version)
-                    .requests(requests)
-            };
-            // The canary's share of this second's 400 requests, plus what is left over.
-            let fresh = 400;
-            pending += fresh;
-            let canary = pending / 4;
-            seq += 1;
-            let report = Report {
-                seq,
-                window_start_unix_ms: last,
-                window_end_unix_ms: now,
-                series: vec![series("v2", canary), series("v1", pending - canary)],
-                dropped: 0,
-            };
-            last = now;
-            let message = FilterMessage {
-                msg: Some(v1::filter_message::Msg::Report(report)),
-            };
-            if tx.send(message).await.is_err() {
-                // Not handed over: kept for the next report, as the filter keeps its deltas.
-                break;
-            }
-            sent.reports.fetch_add(1, Ordering::SeqCst);
-            sent.requests.fetch_add(pending, Ordering::SeqCst);
-            pending = 0;
-        }
-    }
-}
-
-/// The status writes' (step, weight, phase) and the VirtualService writes' weight, in order.
-fn history(writes: &[Write]) -> (Vec<(u32, u32, String)>, Vec<u32>) {
-    let statuses = writes
-        .iter()
-        .filter(|w| w.what == "status shop/reviews")
-        .map(|w| {
-            let s = &w.body["status"];
-            (
-                s["currentStep"].as_u64().unwrap_or(0) as u32,
-                s["canaryWeight"].as_u64().unwrap_or(0) as u32,
-                s["phase"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
-    let routes = writes
-        .iter()
-        .filter(|w| w.what == "virtualservice shop/reviews")
-        .map(|w| routed_weight(&w.body))
-        .collect();
-    (statuses, routes)
-}
-
-/// Weights only go up; steps only go up, one at a time (no decision skipped or undone).
-fn assert_forward(statuses: &[(u32, u32, String)], routes: &[u32]) {
-    for pair in statuses.windows(2) {
-        let ((s0, w0, _), (s1, w1, _)) = (&pair[0], &pair[1]);
-        assert!(
-            w1 >= w0,
-            "status weight went back: {pair:?} in {statuses:?}"
-        );
-        assert!(
-            s1 >= s0 && s1 - s0 <= 1,
-            "step jumped or went back: {pair:?} in {statuses:?}"
-        );
-    }
-    for pair in routes.windows(2) {
-        assert!(
-            pair[1] >= pair[0],
-            "routed weight went back: {pair:?} in {routes:?}"
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_leaders_are_replaced_within_the_lease_and_nothing_moves_backward() {
@@ -340,6 +108,7 @@ async fn killed_leaders_are_replaced_within_the_lease_and_nothing_moves_backward
     let writes = server.writes();
     let (statuses, routes) = history(&writes);
     assert_forward(&statuses, &routes);
+    assert_written_while_leading(&writes);
     let steps: BTreeSet<u32> = statuses.iter().map(|s| s.0).collect();
     assert_eq!(steps, (0..12).collect(), "every step decided and persisted");
 
@@ -467,6 +236,7 @@ async fn a_leader_shut_down_gives_the_lease_back_and_the_standby_takes_over_at_o
 
     let (statuses, routes) = history(&server.writes());
     assert_forward(&statuses, &routes);
+    assert_written_while_leading(&server.writes());
     // Each leader's first tick read the Rollouts from the API server (a list, a quorum read),
     // not only from its watch cache, which may lag behind the last status written: two lists
     // beyond the two that start the agents' watches.
@@ -576,4 +346,60 @@ async fn sigterm_to_the_leading_binary_hands_the_lease_over_at_once() {
     assert!(released, "no release among {writes:#?}");
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
     standby.agent.stop();
+}
+
+/// A leader that cannot renew (here: the API server refuses its Lease updates) stops writing
+/// within its renew deadline, before the Lease could expire for anyone else; once it renews
+/// again, it writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_stops_writing_within_its_renew_deadline() {
+    let server = ApiServer::start().await;
+    server.apply_rollout(rollout(30));
+    server.create_virtual_service(example("virtualservice.yaml"));
+    let a = replica(&server, "agent-a").await;
+    until_held_by(&server, "agent-a", Duration::from_secs(5)).await;
+    let addrs = Arc::new(Mutex::new(vec![a.agent.grpc_addr]));
+    let sent = Arc::new(Sent::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeding = tokio::spawn(filter(addrs, sent, stop.clone()));
+    let step = |n: u32| {
+        let server = &server;
+        async move {
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while kube_status(server).is_none_or(|s| s.current_step < Some(n)) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("step {n} not reached: {:#?}", kube_status(server)));
+        }
+    };
+    step(1).await;
+
+    server.forbid(Access::new("update", "coordination.k8s.io", "leases"));
+    let forbidden = Instant::now();
+    let deadline = timing().renew_deadline;
+    tokio::time::sleep(deadline + Duration::from_millis(300)).await;
+    assert_eq!(http_status(a.agent.http_addr, "/leaderz").await, 503);
+    let writes_then = server.writes().len();
+    let step_then = kube_status(&server).unwrap().current_step;
+    // Telemetry keeps coming, the analysis would pass step after step: nothing is written.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after: Vec<Write> = server.writes().split_off(writes_then);
+    assert!(after.is_empty(), "written without the Lease: {after:#?}");
+    assert_eq!(kube_status(&server).unwrap().current_step, step_then);
+    let last = server.writes().last().unwrap().at;
+    assert!(
+        last <= forbidden + deadline + Duration::from_millis(200),
+        "the last write came {:?} after renewals stopped",
+        last.duration_since(forbidden)
+    );
+
+    // Renewing again (nobody took the Lease), it leads and writes again.
+    server.permit(Access::new("update", "coordination.k8s.io", "leases"));
+    step(step_then.unwrap_or(0) + 1).await;
+    assert_written_while_leading(&server.writes());
+    stop.store(true, Ordering::SeqCst);
+    feeding.abort();
+    a.agent.stop();
 }

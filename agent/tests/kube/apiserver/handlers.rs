@@ -297,6 +297,7 @@ pub async fn handle(
             token,
             what,
             body: written,
+            at: std::time::Instant::now(),
         });
     }
     if vs_replace && code == StatusCode::CONFLICT {
