@@ -273,3 +273,60 @@ fn conflict(e: &kube::Error) -> bool {
 pub fn takeover_bound(timing: &Timing) -> Duration {
     timing.lease_duration + timing.retry_period
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(renew_ms: u64) -> Timing {
+        Timing {
+            lease_duration: Duration::from_secs(1),
+            renew_deadline: Duration::from_millis(renew_ms),
+            retry_period: Duration::from_millis(renew_ms / 4),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_elected_agent_writes_only_until_its_renew_deadline() {
+        let gate = Leadership::elected();
+        let mut leading = gate.watch();
+        assert!(!gate.may_write(), "a standby until it holds the Lease");
+        let started = Instant::now();
+        gate.renewed(started, &timing(300));
+        assert!(gate.may_write());
+        assert!(*leading.borrow_and_update());
+        assert_eq!(gate.term(), 1);
+        // No renewal: writes stop at the deadline by themselves, without any call returning.
+        tokio::time::sleep_until(started + Duration::from_millis(300)).await;
+        assert!(
+            !gate.may_write(),
+            "{:?} after the renew started",
+            started.elapsed()
+        );
+        gate.refresh();
+        assert!(!*leading.borrow_and_update());
+        // Leading again is a new term: the loop starts over from the persisted status.
+        gate.renewed(Instant::now(), &timing(300));
+        assert_eq!((gate.may_write(), gate.term()), (true, 2));
+        // A renewal while leading is the same term.
+        gate.renewed(Instant::now(), &timing(300));
+        assert_eq!(gate.term(), 2);
+        gate.lost();
+        assert!(!gate.may_write());
+        assert!(!*leading.borrow_and_update());
+    }
+
+    #[test]
+    fn an_agent_alone_always_writes() {
+        let gate = Leadership::alone();
+        assert!(gate.may_write());
+        assert!(*gate.watch().borrow());
+        assert_eq!(gate.term(), 1);
+    }
+
+    #[test]
+    fn a_standby_takes_over_after_the_lease_and_one_try() {
+        let t = Timing::default();
+        assert_eq!(takeover_bound(&t), Duration::from_secs(17));
+    }
+}

@@ -27,7 +27,7 @@ async fn killed_leaders_are_replaced_within_the_lease_and_nothing_moves_backward
     server.apply_rollout(rollout(12));
     server.create_virtual_service(example("virtualservice.yaml"));
     let timing = timing();
-    let bound = timing.lease_duration + timing.retry_period + TICK;
+    let bound = fledge_agent::leader::takeover_bound(&timing) + TICK;
 
     let mut replicas = vec![
         replica(&server, "agent-0").await,
