@@ -1,6 +1,8 @@
 //! The running agent over any [`RolloutStore`]: binds the telemetry gRPC and HTTP listeners,
 //! then runs the telemetry server (tonic), the HTTP API (axum) and the reconcile loop as tasks.
-//! `local` runs it over a folder of YAML files, `cluster` over the Kubernetes API.
+//! `local` runs it over a folder of YAML files, `cluster` over the Kubernetes API. With an
+//! elector (`cluster`'s replicas), the agent leads only while it holds the Lease: every write
+//! goes through `store::Led`, and the ticks and the filter streams follow `leader::Leadership`.
 //!
 //! What it is not: it reads no settings and decides nothing; the store, controller and routes do.
 
@@ -134,6 +136,10 @@ impl Agent {
 
         let closed = hub.closed();
         let (stopping, stopped) = watch::channel(false);
+        let mut leading = leadership.watch();
+        let standby_hub = hub.clone();
+        // Before the first stream can arrive: a standby refuses from its first moment.
+        hub.set_standby(!*leading.borrow_and_update());
         let grpc = tokio::spawn(async move {
             // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
             // so no filter stays attached to a stopped agent.
@@ -149,8 +155,6 @@ impl Agent {
                 tracing::error!(error = %e, "telemetry server stopped");
             }
         });
-        let mut leading = leadership.watch();
-        let standby_hub = hub.clone();
         let others = vec![
             tokio::spawn(async move {
                 let api = api.into_make_service_with_connect_info::<SocketAddr>();
