@@ -4,12 +4,14 @@
 //!
 //! Only wiring: settings come from `config`, the store is `store::KubeStore`, the servers are
 //! `serve::Agent`. `/readyz` answers 200 only once the Rollout cache has synced and the loop has
-//! read it.
+//! read it. With an election (the install's two replicas), the agent leads only while it holds
+//! the Lease (`leader`); `/leaderz` says whether it does.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::gates::Gates;
+use crate::leader::{Elector, Leadership, LeaseOptions};
 use crate::metric_gate::MetricGates;
 use crate::outbound::OutboundError;
 use crate::serve::{Agent, BindError, Listen};
@@ -29,6 +31,22 @@ pub enum Error {
     Bind(#[from] BindError),
     #[error(transparent)]
     Outbound(#[from] OutboundError),
+    #[error("leader election: {0}")]
+    Timing(#[from] fledge_core::lease::TimingError),
+    #[error(
+        "leader election: no name for this agent in the Lease: set POD_NAME (the install sets \
+         it from the pod's name) or --pod-name"
+    )]
+    NoIdentity,
+}
+
+/// The Lease the replicas elect a leader with.
+#[derive(Clone, Debug)]
+pub struct Election {
+    pub lease_name: String,
+    /// None: the client's default namespace (the ServiceAccount's, in a pod).
+    pub lease_namespace: Option<String>,
+    pub timing: fledge_core::lease::Timing,
 }
 
 /// Where and how to run.
@@ -49,6 +67,10 @@ pub struct Options {
     pub http_commands: bool,
     /// The Prometheus metric gates ask when they name none (`--prometheus-url`).
     pub prometheus: Option<String>,
+    /// Serve the rollout API's reads and metrics to the cluster (off: to the pod itself only).
+    pub http_reads: bool,
+    /// Lead only while holding this Lease (None: lead alone, as a single replica may).
+    pub election: Option<Election>,
 }
 
 /// The agent with the client the environment gives: in-cluster, else the kubeconfig.
@@ -62,6 +84,28 @@ pub async fn start(options: Options) -> Result<Agent, Error> {
 /// The agent over the API server `client` talks to. Fails at once when the Rollout CRD is not
 /// installed or the agent may not list Rollouts.
 pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agent, Error> {
+    let elector = match &options.election {
+        None => None,
+        Some(e) => {
+            e.timing.validate()?;
+            let identity = options
+                .instance
+                .clone()
+                .or_else(hostname)
+                .ok_or(Error::NoIdentity)?;
+            let lease = LeaseOptions {
+                name: e.lease_name.clone(),
+                namespace: e
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_owned()),
+                identity,
+                timing: e.timing,
+            };
+            tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "standing by until this agent holds the Lease");
+            Some(Elector::new(client.clone(), lease, Leadership::elected()))
+        }
+    };
     let store = KubeStore::connect(client, options.scope.clone(), options.instance).await?;
     let listen = Listen {
         grpc: options.grpc,
@@ -70,9 +114,19 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         require_peer_identity: options.require_peer_identity,
         max_stream_requests_per_second: options.max_stream_requests_per_second,
         http_commands: options.http_commands,
+        http_reads: options.http_reads,
     };
     let gates = Gates::new(vec![MetricGates::gate(options.prometheus.clone())?]);
-    let agent = Agent::serve_with_gates(store, listen, gates).await?;
+    let agent = Agent::serve_with(store, listen, gates, elector).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");
     Ok(agent)
+}
+
+/// The host's name, for an agent without POD_NAME.
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }

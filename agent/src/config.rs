@@ -105,7 +105,8 @@ pub struct KubeArgs {
     /// Address of the HTTP API, health, readiness and metrics.
     #[arg(long, env = "FLEDGE_HTTP_ADDR", default_value = "0.0.0.0:9091")]
     pub http: std::net::SocketAddr,
-    /// This agent's name in the Events it records (set from the pod's name).
+    /// This agent's name in the Events it records and the Lease it holds (set from the pod's
+    /// name; default: the host's name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     /// Refuse telemetry streams that carry no mesh identity in `x-forwarded-client-cert`. Only
@@ -127,6 +128,45 @@ pub struct KubeArgs {
     /// e.g. `http://prometheus.istio-system:9090`.
     #[arg(long, env = "FLEDGE_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
+    /// Serve the rollout API's reads (`GET /api/v1/rollouts…`) and `/metrics` to the cluster.
+    /// Off: only to the agent's own pod (127.0.0.1: the sidecar's metrics merging, `kubectl
+    /// port-forward`); health, readiness and `/leaderz` are always served.
+    #[arg(long, env = "FLEDGE_HTTP_READS")]
+    pub http_reads: bool,
+    #[command(flatten)]
+    pub election: ElectionArgs,
+}
+
+/// Leader election among the agent's replicas: one leads (reconciles, writes, takes telemetry),
+/// the others stand by. Checked by `fledge_core::lease::Timing::validate`.
+#[derive(Debug, Args)]
+pub struct ElectionArgs {
+    /// The `coordination.k8s.io/v1` Lease the replicas elect a leader with.
+    #[arg(long, env = "FLEDGE_LEASE_NAME", default_value = "fledge-agent")]
+    pub lease_name: String,
+    /// The Lease's namespace (default: the agent's own, from its ServiceAccount or kubeconfig).
+    #[arg(long, env = "FLEDGE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// A standby may take the Lease over this long after the leader's last renewal (whole seconds).
+    #[arg(long, env = "FLEDGE_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// A leader that has not renewed the Lease for this long stops writing; shorter than the
+    /// lease duration.
+    #[arg(long, env = "FLEDGE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub renew_deadline: Duration,
+    /// Time between tries to take or renew the Lease; shorter than the renew deadline.
+    #[arg(long, env = "FLEDGE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_period: Duration,
+}
+
+impl ElectionArgs {
+    pub fn timing(&self) -> fledge_core::lease::Timing {
+        fledge_core::lease::Timing {
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

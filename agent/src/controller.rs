@@ -31,6 +31,7 @@ use jiff::Timestamp;
 use tokio::sync::watch;
 
 use crate::gates::Gates;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::plane::{ControlPlane, UnknownRollout};
 use crate::store::RolloutStore;
@@ -69,6 +70,8 @@ pub struct Controller<S> {
     metrics: Arc<Metrics>,
     gates: Gates,
     state: Arc<Mutex<State>>,
+    /// Whether this agent leads; ticks are skipped while it stands by.
+    leadership: Arc<Leadership>,
 }
 
 impl<S> Clone for Controller<S> {
@@ -80,6 +83,7 @@ impl<S> Clone for Controller<S> {
             metrics: self.metrics.clone(),
             gates: self.gates.clone(),
             state: self.state.clone(),
+            leadership: self.leadership.clone(),
         }
     }
 }
@@ -103,12 +107,19 @@ impl<S: RolloutStore + 'static> Controller<S> {
             metrics,
             gates: Gates::default(),
             state: Arc::default(),
+            leadership: Leadership::alone(),
         }
     }
 
     /// The checks outside the proxy the loop asks every tick (none unless given).
     pub fn with_gates(mut self, gates: Gates) -> Self {
         self.gates = gates;
+        self
+    }
+
+    /// Ticks only while `leadership` leads (its store should be `store::Led` on the same one).
+    pub fn led_by(mut self, leadership: Arc<Leadership>) -> Self {
+        self.leadership = leadership;
         self
     }
 
@@ -123,6 +134,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A sender that is gone will never say stop: tick on without watching it.
         let mut watching = true;
+        let mut term = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -131,18 +143,54 @@ impl<S: RolloutStore + 'static> Controller<S> {
             if *stopping.borrow() {
                 return;
             }
-            self.tick(Timestamp::now()).await;
+            // A standby writes nothing and holds no rollout; a leader that was one before
+            // starts over from the persisted status, which another leader may have moved on.
+            if !self.leadership.may_write() {
+                self.stand_by().await;
+                continue;
+            }
+            // The first tick of a term reads the Rollouts from the source, not from a cache
+            // that may not have seen the previous leader's last status yet.
+            let now_term = self.leadership.term();
+            let new_term = term != Some(now_term);
+            if new_term {
+                *self.lock() = State::default();
+            }
+            if self.pass(Timestamp::now(), new_term).await {
+                term = Some(now_term);
+            }
         }
+    }
+
+    /// A standby's tick: it only checks that it could take over (the Rollouts can be listed),
+    /// which is its readiness; it keeps nothing of them.
+    async fn stand_by(&self) {
+        let listed = self.store.rollouts().await.is_ok();
+        let mut state = self.lock();
+        state.entries.clear();
+        state.commands.clear();
+        state.loaded = listed;
     }
 
     /// One pass over every Rollout.
     pub async fn tick(&self, now: Timestamp) {
+        self.pass(now, false).await;
+    }
+
+    /// One pass, over the Rollouts as the store reads them now (`fresh`) or as it holds them;
+    /// false when they could not be listed.
+    async fn pass(&self, now: Timestamp, fresh: bool) -> bool {
         let started = Instant::now();
-        let listing = match self.store.rollouts().await {
+        let listed = if fresh {
+            self.store.rollouts_now().await
+        } else {
+            self.store.rollouts().await
+        };
+        let listing = match listed {
             Ok(listing) => listing,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list rollouts");
-                return;
+                return false;
             }
         };
         let problems: Vec<String> = listing.problems.iter().map(ToString::to_string).collect();
@@ -193,6 +241,7 @@ impl<S: RolloutStore + 'static> Controller<S> {
         self.metrics
             .analysis_seconds
             .observe(started.elapsed().as_secs_f64());
+        true
     }
 
     /// Lets deleted Rollouts go once their routes are out of the VirtualService, and puts the
@@ -375,5 +424,9 @@ impl<S: RolloutStore + 'static> ControlPlane for Controller<S> {
 
     fn ready(&self) -> bool {
         self.lock().loaded
+    }
+
+    fn leading(&self) -> bool {
+        self.leadership.may_write()
     }
 }

@@ -1,10 +1,11 @@
-//! The agent's HTTP surface (axum): health, readiness, Prometheus metrics, and the rollout API
+//! The agent's HTTP surface (axum): health, readiness, leadership (`/leaderz`), Prometheus metrics, and the rollout API
 //! the CLI and people use — `GET /api/v1/rollouts[/{ns}/{name}]` for objects with their status
 //! and evidence (the list also names the objects that cannot be read, under `problems`), `POST /api/v1/rollouts/{ns}/{name}/{promote|abort|pause|resume}` for commands.
 //!
 //! An adapter only: it converts HTTP to calls on a [`ControlPlane`] and back. What a command
 //! does is the rollout state machine's business, not this module's; who may send one over HTTP
-//! is [`guard`]'s (no web page, JSON only, loopback names on a loopback listener).
+//! is [`guard`]'s (no web page, JSON only, loopback names on a loopback listener), and so is who
+//! may read the rollouts and metrics in a cluster.
 
 use std::sync::Arc;
 
@@ -69,7 +70,8 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-/// The agent's HTTP routes; commands pass `guard` first.
+/// The agent's HTTP routes; commands and reads pass `guard` first (serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>` so the guard sees who asks).
 pub fn router(plane: Arc<dyn ControlPlane>, metrics: Arc<Metrics>, guard: Guard) -> Router {
     let commands = Router::new()
         .route(
@@ -77,12 +79,16 @@ pub fn router(plane: Arc<dyn ControlPlane>, metrics: Arc<Metrics>, guard: Guard)
             post(command),
         )
         .route_layer(middleware::from_fn_with_state(guard, guard::mutations));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let reads = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/v1/rollouts", get(list))
         .route("/api/v1/rollouts/{namespace}/{name}", get(one))
+        .route_layer(middleware::from_fn_with_state(guard, guard::reads));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/leaderz", get(leaderz))
+        .merge(reads)
         .merge(commands)
         .with_state(AppState { plane, metrics })
 }
@@ -92,6 +98,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// 200 only on the agent that leads (the one that reconciles and takes telemetry); 503 on a
+/// standby. For people and monitoring: the pods' readiness stays `/readyz`, true on a standby
+/// too, so a rolling update of the agents can proceed.
+async fn leaderz(State(state): State<AppState>) -> Response {
+    if state.plane.leading() {
+        (StatusCode::OK, "leading\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "standing by\n").into_response()
     }
 }
 

@@ -15,6 +15,7 @@ pub mod controller;
 pub mod gates;
 pub mod http;
 pub mod kubectl;
+pub mod leader;
 pub mod local;
 pub mod logging;
 pub mod metric_gate;

@@ -50,9 +50,10 @@ impl Agent {
             require_peer_identity: false,
             max_stream_requests_per_second: crate::telemetry::DEFAULT_MAX_REQUESTS_PER_SECOND,
             http_commands: true,
+            http_reads: true,
         };
         let gates = Gates::new(vec![MetricGates::gate(options.prometheus.clone())?]);
-        let agent = Self::serve_with_gates(LocalStore::new(&options.dir), listen, gates).await?;
+        let agent = Self::serve_with(LocalStore::new(&options.dir), listen, gates, None).await?;
         tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, dir = %options.dir.display(), "fledge agent running (local store)");
         Ok(agent)
     }

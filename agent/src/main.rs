@@ -55,6 +55,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_stream_requests_per_second: args.max_stream_requests_per_second,
                 http_commands: args.http_commands,
                 prometheus: args.prometheus_url,
+                http_reads: args.http_reads,
+                election: Some(fledge_agent::cluster::Election {
+                    lease_name: args.election.lease_name.clone(),
+                    lease_namespace: args.election.lease_namespace.clone(),
+                    timing: args.election.timing(),
+                }),
             };
             fledge_agent::cluster::start(options)
                 .await?

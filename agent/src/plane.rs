@@ -27,4 +27,8 @@ pub trait ControlPlane: Send + Sync + 'static {
     fn problems(&self) -> Vec<String>;
     /// Whether the agent has loaded its rollouts and serves telemetry.
     fn ready(&self) -> bool;
+    /// Whether this agent leads (always, for an agent that runs alone).
+    fn leading(&self) -> bool {
+        true
+    }
 }

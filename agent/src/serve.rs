@@ -1,6 +1,8 @@
 //! The running agent over any [`RolloutStore`]: binds the telemetry gRPC and HTTP listeners,
 //! then runs the telemetry server (tonic), the HTTP API (axum) and the reconcile loop as tasks.
-//! `local` runs it over a folder of YAML files, `cluster` over the Kubernetes API.
+//! `local` runs it over a folder of YAML files, `cluster` over the Kubernetes API. With an
+//! elector (`cluster`'s replicas), the agent leads only while it holds the Lease: every write
+//! goes through `store::Led`, and the ticks and the filter streams follow `leader::Leadership`.
 //!
 //! What it is not: it reads no settings and decides nothing; the store, controller and routes do.
 
@@ -15,8 +17,9 @@ use tokio::task::JoinHandle;
 use crate::controller::Controller;
 use crate::gates::Gates;
 use crate::http::{Guard, router};
+use crate::leader::{Elector, Leadership};
 use crate::metrics::Metrics;
-use crate::store::RolloutStore;
+use crate::store::{Led, RolloutStore};
 use fledge_core::windows::Windows;
 
 use crate::telemetry::{Hub, TelemetryService};
@@ -64,6 +67,9 @@ pub struct Listen {
     pub max_stream_requests_per_second: u64,
     /// Take commands over HTTP (`POST …/promote`); otherwise only on the Rollout object.
     pub http_commands: bool,
+    /// Serve the rollout API's reads and `/metrics` to any peer; otherwise only to the pod
+    /// itself (see `http::guard`).
+    pub http_reads: bool,
 }
 
 /// A running agent. Dropping it leaves it running; `stop` ends it.
@@ -78,23 +84,31 @@ pub struct Agent {
     others: Vec<JoinHandle<()>>,
     /// Tells the reconcile loop to stop after the tick in progress.
     stopping: watch::Sender<bool>,
+    /// The Lease this agent takes and renews (none when it runs alone), and its task.
+    election: Option<(Elector, JoinHandle<()>)>,
 }
 
 impl Agent {
-    /// Binds both listeners (port 0 picks a free one) and starts serving `store`.
+    /// Binds both listeners (port 0 picks a free one) and starts serving `store`, alone.
     pub async fn serve<S: RolloutStore + 'static>(
         store: S,
         listen: Listen,
     ) -> Result<Self, BindError> {
-        Self::serve_with_gates(store, listen, Gates::default()).await
+        Self::serve_with(store, listen, Gates::default(), None).await
     }
 
-    /// As [`Agent::serve`], the loop asking `gates` (the checks outside the proxy) every tick.
-    pub async fn serve_with_gates<S: RolloutStore + 'static>(
+    /// As [`serve`](Self::serve), the loop asking `gates` (the checks outside the proxy) every
+    /// tick, and `elector` (if any) deciding when this agent leads: while it stands by it writes
+    /// nothing, skips its ticks and refuses filter streams.
+    pub async fn serve_with<S: RolloutStore + 'static>(
         store: S,
         listen: Listen,
         gates: Gates,
+        elector: Option<Elector>,
     ) -> Result<Self, BindError> {
+        let leadership = elector
+            .as_ref()
+            .map_or_else(Leadership::alone, Elector::leadership);
         let bind = |addr, what| async move {
             TcpListener::bind(addr)
                 .await
@@ -115,8 +129,10 @@ impl Agent {
         let telemetry = Arc::new(Mutex::new(windows));
         // Webhooks count their calls in the agent's metrics, so they start here.
         let gates = gates.and(Arc::new(Webhooks::start(metrics.clone())));
+        let store = Led::new(store, leadership.clone());
         let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone())
-            .with_gates(gates);
+            .with_gates(gates)
+            .led_by(leadership.clone());
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone())
             .requiring_peer_identity(listen.require_peer_identity)
             .with_stream_rate(listen.max_stream_requests_per_second)
@@ -124,11 +140,16 @@ impl Agent {
         let guard = Guard {
             loopback: http_addr.ip().is_loopback(),
             commands: listen.http_commands,
+            reads: listen.http_reads,
         };
         let api = router(Arc::new(controller.clone()), metrics.clone(), guard);
 
         let closed = hub.closed();
         let (stopping, stopped) = watch::channel(false);
+        let mut leading = leadership.watch();
+        let standby_hub = hub.clone();
+        // Before the first stream can arrive: a standby refuses from its first moment.
+        hub.set_standby(!*leading.borrow_and_update());
         let grpc = tokio::spawn(async move {
             // On stop the hub ends every stream and tonic sends GOAWAY on every connection,
             // so no filter stays attached to a stopped agent.
@@ -146,12 +167,27 @@ impl Agent {
         });
         let others = vec![
             tokio::spawn(async move {
+                let api = api.into_make_service_with_connect_info::<SocketAddr>();
                 if let Err(e) = axum::serve(http, api).await {
                     tracing::error!(error = %e, "HTTP API stopped");
                 }
             }),
+            // Filter streams follow leadership: a standby ends them and refuses new ones.
+            tokio::spawn(async move {
+                loop {
+                    standby_hub.set_standby(!*leading.borrow_and_update());
+                    if leading.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }),
+            // Last: `serve_until_terminated` waits for it.
             tokio::spawn(controller.run(listen.tick, stopped)),
         ];
+        let election = elector.map(|e| {
+            let task = tokio::spawn(e.clone().run());
+            (e, task)
+        });
         Ok(Self {
             grpc_addr,
             http_addr,
@@ -160,6 +196,7 @@ impl Agent {
             grpc,
             others,
             stopping,
+            election,
         })
     }
 
@@ -167,6 +204,9 @@ impl Agent {
     /// streams end with UNAVAILABLE and their connections close; the telemetry server gets
     /// [`STOP_GRACE`] to let them go before it is aborted too.
     pub fn stop(self) {
+        if let Some((_, task)) = &self.election {
+            task.abort();
+        }
         self.hub.close();
         for task in self.others {
             task.abort();
@@ -191,15 +231,21 @@ impl Agent {
         let _ = self.grpc.await;
     }
 
-    /// Runs until SIGTERM or Ctrl-C, then stops gracefully: the tick in progress finishes its
-    /// writes (the status and the routes of a step go together) and no other starts; then every
-    /// filter stream ends with UNAVAILABLE, so the filters reconnect at once (to the next agent)
-    /// rather than after a timeout.
+    /// Runs until SIGTERM or Ctrl-C, then stops gracefully ([`shut_down`](Self::shut_down)).
     pub async fn serve_until_terminated(mut self) {
         tokio::select! {
             _ = &mut self.grpc => return,
             () = terminated() => {}
         }
+        self.shut_down().await;
+    }
+
+    /// Stops gracefully: the tick in progress finishes its writes (the status and the routes
+    /// of a step go together) and no other starts; a leader then gives its Lease back, so a
+    /// standby takes over at once rather than after the lease duration; then every filter
+    /// stream ends with UNAVAILABLE, so the filters reconnect at once (to the next agent)
+    /// rather than after a timeout.
+    pub async fn shut_down(mut self) {
         tracing::info!("stopping: finishing the writes in flight, then closing filter streams");
         let _ = self.stopping.send(true);
         // `others` ends with the reconcile loop (see `serve`).
@@ -211,6 +257,11 @@ impl Agent {
             && ended.await.is_err()
         {
             tracing::warn!(after = ?SHUTDOWN_WRITES, "the reconcile loop did not end in time");
+        }
+        // Nothing more is written: the Lease goes back, so a standby takes over at once.
+        if let Some((elector, task)) = self.election.take() {
+            task.abort();
+            elector.release().await;
         }
         // Streams end with UNAVAILABLE and connections get GOAWAY; the process exits only after
         // they went out (or STOP_GRACE), so the filters learn it now, not by a broken pipe.

@@ -13,9 +13,11 @@ use fledge_core::planner::WriteFailure;
 use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
 
 mod kube;
+mod led;
 mod local;
 
 pub use self::kube::{FIELD_MANAGER, KubeStore, Scope};
+pub use led::Led;
 pub use local::LocalStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,10 @@ pub enum Error {
     /// The Rollouts have not been listed yet since the agent started.
     #[error("Rollouts not listed yet: {0}")]
     NotSynced(String),
+    /// A write asked of an agent that is not the leader (a standby, or a leader that could not
+    /// renew its Lease in time): nothing was written.
+    #[error("not the leader: the {what} is not written (only the agent holding the Lease writes)")]
+    NotLeading { what: &'static str },
     #[error("cannot {action} {at}: {source}")]
     Io {
         action: &'static str,
@@ -74,7 +80,9 @@ impl Error {
             Self::NotFound { .. } => WriteFailure::NotFound,
             Self::Unreadable { .. } | Self::Duplicate { .. } => WriteFailure::Invalid,
             Self::Api { source, .. } => self::kube::failure(source.as_ref()),
-            Self::NotSynced(_) | Self::Io { .. } => WriteFailure::Unavailable,
+            Self::NotSynced(_) | Self::NotLeading { .. } | Self::Io { .. } => {
+                WriteFailure::Unavailable
+            }
         }
     }
 }
@@ -106,6 +114,13 @@ pub struct RolloutEvent {
 pub trait RolloutStore: Send + Sync {
     /// Every Rollout with its last persisted status.
     fn rollouts(&self) -> impl Future<Output = Result<Listing>> + Send;
+
+    /// As [`rollouts`](Self::rollouts), but read from the source now rather than from a cache
+    /// that may lag: for an agent that has just become the leader, whose first statuses must
+    /// be the ones the previous leader persisted last.
+    fn rollouts_now(&self) -> impl Future<Output = Result<Listing>> + Send {
+        self.rollouts()
+    }
 
     /// Persists `status` for `rollout` (computed from `rollout.spec` at
     /// `rollout.metadata.generation`), so a restarted agent resumes from it.

@@ -3,7 +3,9 @@
 //! ports, the Service and the probes point at those ports, the pod runs as non-root on a
 //! read-only root file system behind an Istio sidecar that mesh-policy.yaml selects (STRICT
 //! mTLS, telemetry from mesh identities, HTTP reads only), and every filter install's agent
-//! cluster names this Service. The ClusterRole's rules are checked against the calls the store makes in tests/kube (`the_cluster_role_…`).
+//! cluster names this Service; two replicas elect a leader (Role for the Lease, rolling update
+//! that keeps two ready, PodDisruptionBudget, anti-affinity), and every object passes
+//! `kubernetes-validate`. The ClusterRole's rules are checked against the calls the store makes in tests/kube (`the_cluster_role_…`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,8 +50,11 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "Service",
-            "Deployment"
+            "Deployment",
+            "PodDisruptionBudget"
         ]
     );
     let ns = text(&one(&docs, "Namespace")["metadata"]["name"]);
@@ -71,11 +76,42 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
     assert_eq!(binding["subjects"][0]["name"], account["metadata"]["name"]);
     assert_eq!(binding["subjects"][0]["namespace"], ns);
 
-    // One agent, replaced rather than rolled: all telemetry must reach one agent.
+    // The Lease is the agent's own namespace's business: a Role there, bound to the same account.
+    let lease_role = one(&docs, "Role");
+    let lease_binding = one(&docs, "RoleBinding");
+    assert_eq!(lease_binding["roleRef"]["kind"], "Role");
+    assert_eq!(
+        lease_binding["roleRef"]["name"],
+        lease_role["metadata"]["name"]
+    );
+    assert_eq!(
+        lease_binding["subjects"][0]["name"],
+        account["metadata"]["name"]
+    );
+    assert_eq!(lease_binding["subjects"][0]["namespace"], ns);
+
+    // Two agents, one leader; rolled one at a time, never fewer than two ready.
     let deployment = one(&docs, "Deployment");
     let spec = &deployment["spec"];
-    assert_eq!(spec["replicas"], 1);
-    assert_eq!(spec["strategy"]["type"], "Recreate");
+    assert_eq!(spec["replicas"], 2);
+    assert_eq!(spec["strategy"]["type"], "RollingUpdate");
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], 1);
+    let budget = one(&docs, "PodDisruptionBudget");
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+    assert_eq!(budget["spec"]["selector"], spec["selector"]);
+    // Apart where there are nodes to spare, together on a single node rather than not at all.
+    let anti = &spec["template"]["spec"]["affinity"]["podAntiAffinity"];
+    assert!(anti["requiredDuringSchedulingIgnoredDuringExecution"].is_null());
+    let preferred = &anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+    assert_eq!(preferred["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(preferred["labelSelector"], spec["selector"]);
+    // The longest graceful stop (the write in flight, the Lease, the streams) fits the grace.
+    let grace = spec["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let stop = fledge_agent::serve::SHUTDOWN_WRITES + fledge_agent::serve::STOP_GRACE;
+    assert!(stop.as_secs() * 2 <= grace, "{stop:?} within {grace} s");
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
     let labels = &spec["template"]["metadata"]["labels"];
@@ -100,6 +136,10 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
         panic!("args {args:?} do not run `kube`")
     };
     assert_eq!(kube.namespace, None, "a ClusterRole: every namespace");
+    assert!(
+        !kube.http_reads,
+        "rollouts and metrics are read from the pod itself only"
+    );
     assert!(kube.grpc.ip().is_unspecified() && kube.http.ip().is_unspecified());
     let ports: BTreeMap<&str, u64> = container["ports"]
         .as_array()
@@ -118,8 +158,9 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
     assert!(
         env.iter().any(|e| e["name"] == "POD_NAME"
             && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
-        "Events name the pod"
+        "Events and the Lease name the pod"
     );
+    kube.election.timing().validate().unwrap();
     // Telemetry streams must carry a mesh identity, which the pod's sidecar makes evidence.
     assert!(
         env.iter()
@@ -202,6 +243,12 @@ fn the_agent_manifest_matches_the_cli_and_its_service() {
         text(&service["metadata"]["name"])
     );
     let cluster = format!("outbound|{}||{host}", grpc["port"]);
+    // Every object as Kubernetes' own schemas say it must be.
+    let objects: Vec<&Value> = docs.iter().collect();
+    if let Err(said) = fledge_testkit::kubernetes::validate(&objects) {
+        panic!("install/base/agent.yaml against Kubernetes' schemas:\n{said}");
+    }
+
     let configs = filter_configs();
     assert!(configs.len() >= 5, "{configs:?}");
     for (origin, config) in configs {

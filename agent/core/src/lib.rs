@@ -9,6 +9,7 @@
 //! - `planner`: one rollout's tick — judgment, commands and time in; status, routing to apply
 //!   and events out;
 //! - `metric`: metric gates, numbers read from Prometheus held against bounds;
+//! - `lease`: leader election over a Kubernetes Lease, as decisions on its fields;
 //! - `key`: object names.
 //!
 //! What it is not: it does no I/O, keeps no clock and holds no lock. Its `Cargo.toml` lists no
@@ -18,6 +19,7 @@
 pub mod analysis;
 pub mod judge;
 pub mod key;
+pub mod lease;
 pub mod metric;
 pub mod planner;
 pub mod rollout;

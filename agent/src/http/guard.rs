@@ -11,8 +11,12 @@
 //! In a cluster the agent takes no commands over HTTP at all unless `--http-commands` says so:
 //! they are written on the Rollout object instead (`kubectl fledge`).
 //!
-//! Reads (`GET`) are not guarded: they change nothing. Authentication for an API reachable from
-//! other machines is a different question, answered by where it listens.
+//! Reads change nothing, but the rollout API and `/metrics` tell what is being released where.
+//! In a cluster they are served only to the agent's own pod — a peer at 127.0.0.1 or ::1, which
+//! is the Istio sidecar's metrics merging and `kubectl port-forward` — unless `--http-reads`
+//! says the cluster may read them. Istio's sidecar forwards other pods' requests from
+//! 127.0.0.6, so they are refused like any other address. Health, readiness and `/leaderz` are
+//! always open: the kubelet must reach them.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -27,6 +31,9 @@ pub struct Guard {
     /// Commands are taken over HTTP at all. In a cluster they are not (unless a flag says so):
     /// they are written on the Rollout, where Kubernetes RBAC decides who may give them.
     pub commands: bool,
+    /// The rollout API's reads and `/metrics` are served to any peer. Otherwise (a cluster
+    /// without `--http-reads`) only to the pod itself (127.0.0.1, ::1).
+    pub reads: bool,
 }
 
 /// Why a mutation was refused.
@@ -43,6 +50,12 @@ pub enum Refusal {
          use `fledge-agent promote|abort|pause|resume` or POST without an Origin"
     )]
     CrossOrigin(String),
+    #[error(
+        "this agent serves rollouts and metrics over HTTP only to its own pod (got a request \
+         from {0}); read Rollouts with `kubectl get rollouts` or `kubectl fledge status`, or \
+         start the agent with --http-reads (FLEDGE_HTTP_READS) to serve them to the cluster"
+    )]
+    ReadsOff(String),
     #[error("a command's body must be JSON: send Content-Type: application/json (got {0:?})")]
     NotJson(String),
     #[error(
@@ -84,6 +97,37 @@ impl Guard {
     }
 }
 
+impl Guard {
+    /// Whether a read of the rollout API or the metrics may be answered to `peer` (None: not
+    /// known, as in a test without a connection).
+    pub fn check_read(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Refusal> {
+        let own_pod = |ip: std::net::IpAddr| {
+            ip == std::net::IpAddr::from([127, 0, 0, 1]) || ip == std::net::Ipv6Addr::LOCALHOST
+        };
+        match peer {
+            _ if self.reads => Ok(()),
+            Some(peer) if own_pod(peer.ip()) => Ok(()),
+            Some(peer) => Err(Refusal::ReadsOff(peer.ip().to_string())),
+            None => Err(Refusal::ReadsOff("an unknown address".into())),
+        }
+    }
+}
+
+/// The middleware for reads: 403 and a JSON reason for a peer the guard refuses.
+pub async fn reads(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    match guard.check_read(peer) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let body = axum::Json(serde_json::json!({ "error": refusal.to_string() }));
+            (StatusCode::FORBIDDEN, body).into_response()
+        }
+    }
+}
+
 /// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
 fn is_loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
@@ -103,9 +147,10 @@ pub async fn mutations(State(guard): State<Guard>, request: Request, next: Next)
         Err(refusal) => {
             let status = match refusal {
                 Refusal::NotJson(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Refusal::CommandsOff | Refusal::CrossOrigin(_) | Refusal::ForeignHost(_) => {
-                    StatusCode::FORBIDDEN
-                }
+                Refusal::CommandsOff
+                | Refusal::CrossOrigin(_)
+                | Refusal::ForeignHost(_)
+                | Refusal::ReadsOff(_) => StatusCode::FORBIDDEN,
             };
             tracing::warn!(reason = %refusal, "command refused");
             let body = axum::Json(serde_json::json!({ "error": refusal.to_string() }));
@@ -125,8 +170,39 @@ mod tests {
         let guard = Guard {
             loopback: false,
             commands: false,
+            reads: false,
         };
         assert_eq!(guard.check(&headers), Err(Refusal::CommandsOff));
+    }
+
+    #[test]
+    fn reads_reach_the_cluster_only_when_allowed() {
+        let peer = |s: &str| Some(s.parse::<std::net::SocketAddr>().unwrap());
+        for (reads, from, allowed) in [
+            (true, peer("10.1.2.3:4000"), true),
+            (true, None, true),
+            (false, peer("127.0.0.1:4000"), true),
+            (false, peer("[::1]:4000"), true),
+            // The sidecar's inbound forwarding: another pod's request.
+            (false, peer("127.0.0.6:4000"), false),
+            (false, peer("10.1.2.3:4000"), false),
+            (false, None, false),
+        ] {
+            let guard = Guard {
+                loopback: false,
+                commands: false,
+                reads,
+            };
+            let got = guard.check_read(from);
+            assert_eq!(
+                got.is_ok(),
+                allowed,
+                "reads {reads}, from {from:?}: {got:?}"
+            );
+            if let Err(e) = got {
+                assert!(e.to_string().contains("--http-reads"), "{e}");
+            }
+        }
     }
 
     #[test]
@@ -196,6 +272,7 @@ mod tests {
             let guard = Guard {
                 loopback,
                 commands: true,
+                reads: true,
             };
             let got = guard.check(&headers).map_err(|e| e.to_string());
             match expected {

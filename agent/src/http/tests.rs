@@ -83,6 +83,7 @@ async fn serve(plane: Arc<Recording>) -> (String, Arc<Metrics>) {
         Guard {
             loopback: true,
             commands: true,
+            reads: true,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -349,4 +350,64 @@ async fn wait_ends_on_final_phases() {
         .await
         .expect_err("never finishes");
     assert!(matches!(err, ClientError::Timeout { ref phase, .. } if phase == "Progressing"));
+}
+
+/// `GET path` from a socket bound to `from`, as a request another pod's sidecar forwards (from
+/// 127.0.0.6) or the pod's own sidecar makes (from 127.0.0.1): the status and the body.
+async fn get_from(from: [u8; 4], addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind the client");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
+
+#[tokio::test]
+async fn without_reads_on_the_cluster_only_the_pod_itself_reads_rollouts_and_metrics() {
+    let app = router(
+        progressing(),
+        Arc::new(Metrics::new()),
+        Guard {
+            loopback: false,
+            commands: false,
+            reads: false,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
+    let own_pod = [127, 0, 0, 1];
+    let sidecar_forwarded = [127, 0, 0, 6];
+    for (from, path, expected) in [
+        (own_pod, "/metrics", 200),
+        (own_pod, "/api/v1/rollouts", 200),
+        (own_pod, "/api/v1/rollouts/shop/reviews", 200),
+        (sidecar_forwarded, "/metrics", 403),
+        (sidecar_forwarded, "/api/v1/rollouts", 403),
+        (sidecar_forwarded, "/api/v1/rollouts/shop/reviews", 403),
+        // The kubelet's probes are always answered.
+        (sidecar_forwarded, "/healthz", 200),
+        (sidecar_forwarded, "/readyz", 503),
+        (sidecar_forwarded, "/leaderz", 200),
+    ] {
+        let (code, answer) = get_from(from, addr, path).await;
+        assert_eq!(code, expected, "{path} from {from:?}: {answer}");
+        if code == 403 {
+            assert!(answer.contains("--http-reads"), "{answer}");
+        }
+    }
 }

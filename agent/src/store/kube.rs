@@ -181,6 +181,34 @@ impl KubeStore {
         Ok(listing)
     }
 
+    /// Every Rollout as the API server holds it now (a list without a resourceVersion is a
+    /// quorum read), page by page, bypassing the watch cache.
+    async fn list_now(&self) -> Result<Listing> {
+        let api = rollouts(&self.client, &self.scope, &self.rollout_api);
+        let mut objects = Vec::new();
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = api
+                .list(&params)
+                .await
+                .map_err(|e| explain::unlistable(e, &self.scope))?;
+            objects.extend(page.items);
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        objects.sort_by_key(|o| (o.metadata.namespace.clone(), o.metadata.name.clone()));
+        let mut listing = Listing::default();
+        for object in &objects {
+            match read_rollout(object) {
+                Ok(rollout) => listing.rollouts.push(rollout),
+                Err(problem) => listing.problems.push(problem),
+            }
+        }
+        Ok(listing)
+    }
+
     fn namespaced(&self, api: &ApiResource, namespace: &str) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), namespace, api)
     }
@@ -301,6 +329,10 @@ impl KubeStore {
 impl RolloutStore for KubeStore {
     fn rollouts(&self) -> impl Future<Output = Result<Listing>> + Send {
         std::future::ready(self.listing())
+    }
+
+    fn rollouts_now(&self) -> impl Future<Output = Result<Listing>> + Send {
+        self.list_now()
     }
 
     fn write_status(

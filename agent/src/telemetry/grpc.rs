@@ -33,6 +33,11 @@ const XFCC: &str = "x-forwarded-client-cert";
 
 /// What a filter's stream ends with when the agent stops.
 const STOPPING: &str = "the agent is stopping";
+/// What a standby answers: the filter keeps its deltas, backs off and connects again, which
+/// the telemetry Service sends to a replica (the leader accepts).
+pub const STANDBY: &str = "standby: not the leader";
+/// How long a stream ended for a standby is still read for reports already on their way.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
 /// The largest message the agent decodes (tonic's default, said here so it is one bound).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -106,6 +111,9 @@ impl Telemetry for TelemetryService {
         if self.hub.is_closed() {
             return Err(Status::unavailable(STOPPING));
         }
+        if self.hub.is_standby() {
+            return Err(Status::unavailable(STANDBY));
+        }
         // Set by the agent's own sidecar from the client's certificate (see `peer`).
         let identity = request
             .metadata()
@@ -134,6 +142,8 @@ enum End {
     Closed,
     /// The agent is stopping.
     Stopping,
+    /// Another agent leads now.
+    StandingBy,
     /// The session refused it, or a message did not decode.
     Refused(Rejection),
     /// It said no Hello in time, or went quiet.
@@ -186,6 +196,8 @@ impl TelemetryService {
         let mut tables = self.hub.subscribe();
         let closed = self.hub.closed();
         tokio::pin!(closed);
+        let standing_by = self.hub.standing_by();
+        tokio::pin!(standing_by);
         let mut id: Option<u64> = None;
         let quiet = tokio::time::sleep(self.hello_timeout);
         tokio::pin!(quiet);
@@ -193,6 +205,7 @@ impl TelemetryService {
             // The newest table, when something may have made it worth sending.
             let offer: Option<Arc<v1::RoutingTable>> = tokio::select! {
                 () = &mut closed => break End::Stopping,
+                () = &mut standing_by => break End::StandingBy,
                 () = &mut quiet => break End::TimedOut(match id {
                     None => Rejection::new("hello_timeout", format!("no Hello within {:?} of opening the stream", self.hello_timeout)),
                     Some(_) => Rejection::new("idle", format!("nothing sent for {:?}; a filter reports every second", self.idle_timeout)),
@@ -244,6 +257,12 @@ impl TelemetryService {
             End::Stopping => {
                 let _ = tx.send(Err(Status::unavailable(STOPPING))).await;
             }
+            End::StandingBy => {
+                let _ = tx.send(Err(Status::unavailable(STANDBY))).await;
+                // What the filter sent before it learnt this is still read and counted: it
+                // does not send it again, so a report ignored here would be lost.
+                self.drain(&mut inbound, &mut session, id).await;
+            }
             End::Refused(rejection) => {
                 self.metrics.rejected(rejection.reason);
                 tracing::warn!(stream = ?id, reason = rejection.reason, "refused a filter stream: {}", rejection.message);
@@ -265,6 +284,24 @@ impl TelemetryService {
 
     /// Records and counts a valid report before merging it, so whoever sees its data in the
     /// windows also sees it counted.
+    /// Reads a stream the agent has ended until the filter closes its side (or [`DRAIN`]),
+    /// merging the reports still on the way.
+    async fn drain(
+        &self,
+        inbound: &mut Streaming<FilterMessage>,
+        session: &mut Session,
+        id: Option<u64>,
+    ) {
+        let drained = async {
+            while let Ok(Some(message)) = inbound.message().await {
+                if let Action::Merge(merge) = session.received(message, unix_ms()) {
+                    self.merge(id, merge);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN, drained).await;
+    }
+
     fn merge(&self, stream: Option<u64>, merge: Merge) {
         if let Some(stream) = stream {
             self.hub.reported(stream, merge.hosts());

@@ -57,6 +57,9 @@ pub struct Hub {
     table: watch::Sender<Arc<v1::RoutingTable>>,
     /// Set once by [`Hub::close`]: every stream ends and no new one is served.
     closing: watch::Sender<bool>,
+    /// Set while this agent stands by (another leads): streams end and new ones are refused,
+    /// so filters reconnect to the leader.
+    standby: watch::Sender<bool>,
 }
 
 fn now_ms() -> u64 {
@@ -79,7 +82,26 @@ impl Hub {
             }),
             table,
             closing: watch::channel(false).0,
+            standby: watch::channel(false).0,
         })
+    }
+
+    /// Stands by (`true`: every stream ends with UNAVAILABLE and new ones are refused, so the
+    /// filters go to the leader) or serves again (`false`).
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.send_replace(standby);
+    }
+
+    pub fn is_standby(&self) -> bool {
+        *self.standby.borrow()
+    }
+
+    /// Resolves once the agent stands by (at once if it does).
+    pub fn standing_by(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut standby = self.standby.subscribe();
+        async move {
+            let _ = standby.wait_for(|s| *s).await;
+        }
     }
 
     /// Ends every filter stream (they see UNAVAILABLE and reconnect elsewhere or later) and

@@ -20,6 +20,7 @@
 mod answers;
 mod checks;
 mod handlers;
+mod leases;
 mod rollouts;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +51,20 @@ impl Access {
 /// The user a call without a bearer token is taken for: the agent's ServiceAccount.
 pub const AGENT: &str = "system:serviceaccount:fledge-system:fledge-agent";
 
+/// One successful write: who made it, what it wrote (`status NS/NAME`, `virtualservice NS/NAME`,
+/// `event NS`, `lease NS/NAME`, …) and the body it sent.
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub user: String,
+    /// The bearer token it came with: two pods of one ServiceAccount are one user with two
+    /// tokens, as the real server's pod-bound tokens are.
+    pub token: Option<String>,
+    pub what: String,
+    pub body: Value,
+    /// When the stand-in took it.
+    pub at: std::time::Instant,
+}
+
 type Key = (String, String);
 type Edit = Box<dyn FnOnce(&mut Value) + Send>;
 
@@ -60,6 +75,13 @@ pub struct World {
     pub rollouts: BTreeMap<Key, Value>,
     pub virtual_services: BTreeMap<Key, Value>,
     pub events: BTreeMap<Key, Value>,
+    pub leases: BTreeMap<Key, Value>,
+    /// Every successful write, in order.
+    writes: Vec<Write>,
+    /// VirtualService replaces refused with 409 (at a resourceVersion that had moved on).
+    vs_conflicts: u32,
+    /// Lease replaces refused with 409.
+    lease_conflicts: u32,
     /// Every change to a Rollout, for watches: (resourceVersion, type, object).
     rollout_log: Vec<(u64, &'static str, Value)>,
     /// What each user asked for, by user name.
@@ -314,6 +336,11 @@ impl ApiServer {
         self.lock().forbidden.insert(access);
     }
 
+    /// Lets `access` through again after [`forbid`](Self::forbid).
+    pub fn permit(&self, access: Access) {
+        self.lock().forbidden.remove(&access);
+    }
+
     /// Refuses `access` with 403 to `user` from now on.
     pub fn forbid_for(&self, user: &str, access: Access) {
         self.lock().forbidden_for.insert((user.into(), access));
@@ -332,6 +359,29 @@ impl ApiServer {
     /// What `user` asked for.
     pub fn accesses_of(&self, user: &str) -> BTreeSet<Access> {
         self.lock().accesses.get(user).cloned().unwrap_or_default()
+    }
+
+    pub fn lease(&self, ns: &str, name: &str) -> Option<Value> {
+        self.lock().leases.get(&(ns.into(), name.into())).cloned()
+    }
+
+    /// Every successful write so far, in order, with who made it.
+    pub fn writes(&self) -> Vec<Write> {
+        self.lock().writes.clone()
+    }
+
+    /// VirtualService replaces and Lease replaces refused with 409 so far.
+    pub fn conflicts(&self) -> (u32, u32) {
+        let world = self.lock();
+        (world.vs_conflicts, world.lease_conflicts)
+    }
+
+    /// A kube client that authenticates with the bearer `token`, which `add_user` lets in.
+    pub fn client_as(&self, token: &str) -> kube::Client {
+        let mut config = kube::Config::new(self.url.parse().unwrap());
+        config.auth_info.token = Some(token.to_owned().into());
+        config.default_namespace = "fledge-system".into();
+        kube::Client::try_from(config).unwrap()
     }
 
     pub fn calls(&self) -> Vec<String> {

@@ -81,7 +81,7 @@ struct Weights {
 
 /// The canary's share in a VirtualService: the `v2` weight of fledge's split route, or 100 once
 /// the user's own route sends everything to `v2`.
-fn routed_weight(vs: &Value) -> u32 {
+pub(super) fn routed_weight(vs: &Value) -> u32 {
     let http = vs["spec"]["http"].as_array().unwrap();
     if let Some(split) = http.iter().find(|r| r["name"] == "fledge-reviews-split") {
         let canary = split["route"].as_array().unwrap().iter();

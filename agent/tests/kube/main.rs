@@ -7,6 +7,7 @@
 //! readiness waits for the Rollout cache; errors name the object and the missing permission;
 //! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
 //! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
+//! `leader`: two agents, one Lease — killed and stopped leaders, one writer at a time;
 //! `uninstall`: a deleted Rollout leaves no fledge route behind; `local_commands`: a command in a
 //! Rollout file of the local store; `webhooks`: hooks that gate and tell a rollout, in both stores.
 //! Rollout file of the local store; `metric_gate`: a CPU gate from a real Prometheus rolls a hot
@@ -14,6 +15,7 @@
 
 mod apiserver;
 mod crash;
+mod leader;
 mod local_commands;
 mod metric_gate;
 mod plugin;
@@ -589,6 +591,8 @@ async fn the_agent_is_ready_only_once_the_rollout_cache_has_synced() {
         max_stream_requests_per_second: fledge_agent::telemetry::DEFAULT_MAX_REQUESTS_PER_SECOND,
         http_commands: false,
         prometheus: None,
+        http_reads: false,
+        election: None,
     };
     let agent = fledge_agent::cluster::start_with(server.client(), options)
         .await

@@ -16,6 +16,7 @@ use super::answers::{
     replace_virtual_service, stream,
 };
 use super::checks::query_errors;
+use super::leases::{create_lease, get_lease, replace_lease};
 use super::rollouts::{get_rollout, patch_rollout, self_subject_review};
 use super::{AGENT, Access, Shared};
 
@@ -23,6 +24,7 @@ const ROLLOUTS: &[&str] = &["apis", "fledge.dev", "v1alpha1"];
 const ISTIO: &[&str] = &["apis", "networking.istio.io", "v1"];
 const EVENTS: &[&str] = &["apis", "events.k8s.io", "v1"];
 const AUTHENTICATION: &[&str] = &["apis", "authentication.k8s.io", "v1"];
+const COORDINATION: &[&str] = &["apis", "coordination.k8s.io", "v1"];
 
 /// One call the Kubernetes store makes.
 #[derive(Debug)]
@@ -37,6 +39,9 @@ enum Call {
     ReplaceVirtualService { ns: String, name: String },
     CreateEvent { ns: String },
     PatchEvent { ns: String, name: String },
+    GetLease { ns: String, name: String },
+    CreateLease { ns: String },
+    ReplaceLease { ns: String, name: String },
 }
 
 impl Call {
@@ -91,6 +96,20 @@ impl Call {
                 _ => None,
             };
         }
+        if under(COORDINATION) {
+            return match (method.as_str(), rest(COORDINATION).as_slice()) {
+                ("GET", ["namespaces", _, "leases", _]) => Some(Self::GetLease {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                ("POST", ["namespaces", _, "leases"]) => Some(Self::CreateLease { ns: s(4) }),
+                ("PUT", ["namespaces", _, "leases", _]) => Some(Self::ReplaceLease {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                _ => None,
+            };
+        }
         if under(EVENTS) {
             return match (method.as_str(), rest(EVENTS).as_slice()) {
                 ("POST", ["namespaces", _, "events"]) => Some(Self::CreateEvent { ns: s(4) }),
@@ -122,6 +141,9 @@ impl Call {
             }
             Self::CreateEvent { .. } => Access::new("create", "events.k8s.io", "events"),
             Self::PatchEvent { .. } => Access::new("patch", "events.k8s.io", "events"),
+            Self::GetLease { .. } => Access::new("get", "coordination.k8s.io", "leases"),
+            Self::CreateLease { .. } => Access::new("create", "coordination.k8s.io", "leases"),
+            Self::ReplaceLease { .. } => Access::new("update", "coordination.k8s.io", "leases"),
         }
     }
 
@@ -129,7 +151,10 @@ impl Call {
     fn content_type(&self) -> Option<&'static str> {
         match self {
             Self::ListRollouts { .. } | Self::WatchRollouts { .. } => None,
-            Self::GetVirtualService { .. } | Self::GetRollout { .. } => None,
+            Self::GetVirtualService { .. } | Self::GetRollout { .. } | Self::GetLease { .. } => {
+                None
+            }
+            Self::CreateLease { .. } | Self::ReplaceLease { .. } => Some("application/json"),
             Self::ApplyStatus { .. } => Some("application/apply-patch+yaml"),
             Self::ReplaceVirtualService { .. }
             | Self::CreateEvent { .. }
@@ -257,11 +282,62 @@ pub async fn handle(
         }
     };
     let wrong = |errors: Vec<String>| format!("{method} {uri}: {}", errors.join("; "));
+    let writes = call.writes();
+    let token = bearer.map(str::to_owned);
+    let written = body.clone();
+    let vs_replace = matches!(call, Call::ReplaceVirtualService { .. });
+    let answer = answer(&shared, call, &query, body, &user, &wrong).await;
+    let code = answer.status();
+    let mut world = shared.lock();
+    if let Some(what) = writes
+        && code.is_success()
+    {
+        world.writes.push(super::Write {
+            user,
+            token,
+            what,
+            body: written,
+            at: std::time::Instant::now(),
+        });
+    }
+    if vs_replace && code == StatusCode::CONFLICT {
+        world.vs_conflicts += 1;
+    }
+    drop(world);
+    answer
+}
+
+impl Call {
+    /// What a successful call of this kind writes, if it writes.
+    fn writes(&self) -> Option<String> {
+        match self {
+            Self::ApplyStatus { ns, name } => Some(format!("status {ns}/{name}")),
+            Self::PatchRollout { ns, name } => Some(format!("rollout {ns}/{name}")),
+            Self::ReplaceVirtualService { ns, name } => Some(format!("virtualservice {ns}/{name}")),
+            Self::CreateEvent { ns } => Some(format!("event {ns}")),
+            Self::PatchEvent { ns, name } => Some(format!("event {ns}/{name}")),
+            Self::CreateLease { ns } => Some(format!("lease {ns}")),
+            Self::ReplaceLease { ns, name } => Some(format!("lease {ns}/{name}")),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a recognised, authorised call with an acceptable content type.
+async fn answer(
+    shared: &Shared,
+    call: Call,
+    query: &BTreeMap<String, String>,
+    body: Value,
+    user: &str,
+    wrong: &(dyn Fn(Vec<String>) -> String + Sync),
+) -> Response {
+    let shared = shared.clone();
     match call {
         Call::ListRollouts { ns } => {
             let errors = if query.contains_key("resourceVersion") {
                 query_errors(
-                    &query,
+                    query,
                     &[
                         ("limit", None),
                         ("resourceVersion", Some("0")),
@@ -269,7 +345,7 @@ pub async fn handle(
                     ],
                 )
             } else {
-                query_errors(&query, &[("limit", None)])
+                query_errors(query, &[("limit", None)])
             };
             let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
             if !errors.is_empty() || limit.is_none_or(|l| l == 0) {
@@ -284,7 +360,7 @@ pub async fn handle(
         }
         Call::WatchRollouts { ns } => {
             let errors = query_errors(
-                &query,
+                query,
                 &[
                     ("watch", Some("true")),
                     ("resourceVersion", None),
@@ -307,7 +383,7 @@ pub async fn handle(
         }
         Call::ApplyStatus { ns, name } => {
             let mut errors = query_errors(
-                &query,
+                query,
                 &[
                     ("fieldManager", Some("fledge-agent")),
                     ("force", Some("true")),
@@ -335,18 +411,18 @@ pub async fn handle(
             } else {
                 "kubectl-fledge"
             };
-            let errors = query_errors(&query, &[("fieldManager", Some(manager))]);
+            let errors = query_errors(query, &[("fieldManager", Some(manager))]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             patch_rollout(&shared, (ns, name), &body, &wrong)
         }
         Call::SelfSubjectReview => {
-            let errors = query_errors(&query, &[]);
+            let errors = query_errors(query, &[]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
-            self_subject_review(&shared, &user, &body, &wrong)
+            self_subject_review(&shared, user, &body, &wrong)
         }
         Call::GetVirtualService { ns, name } => {
             if !query.is_empty() {
@@ -359,25 +435,49 @@ pub async fn handle(
             get_virtual_service(&shared, (ns, name))
         }
         Call::ReplaceVirtualService { ns, name } => {
-            let errors = query_errors(&query, &[("fieldManager", Some("fledge-agent"))]);
+            let errors = query_errors(query, &[("fieldManager", Some("fledge-agent"))]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             replace_virtual_service(&shared, (ns, name), body, &wrong)
         }
         Call::CreateEvent { ns } => {
-            let errors = query_errors(&query, &[]);
+            let errors = query_errors(query, &[]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             create_event(&shared, ns, body, &wrong)
         }
         Call::PatchEvent { ns, name } => {
-            let errors = query_errors(&query, &[]);
+            let errors = query_errors(query, &[]);
             if !errors.is_empty() {
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             patch_event(&shared, (ns, name), &body, &wrong)
+        }
+        Call::GetLease { ns, name } => {
+            if !query.is_empty() {
+                return refuse(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    wrong(vec!["a query".into()]),
+                );
+            }
+            get_lease(&shared, (ns, name))
+        }
+        Call::CreateLease { ns } => {
+            let errors = query_errors(query, &[("fieldManager", Some("fledge-agent"))]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            create_lease(&shared, ns, body, &wrong)
+        }
+        Call::ReplaceLease { ns, name } => {
+            let errors = query_errors(query, &[("fieldManager", Some("fledge-agent"))]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            replace_lease(&shared, (ns, name), body, &wrong)
         }
     }
 }
