@@ -29,6 +29,7 @@ impl Rollout {
                 sticky: Sticky::default(),
                 strategy: Strategy::default(),
                 analysis: Default::default(),
+                workloads: None,
             },
         );
         r.metadata.namespace = Some("shop".into());

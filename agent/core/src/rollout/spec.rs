@@ -57,6 +57,9 @@ pub struct RolloutSpec {
     /// How canary is judged against baseline (every field has a default).
     #[serde(default)]
     pub analysis: AnalysisSpec,
+    /// The Deployments of the two subsets, for fledge to scale; none: the user scales them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<super::workloads::Workloads>,
 }
 
 /// A VirtualService by name; the namespace defaults to the Rollout's own.
@@ -291,7 +294,7 @@ impl RolloutSpec {
     /// with a stage of no traffic that only the checks outside the proxy end. A part of the spec
     /// that needs one (workloads to scale, hooks to call first) answers here.
     pub fn prepares(&self) -> bool {
-        false
+        self.workloads.is_some()
     }
 
     /// The version header in effect.

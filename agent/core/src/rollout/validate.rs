@@ -185,6 +185,9 @@ impl RolloutSpec {
         if let Err(e) = self.analysis.validate() {
             c.bad(format!("spec.analysis.{}", e.field), e.problem);
         }
+        if let Some(w) = &self.workloads {
+            c.0.extend(w.problems());
+        }
         c.0
     }
 
