@@ -9,8 +9,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::gates::Gates;
 use crate::serve::{Agent, BindError, Listen};
 use crate::store::{self, KubeStore, Scope};
+use crate::workloads::kube::KubeDeployments;
+use crate::workloads::{WORKLOADS_EVERY, WorkloadGate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,6 +56,7 @@ pub async fn start(options: Options) -> Result<Agent, Error> {
 /// The agent over the API server `client` talks to. Fails at once when the Rollout CRD is not
 /// installed or the agent may not list Rollouts.
 pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agent, Error> {
+    let deployments = KubeDeployments::new(client.clone());
     let store = KubeStore::connect(client, options.scope.clone(), options.instance).await?;
     let listen = Listen {
         grpc: options.grpc,
@@ -61,7 +65,8 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         require_peer_identity: options.require_peer_identity,
         http_commands: options.http_commands,
     };
-    let agent = Agent::serve(store, listen).await?;
+    let gates = Gates::new(vec![WorkloadGate::start(deployments, WORKLOADS_EVERY)]);
+    let agent = Agent::serve_with_gates(store, listen, gates).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");
     Ok(agent)
 }

@@ -21,3 +21,4 @@ pub mod plane;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod workloads;

@@ -8,9 +8,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::gates::Gates;
 use crate::serve::{Agent, BindError, Listen};
 pub use crate::serve::{Agent as LocalAgent, STOP_GRACE};
 use crate::store::LocalStore;
+use crate::workloads::local::LocalDeployments;
+use crate::workloads::{WORKLOADS_EVERY, WorkloadGate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,7 +46,11 @@ impl Agent {
             require_peer_identity: false,
             http_commands: true,
         };
-        let agent = Self::serve(LocalStore::new(&options.dir), listen).await?;
+        let gates = Gates::new(vec![WorkloadGate::start(
+            LocalDeployments::new(&options.dir),
+            WORKLOADS_EVERY,
+        )]);
+        let agent = Self::serve_with_gates(LocalStore::new(&options.dir), listen, gates).await?;
         tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, dir = %options.dir.display(), "fledge agent running (local store)");
         Ok(agent)
     }

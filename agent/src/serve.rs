@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::controller::Controller;
+use crate::gates::Gates;
 use crate::http::{Guard, router};
 use crate::metrics::Metrics;
 use crate::store::RolloutStore;
@@ -82,6 +83,15 @@ impl Agent {
         store: S,
         listen: Listen,
     ) -> Result<Self, BindError> {
+        Self::serve_with_gates(store, listen, Gates::default()).await
+    }
+
+    /// As [`Agent::serve`], the loop also asking `gates` (checks outside the proxy).
+    pub async fn serve_with_gates<S: RolloutStore + 'static>(
+        store: S,
+        listen: Listen,
+        gates: Gates,
+    ) -> Result<Self, BindError> {
         let bind = |addr, what| async move {
             TcpListener::bind(addr)
                 .await
@@ -100,7 +110,8 @@ impl Agent {
         let mut windows = Windows::new(RETENTION_SECS, MAX_SERIES);
         windows.keep_only(Default::default());
         let telemetry = Arc::new(Mutex::new(windows));
-        let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone());
+        let controller = Controller::new(store, telemetry.clone(), hub.clone(), metrics.clone())
+            .with_gates(gates);
         let service = TelemetryService::new(telemetry, hub.clone(), metrics.clone())
             .requiring_peer_identity(listen.require_peer_identity)
             .into_server();

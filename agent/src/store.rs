@@ -13,7 +13,7 @@ use fledge_core::planner::WriteFailure;
 use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
 
 mod kube;
-mod local;
+pub(crate) mod local;
 
 pub use self::kube::{FIELD_MANAGER, KubeStore, Scope};
 pub use local::LocalStore;

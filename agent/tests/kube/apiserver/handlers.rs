@@ -16,6 +16,7 @@ use super::answers::{
     replace_virtual_service, stream,
 };
 use super::checks::query_errors;
+use super::deployments;
 use super::rollouts::{get_rollout, patch_rollout, self_subject_review};
 use super::{AGENT, Access, Shared};
 
@@ -23,6 +24,7 @@ const ROLLOUTS: &[&str] = &["apis", "fledge.dev", "v1alpha1"];
 const ISTIO: &[&str] = &["apis", "networking.istio.io", "v1"];
 const EVENTS: &[&str] = &["apis", "events.k8s.io", "v1"];
 const AUTHENTICATION: &[&str] = &["apis", "authentication.k8s.io", "v1"];
+const APPS: &[&str] = &["apis", "apps", "v1"];
 
 /// One call the Kubernetes store makes.
 #[derive(Debug)]
@@ -37,6 +39,8 @@ enum Call {
     ReplaceVirtualService { ns: String, name: String },
     CreateEvent { ns: String },
     PatchEvent { ns: String, name: String },
+    GetDeployment { ns: String, name: String },
+    ScaleDeployment { ns: String, name: String },
 }
 
 impl Call {
@@ -85,6 +89,21 @@ impl Call {
                 _ => None,
             };
         }
+        if under(APPS) {
+            return match (method.as_str(), rest(APPS).as_slice()) {
+                ("GET", ["namespaces", _, "deployments", _]) => Some(Self::GetDeployment {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                ("PATCH", ["namespaces", _, "deployments", _, "scale"]) => {
+                    Some(Self::ScaleDeployment {
+                        ns: s(4),
+                        name: s(6),
+                    })
+                }
+                _ => None,
+            };
+        }
         if under(AUTHENTICATION) {
             return match (method.as_str(), rest(AUTHENTICATION).as_slice()) {
                 ("POST", ["selfsubjectreviews"]) => Some(Self::SelfSubjectReview),
@@ -122,6 +141,8 @@ impl Call {
             }
             Self::CreateEvent { .. } => Access::new("create", "events.k8s.io", "events"),
             Self::PatchEvent { .. } => Access::new("patch", "events.k8s.io", "events"),
+            Self::GetDeployment { .. } => Access::new("get", "apps", "deployments"),
+            Self::ScaleDeployment { .. } => Access::new("patch", "apps", "deployments/scale"),
         }
     }
 
@@ -130,11 +151,12 @@ impl Call {
         match self {
             Self::ListRollouts { .. } | Self::WatchRollouts { .. } => None,
             Self::GetVirtualService { .. } | Self::GetRollout { .. } => None,
+            Self::GetDeployment { .. } => None,
             Self::ApplyStatus { .. } => Some("application/apply-patch+yaml"),
             Self::ReplaceVirtualService { .. }
             | Self::CreateEvent { .. }
             | Self::SelfSubjectReview => Some("application/json"),
-            Self::PatchEvent { .. } | Self::PatchRollout { .. } => {
+            Self::PatchEvent { .. } | Self::PatchRollout { .. } | Self::ScaleDeployment { .. } => {
                 Some("application/merge-patch+json")
             }
         }
@@ -371,6 +393,23 @@ pub async fn handle(
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             create_event(&shared, ns, body, &wrong)
+        }
+        Call::GetDeployment { ns, name } => {
+            if !query.is_empty() {
+                return refuse(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    wrong(vec!["a query".into()]),
+                );
+            }
+            deployments::get(&shared, (ns, name))
+        }
+        Call::ScaleDeployment { ns, name } => {
+            let errors = query_errors(&query, &[("fieldManager", Some("fledge-agent"))]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            deployments::patch_scale(&shared, (ns, name), &body, &wrong)
         }
         Call::PatchEvent { ns, name } => {
             let errors = query_errors(&query, &[]);
