@@ -9,6 +9,7 @@
 //! and observes the parts. Nothing here decides anything about the rollout: every decision is
 //! the agent's, every route the mesh's.
 
+mod pods;
 pub mod progress;
 pub mod scenario;
 mod stack;
@@ -98,7 +99,8 @@ impl DemoConfig {
             rate: 200.0,
             users: 500,
             seed: 7,
-            linger: Duration::from_secs(2),
+            // Long enough to see the old stable scaled down after its delay (rolling).
+            linger: Duration::from_secs(if scenario == Scenario::Rolling { 8 } else { 2 }),
             timeout: Duration::from_secs(480),
         })
     }
@@ -262,6 +264,9 @@ async fn drive(stack: &mut Stack, config: &DemoConfig, out: &mut impl FnMut(&str
         ticker.tick().await;
         let line = stack.observe().await;
         out(&line.to_string());
+        if let Some(pods) = stack.pods_line() {
+            out(&pods);
+        }
         if ended.is_none() && stack.finished() {
             ended = Some(tokio::time::Instant::now());
         }

@@ -13,7 +13,7 @@ use fledge_demo::{DemoConfig, Scenario};
 #[derive(Parser)]
 #[command(name = "fledge-demo", version)]
 struct Cli {
-    /// healthy (promotes), erroring or slow (roll back), ab or shadow (promote).
+    /// healthy (promotes), erroring or slow (roll back), ab, shadow or rolling (promote).
     #[arg(long, default_value = "healthy")]
     scenario: Scenario,
     /// How long each step is held, e.g. 15s.

@@ -39,15 +39,18 @@ pub enum Scenario {
     Ab,
     /// A copy of the traffic reaches the canary, whose answers are discarded; promoted.
     Shadow,
+    /// The rolling update: the Deployments' replicas follow the weight; promoted.
+    Rolling,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Healthy,
         Scenario::Erroring,
         Scenario::Slow,
         Scenario::Ab,
         Scenario::Shadow,
+        Scenario::Rolling,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Scenario {
             Scenario::Slow => "slow",
             Scenario::Ab => "ab",
             Scenario::Shadow => "shadow",
+            Scenario::Rolling => "rolling",
         }
     }
 
@@ -76,6 +80,9 @@ impl Scenario {
             Scenario::Shadow => {
                 "a shadow: half the requests are copied to the canary and judged, no client sees it; it should be promoted"
             }
+            Scenario::Rolling => {
+                "a rolling update: v2's pods follow its weight (25%, 50%, 75% of 4), each step waits until they are ready, v1 goes to zero 5s after the promotion"
+            }
         }
     }
 
@@ -83,7 +90,7 @@ impl Scenario {
     pub fn expected_phase(self) -> &'static str {
         match self {
             Scenario::Erroring | Scenario::Slow => "RolledBack",
-            Scenario::Healthy | Scenario::Ab | Scenario::Shadow => "Succeeded",
+            Scenario::Healthy | Scenario::Ab | Scenario::Shadow | Scenario::Rolling => "Succeeded",
         }
     }
 
@@ -103,7 +110,9 @@ impl Scenario {
                 ),
                 BASE_ERROR_RATE,
             ),
-            Scenario::Healthy | Scenario::Ab | Scenario::Shadow => base_behaviour(),
+            Scenario::Healthy | Scenario::Ab | Scenario::Shadow | Scenario::Rolling => {
+                base_behaviour()
+            }
         }
     }
 
@@ -128,13 +137,50 @@ impl Scenario {
             Scenario::Shadow => format!(
                 "    shadow:\n      mirrorPercent: 50\n      duration: {hold}\n      then: promote\n"
             ),
+            Scenario::Rolling => {
+                let step =
+                    |w| format!("        - weight: {w}\n          pause: {{duration: {hold}}}\n");
+                format!(
+                    "    canary:\n      steps:\n{}{}{}",
+                    step(25),
+                    step(50),
+                    step(75)
+                )
+            }
+        };
+        let workloads = match self {
+            Scenario::Rolling => format!(
+                "  workloads:\n    stable: {NAME}-{STABLE}\n    canary: {NAME}-{CANARY}\n    scaleWithWeight: true\n    scaleDownDelay: 5s\n"
+            ),
+            _ => String::new(),
         };
         format!(
-            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n",
+            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n{workloads}  strategy:\n{strategy}  analysis:\n    interval: {}ms\n",
             interval.as_millis()
         )
     }
 }
+
+/// The Deployments the scenario's Rollout names, as (file name, YAML): v1 with all the
+/// replicas, v2 with none yet.
+pub fn deployments(scenario: Scenario) -> Vec<(String, String)> {
+    if scenario != Scenario::Rolling {
+        return Vec::new();
+    }
+    [(STABLE, ROLLING_REPLICAS), (CANARY, 0)]
+        .into_iter()
+        .map(|(version, replicas)| {
+            let name = format!("{NAME}-{version}");
+            let yaml = format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: {NAME}, version: {version}}}\nstatus:\n  observedGeneration: 1\n  replicas: {replicas}\n  readyReplicas: {replicas}\n  availableReplicas: {replicas}\n"
+            );
+            (format!("{name}.yaml"), yaml)
+        })
+        .collect()
+}
+
+/// The stable's replicas at the start of the rolling scenario.
+pub const ROLLING_REPLICAS: u32 = 4;
 
 /// The user's VirtualService: every request to stable. fledge adds its routes above this one.
 pub fn virtual_service_yaml() -> String {
@@ -189,6 +235,7 @@ mod tests {
             ),
             (Scenario::Ab, "header: {name: x-beta, exact: \"1\"}"),
             (Scenario::Shadow, "mirrorPercent: 50"),
+            (Scenario::Rolling, "scaleWithWeight: true"),
         ];
         for (s, wanted) in table {
             let text = s.rollout_yaml(hold, Duration::from_secs(1));
@@ -206,7 +253,10 @@ mod tests {
             assert_eq!(s.name().parse::<Scenario>(), Ok(s));
         }
         let err = "fast".parse::<Scenario>().unwrap_err();
-        assert!(err.contains("\"fast\"") && err.contains("healthy, erroring, slow, ab, shadow"));
+        assert!(
+            err.contains("\"fast\"")
+                && err.contains("healthy, erroring, slow, ab, shadow, rolling")
+        );
     }
 
     #[test]
@@ -217,6 +267,7 @@ mod tests {
             (Scenario::Slow, 0.005, 30.0, 120.0),
             (Scenario::Ab, 0.005, 20.0, 80.0),
             (Scenario::Shadow, 0.005, 20.0, 80.0),
+            (Scenario::Rolling, 0.005, 20.0, 80.0),
         ];
         for (s, errors, median_ms, p99_ms) in table {
             let b = s.canary_behaviour();
