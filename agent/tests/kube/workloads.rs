@@ -4,7 +4,8 @@
 //! folder (Deployment files), with the test playing the Deployment controller (ready pods follow
 //! `spec.replicas`, the canary's held back at first). Both must scale alike, the canary ready for
 //! each weight before it gets it, the old stable down 30 s after the promotion, and a third
-//! Deployment never touched.
+//! Deployment never touched. After an abort the stable has its 10 replicas back at once and the
+//! canary goes to zero 30 s later.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -265,5 +266,85 @@ async fn replicas_follow_the_weight_through_the_api_server_as_through_the_local_
             Access::new("patch", "apps", "deployments/scale"),
         ])
     );
+    assert!(server.violations().is_empty(), "{:#?}", server.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_gives_the_stable_its_replicas_back_and_the_canary_goes_after_the_delay() {
+    let server = rolling_cluster().await;
+    let dir = rolling_folder();
+    let telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
+    let kube = controller(kube_store(&server).await, &telemetry).with_gates(gates(&server));
+    let local_gate = WorkloadGate::start(LocalDeployments::new(dir.path()), EVERY);
+    let local = controller(LocalStore::new(dir.path()), &telemetry)
+        .with_gates(Gates::new(vec![local_gate as Arc<dyn Gate>]));
+    let reader = LocalStore::new(dir.path());
+    // Per store: when it was aborted, when the stable had 10 again, when the canary had 0.
+    let mut times: [(Option<i64>, Option<i64>, Option<i64>); 2] = Default::default();
+    for s in (2..300).step_by(2) {
+        feed(&telemetry, s - 2);
+        feed(&telemetry, s - 1);
+        kube.tick(at(s)).await;
+        local.tick(at(s)).await;
+        tokio::time::sleep(EVERY * 4).await;
+        let statuses = [
+            kube_status(&server).unwrap(),
+            reader.read_rollouts().unwrap().rollouts[0]
+                .status
+                .clone()
+                .unwrap(),
+        ];
+        // (canary, stable) spec.replicas per store.
+        let sides = [
+            ["reviews-v2", "reviews-v1"]
+                .map(|n| replicas(&server.deployment("shop", n).unwrap()).0),
+            ["reviews-v2", "reviews-v1"].map(|n| replicas(&file(dir.path(), n)).0),
+        ];
+        for (i, status) in statuses.iter().enumerate() {
+            let (aborted, stable_back, canary_gone) = &mut times[i];
+            if status.phase == Phase::Aborted {
+                aborted.get_or_insert(s);
+                if sides[i][1] == 10 {
+                    stable_back.get_or_insert(s);
+                }
+                if sides[i][0] == 0 {
+                    canary_gone.get_or_insert(s);
+                }
+            }
+        }
+        if statuses[0].canary_weight == 30 && times[0].0.is_none() {
+            kube.command("shop", "reviews", UserCommand::Abort).unwrap();
+        }
+        if statuses[1].canary_weight == 30 && times[1].0.is_none() {
+            local
+                .command("shop", "reviews", UserCommand::Abort)
+                .unwrap();
+        }
+        if times.iter().all(|t| t.2.is_some()) {
+            break;
+        }
+        for (name, _) in DEPLOYMENTS {
+            let ready = |d: &Value| replicas(d).0;
+            server.set_ready(
+                "shop",
+                name,
+                ready(&server.deployment("shop", name).unwrap()),
+            );
+            set_ready_in_file(dir.path(), name, ready(&file(dir.path(), name)));
+        }
+    }
+    for (store, (aborted, stable_back, canary_gone)) in ["kube", "local"].iter().zip(times) {
+        let aborted = aborted.unwrap_or_else(|| panic!("{store}: never aborted"));
+        assert!(
+            stable_back.is_some_and(|back| back - aborted <= 2),
+            "{store}: the stable's 10 back at {stable_back:?}, aborted at {aborted}"
+        );
+        let gone = canary_gone.unwrap_or_else(|| panic!("{store}: the canary stayed"));
+        assert!(
+            (30..=34).contains(&(gone - aborted)),
+            "{store}: the canary went {}s after the abort",
+            gone - aborted
+        );
+    }
     assert!(server.violations().is_empty(), "{:#?}", server.violations());
 }
