@@ -16,6 +16,8 @@ use crate::metric_gate::MetricGates;
 use crate::outbound::OutboundError;
 use crate::serve::{Agent, BindError, Listen};
 use crate::store::{self, KubeStore, Scope};
+use crate::workloads::kube::KubeDeployments;
+use crate::workloads::{WORKLOADS_EVERY, WorkloadGate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -106,6 +108,7 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
             Some(Elector::new(client.clone(), lease, Leadership::elected()))
         }
     };
+    let deployments = KubeDeployments::new(client.clone());
     let store = KubeStore::connect(client, options.scope.clone(), options.instance).await?;
     let listen = Listen {
         grpc: options.grpc,
@@ -116,7 +119,15 @@ pub async fn start_with(client: ::kube::Client, options: Options) -> Result<Agen
         http_commands: options.http_commands,
         http_reads: options.http_reads,
     };
-    let gates = Gates::new(vec![MetricGates::gate(options.prometheus.clone())?]);
+    let leadership = elector.as_ref().map(Elector::leadership);
+    let workloads: std::sync::Arc<dyn crate::gates::Gate> = match leadership {
+        Some(l) => WorkloadGate::start_while(deployments, WORKLOADS_EVERY, move || l.may_write()),
+        None => WorkloadGate::start(deployments, WORKLOADS_EVERY),
+    };
+    let gates = Gates::new(vec![
+        MetricGates::gate(options.prometheus.clone())?,
+        workloads,
+    ]);
     let agent = Agent::serve_with(store, listen, gates, elector).await?;
     tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, scope = %options.scope, "fledge agent running (Kubernetes store)");
     Ok(agent)

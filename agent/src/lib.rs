@@ -27,3 +27,4 @@ pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;
+pub mod workloads;

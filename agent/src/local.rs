@@ -14,6 +14,8 @@ use crate::outbound::OutboundError;
 use crate::serve::{Agent, BindError, Listen};
 pub use crate::serve::{Agent as LocalAgent, STOP_GRACE};
 use crate::store::LocalStore;
+use crate::workloads::local::LocalDeployments;
+use crate::workloads::{WORKLOADS_EVERY, WorkloadGate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,7 +54,10 @@ impl Agent {
             http_commands: true,
             http_reads: true,
         };
-        let gates = Gates::new(vec![MetricGates::gate(options.prometheus.clone())?]);
+        let gates = Gates::new(vec![
+            MetricGates::gate(options.prometheus.clone())?,
+            WorkloadGate::start(LocalDeployments::new(&options.dir), WORKLOADS_EVERY),
+        ]);
         let agent = Self::serve_with(LocalStore::new(&options.dir), listen, gates, None).await?;
         tracing::info!(grpc_addr = %agent.grpc_addr, http_addr = %agent.http_addr, dir = %options.dir.display(), "fledge agent running (local store)");
         Ok(agent)

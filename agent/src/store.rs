@@ -14,7 +14,7 @@ use fledge_core::rollout::{EventKind, Rollout, RolloutStatus};
 
 mod kube;
 mod led;
-mod local;
+pub(crate) mod local;
 
 pub use self::kube::{FIELD_MANAGER, KubeStore, Scope};
 pub use led::Led;

@@ -10,6 +10,7 @@
 //! the agent's, every route the mesh's.
 
 pub mod approval;
+mod pods;
 pub mod progress;
 mod prometheus;
 pub mod scenario;
@@ -104,7 +105,8 @@ impl DemoConfig {
             rate: 200.0,
             users: 500,
             seed: 7,
-            linger: Duration::from_secs(2),
+            // Long enough to see the old stable scaled down after its delay (rolling).
+            linger: Duration::from_secs(if scenario == Scenario::Rolling { 8 } else { 2 }),
             timeout: Duration::from_secs(480),
         })
     }
@@ -272,6 +274,9 @@ async fn drive(stack: &mut Stack, config: &DemoConfig, out: &mut impl FnMut(&str
         out(&line.to_string());
         for line in stack.approval.iter().flat_map(|a| a.take_lines()) {
             out(&format!("  {line}"));
+        }
+        if let Some(pods) = stack.pods_line() {
+            out(&pods);
         }
         if ended.is_none() && stack.finished() {
             ended = Some(tokio::time::Instant::now());

@@ -14,7 +14,8 @@ use fledge_demo::{DemoConfig, Scenario};
 #[command(name = "fledge-demo", version)]
 struct Cli {
     /// healthy (promotes), erroring or slow (roll back), ab or shadow (promote), approval
-    /// (promotes once a webhook approves), cpu-gate (rolls back: needs the `prometheus` binary).
+    /// (promotes once a webhook approves), cpu-gate (rolls back: needs the `prometheus` binary),
+    /// rolling (promotes; the Deployments' replicas follow the weight).
     #[arg(long, default_value = "healthy")]
     scenario: Scenario,
     /// How long each step is held, e.g. 15s.

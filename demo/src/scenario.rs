@@ -60,10 +60,12 @@ pub enum Scenario {
     /// As good as stable in the mesh, but its CPU (from a local Prometheus) is over the gate's
     /// bound: rolled back.
     CpuGate,
+    /// The rolling update: the Deployments' replicas follow the weight; promoted.
+    Rolling,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Healthy,
         Scenario::Erroring,
         Scenario::Slow,
@@ -71,6 +73,7 @@ impl Scenario {
         Scenario::Shadow,
         Scenario::Approval,
         Scenario::CpuGate,
+        Scenario::Rolling,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +85,7 @@ impl Scenario {
             Scenario::Shadow => "shadow",
             Scenario::Approval => "approval",
             Scenario::CpuGate => "cpu-gate",
+            Scenario::Rolling => "rolling",
         }
     }
 
@@ -107,6 +111,9 @@ impl Scenario {
             Scenario::CpuGate => {
                 "a canary as good as stable in the mesh whose CPU, as a local Prometheus reads it from its exporter, climbs from 0.4 to 0.85 cores after 6s (stable 0.3) against a gate of 0.7: it should be rolled back"
             }
+            Scenario::Rolling => {
+                "a rolling update: v2's pods follow its weight (25%, 50%, 75% of 4), each step waits until they are ready, v1 goes to zero 5s after the promotion"
+            }
         }
     }
 
@@ -114,7 +121,11 @@ impl Scenario {
     pub fn expected_phase(self) -> &'static str {
         match self {
             Scenario::Erroring | Scenario::Slow | Scenario::CpuGate => "RolledBack",
-            Scenario::Healthy | Scenario::Ab | Scenario::Shadow | Scenario::Approval => "Succeeded",
+            Scenario::Healthy
+            | Scenario::Ab
+            | Scenario::Shadow
+            | Scenario::Approval
+            | Scenario::Rolling => "Succeeded",
         }
     }
 
@@ -141,9 +152,11 @@ impl Scenario {
                 BASE_ERROR_RATE,
             ),
             Scenario::Approval => Behaviour::new(base_latency(), 0.0),
-            Scenario::Healthy | Scenario::Ab | Scenario::Shadow | Scenario::CpuGate => {
-                base_behaviour()
-            }
+            Scenario::Healthy
+            | Scenario::Ab
+            | Scenario::Shadow
+            | Scenario::CpuGate
+            | Scenario::Rolling => base_behaviour(),
         }
     }
 
@@ -184,6 +197,22 @@ impl Scenario {
             Scenario::Shadow => format!(
                 "    shadow:\n      mirrorPercent: 50\n      duration: {hold}\n      then: promote\n"
             ),
+            Scenario::Rolling => {
+                let step =
+                    |w| format!("        - weight: {w}\n          pause: {{duration: {hold}}}\n");
+                format!(
+                    "    canary:\n      steps:\n{}{}{}",
+                    step(25),
+                    step(50),
+                    step(75)
+                )
+            }
+        };
+        let workloads = match self {
+            Scenario::Rolling => format!(
+                "  workloads:\n    stable: {NAME}-{STABLE}\n    canary: {NAME}-{CANARY}\n    scaleWithWeight: true\n    scaleDownDelay: 5s\n"
+            ),
+            _ => String::new(),
         };
         let metrics = match self.cpu() {
             Some(_) => format!(
@@ -192,7 +221,7 @@ impl Scenario {
             None => String::new(),
         };
         format!(
-            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n  strategy:\n{strategy}  analysis:\n    interval: {}ms\n{metrics}",
+            "apiVersion: fledge.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {NAME}\n  namespace: {NAMESPACE}\nspec:\n  host: {HOST}\n  stable: {STABLE}\n  canary: {CANARY}\n  virtualService:\n    name: {NAME}\n  sticky:\n    header: {USER_HEADER}\n{workloads}  strategy:\n{strategy}  analysis:\n    interval: {}ms\n{metrics}",
             interval.as_millis()
         )
     }
@@ -217,6 +246,27 @@ impl Scenario {
         )
     }
 }
+
+/// The Deployments the scenario's Rollout names, as (file name, YAML): v1 with all the
+/// replicas, v2 with none yet.
+pub fn deployments(scenario: Scenario) -> Vec<(String, String)> {
+    if scenario != Scenario::Rolling {
+        return Vec::new();
+    }
+    [(STABLE, ROLLING_REPLICAS), (CANARY, 0)]
+        .into_iter()
+        .map(|(version, replicas)| {
+            let name = format!("{NAME}-{version}");
+            let yaml = format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: {NAME}, version: {version}}}\nstatus:\n  observedGeneration: 1\n  replicas: {replicas}\n  readyReplicas: {replicas}\n  availableReplicas: {replicas}\n"
+            );
+            (format!("{name}.yaml"), yaml)
+        })
+        .collect()
+}
+
+/// The stable's replicas at the start of the rolling scenario.
+pub const ROLLING_REPLICAS: u32 = 4;
 
 /// The user's VirtualService: every request to stable. fledge adds its routes above this one.
 pub fn virtual_service_yaml() -> String {
@@ -271,6 +321,7 @@ mod tests {
             ),
             (Scenario::Ab, "header: {name: x-beta, exact: \"1\"}"),
             (Scenario::Shadow, "mirrorPercent: 50"),
+            (Scenario::Rolling, "scaleWithWeight: true"),
         ];
         for (s, wanted) in table {
             let text = s.rollout_yaml(hold, Duration::from_secs(1));
@@ -308,7 +359,7 @@ mod tests {
         let err = "fast".parse::<Scenario>().unwrap_err();
         assert!(
             err.contains("\"fast\"")
-                && err.contains("healthy, erroring, slow, ab, shadow, cpu-gate")
+                && err.contains("healthy, erroring, slow, ab, shadow, approval, cpu-gate, rolling")
         );
     }
 
@@ -322,6 +373,7 @@ mod tests {
             (Scenario::Shadow, 0.005, 20.0, 80.0),
             (Scenario::Approval, 0.0, 20.0, 80.0),
             (Scenario::CpuGate, 0.005, 20.0, 80.0),
+            (Scenario::Rolling, 0.005, 20.0, 80.0),
         ];
         for (s, errors, median_ms, p99_ms) in table {
             let b = s.canary_behaviour();

@@ -5,6 +5,8 @@
 //! can be stopped (as a crash would) and started again on the same folder and ports: it runs on
 //! a runtime of its own, as it would in a process of its own, and stopping it ends that runtime
 //! with every task and connection on it, so the filters see their streams drop and reconnect.
+//! A scenario that names workloads also gets their Deployment files and `pods`, the stand-in
+//! that brings their status along.
 //!
 //! It observes; it never decides. Every rollout decision is the agent's.
 
@@ -22,13 +24,18 @@ use fledge_sandbox::config::{DestinationSpec, FilterSpec, SubsetSpec};
 use fledge_sandbox::{Backend, BackendConfig, Mesh, SandboxConfig};
 
 use crate::approval::Approval;
+use crate::pods::{self, Pods};
 use crate::progress::{self, Progress};
 use crate::prometheus::LocalPrometheus;
-use crate::scenario::{CANARY, HOST, NAME, NAMESPACE, STABLE, Scenario, virtual_service_yaml};
+use crate::scenario::{
+    self, CANARY, HOST, NAME, NAMESPACE, STABLE, Scenario, virtual_service_yaml,
+};
 use crate::traffic::{Slice, Traffic, TrafficConfig};
 use crate::{DemoConfig, Error, Result};
 
 /// The gRPC cluster the filter's plugin configuration names for the agent.
+/// How long the demo's pods take to become ready, one after the other.
+const POD_STARTUP: Duration = Duration::from_secs(2);
 const AGENT_CLUSTER: &str = "outbound|9090||fledge-agent.fledge-system.svc.cluster.local";
 /// The file names in the rollout folder.
 pub const ROLLOUT_FILE: &str = "rollout.yaml";
@@ -64,6 +71,8 @@ pub struct Stack {
     answered: BTreeMap<String, u64>,
     /// The scenario's Prometheus, if it gates on a metric.
     _prometheus: Option<LocalPrometheus>,
+    /// The Deployment controller's stand-in, when the scenario names workloads.
+    pods: Option<Pods>,
 }
 
 impl Stack {
@@ -85,6 +94,14 @@ impl Stack {
             rollout.push_str(&scenario.webhooks_yaml(&a.url("approve"), &a.url("chat")));
         }
         write(&dir.join(ROLLOUT_FILE), &rollout)?;
+        let deployments = scenario::deployments(scenario);
+        for (file, yaml) in &deployments {
+            write(&dir.join(file), yaml)?;
+        }
+        let pods = (!deployments.is_empty()).then(|| {
+            let files = deployments.into_iter().map(|(file, _)| file).collect();
+            Pods::start(dir.clone(), files, POD_STARTUP)
+        });
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let prometheus = LocalPrometheus::start(scenario).await?;
         let mut options = Options {
@@ -161,6 +178,7 @@ impl Stack {
             slices: Vec::new(),
             answered: BTreeMap::new(),
             _prometheus: prometheus,
+            pods,
         })
     }
 
@@ -243,6 +261,17 @@ impl Stack {
         self.slices.extend(slices);
     }
 
+    /// The replicas of each version's Deployment (`pods: v1 3 (3 ready) · v2 1 (1 ready)`),
+    /// when the scenario names workloads.
+    pub fn pods_line(&self) -> Option<String> {
+        self.pods.as_ref()?;
+        let parts: Vec<String> = [STABLE, CANARY]
+            .iter()
+            .filter_map(|v| pods::describe(&self.dir.join(format!("{NAME}-{v}.yaml")), v))
+            .collect();
+        Some(format!("    pods: {}", parts.join(" · ")))
+    }
+
     /// The last rollout the agent answered with.
     pub fn last_rollout(&self) -> Option<&Value> {
         self.observations
@@ -274,6 +303,7 @@ impl Stack {
             mesh.shutdown().await;
         }
         self.stop_agent();
+        self.pods = None;
     }
 }
 

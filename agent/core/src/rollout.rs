@@ -19,6 +19,7 @@ pub mod spec;
 pub mod status;
 pub mod validate;
 pub mod webhooks;
+pub mod workloads;
 
 pub use command::{UnknownCommand, UserCommand};
 pub use gates::{GateKind, GateReport, GateState};
@@ -34,6 +35,7 @@ pub use spec::{
 };
 pub use status::{AnalysisRecord, Decision, Phase, RolloutStatus, Verdict};
 pub use validate::{InvalidRollout, Problem};
+pub use workloads::Workloads;
 
 /// The Rollout CustomResourceDefinition as YAML for `kubectl apply`, as committed in
 /// `manifests/install/base/crd.yaml` (`fledge-agent crd` prints it; a test keeps the file in step).

@@ -381,7 +381,7 @@ impl LocalStore {
     }
 
     /// Temporary file in the same folder, fsync, rename over `path`, fsync the folder.
-    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+    pub(crate) fn write_atomically(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = path
             .file_name()
@@ -440,7 +440,7 @@ impl RolloutStore for LocalStore {
     }
 }
 
-fn is_yaml(path: &Path) -> bool {
+pub(crate) fn is_yaml(path: &Path) -> bool {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -455,7 +455,7 @@ fn is_virtual_service(v: &Value) -> bool {
             .is_some_and(|a| a.starts_with("networking.istio.io/"))
 }
 
-fn read_documents(path: &Path) -> Result<Vec<Value>> {
+pub(crate) fn read_documents(path: &Path) -> Result<Vec<Value>> {
     let at = path.display().to_string();
     let text = fs::read_to_string(path).map_err(|source| Error::Io {
         action: "read",

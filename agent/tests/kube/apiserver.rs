@@ -2,7 +2,8 @@
 //! agent's Kubernetes store makes, and checking each one as the real server would: method, path,
 //! query, content type and body. Rollouts (status subresource) are checked against our own CRD
 //! schema, VirtualServices against Istio's (the pinned bundle in `FLEDGE_ISTIO_CRDS`), Events
-//! against the events.k8s.io/v1 validation rules. Objects get uids, resourceVersions from one
+//! against the events.k8s.io/v1 validation rules; Deployments are read and scaled
+//! (`apiserver/deployments.rs`). Objects get uids, resourceVersions from one
 //! counter, generations bumped on spec changes only; a replace at a stale resourceVersion gets
 //! 409; absent objects 404; watches stream real watch events (`{"type":…,"object":…}` lines).
 //!
@@ -19,6 +20,7 @@
 
 mod answers;
 mod checks;
+mod deployments;
 mod handlers;
 mod leases;
 mod rollouts;
@@ -82,6 +84,7 @@ pub struct World {
     vs_conflicts: u32,
     /// Lease replaces refused with 409.
     lease_conflicts: u32,
+    pub deployments: BTreeMap<Key, Value>,
     /// Every change to a Rollout, for watches: (resourceVersion, type, object).
     rollout_log: Vec<(u64, &'static str, Value)>,
     /// What each user asked for, by user name.

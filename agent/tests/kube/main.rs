@@ -5,7 +5,8 @@
 //! Rollout that does not read is a problem while others proceed; the status survives a restart
 //! and an agent killed between the status and the routes (`crash.rs`) moves no weight backward;
 //! readiness waits for the Rollout cache; errors name the object and the missing permission;
-//! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store used.
+//! and the ClusterRole in manifests/install/base/agent.yaml grants exactly what the store and the
+//! workloads gate used. `workloads`: Deployments scaled with the weight, through both stores.
 //! `plugin`: the `kubectl-fledge` binary against the same stand-in, beside the real agent;
 //! `leader`: two agents, one Lease — killed and stopped leaders, one writer at a time;
 //! `uninstall`: a deleted Rollout leaves no fledge route behind; `local_commands`: a command in a
@@ -21,6 +22,7 @@ mod metric_gate;
 mod plugin;
 mod uninstall;
 mod webhooks;
+mod workloads;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -552,8 +554,30 @@ async fn the_cluster_role_grants_exactly_what_the_store_uses() {
     let kube = controller(kube_store(&server).await, &telemetry);
     drive(&kube, &server, &telemetry, 2, 1200, async |_| {}).await;
     assert_eq!(kube_status(&server).unwrap().phase, Phase::Succeeded);
+    let mut used = server.accesses();
 
-    let used = server.accesses();
+    // A Rollout naming its workloads: read, then the canary scaled up before any traffic.
+    let rolling = workloads::rolling_cluster().await;
+    let kube =
+        controller(kube_store(&rolling).await, &telemetry).with_gates(workloads::gates(&rolling));
+    for s in (2..40).step_by(2) {
+        kube.tick(at(s)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if rolling.deployment("shop", "reviews-v2").unwrap()["spec"]["replicas"] == 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        rolling.deployment("shop", "reviews-v2").unwrap()["spec"]["replicas"],
+        1
+    );
+    assert!(
+        rolling.violations().is_empty(),
+        "{:#?}",
+        rolling.violations()
+    );
+    used.extend(rolling.accesses());
+
     let missing: Vec<_> = used.difference(&granted).collect();
     assert!(missing.is_empty(), "used but not granted: {missing:#?}");
     let unused: Vec<_> = granted.difference(&used).collect();

@@ -30,6 +30,7 @@ impl Rollout {
                 strategy: Strategy::default(),
                 analysis: Default::default(),
                 webhooks: Vec::new(),
+                workloads: None,
             },
         );
         r.metadata.namespace = Some("shop".into());

@@ -62,6 +62,9 @@ pub struct RolloutSpec {
     /// promotion, notifications at each step, at the end and on a rollback, chat messages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+    /// The Deployments of the two subsets, for fledge to scale; none: the user scales them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<super::workloads::Workloads>,
 }
 
 /// A VirtualService by name; the namespace defaults to the Rollout's own.
@@ -296,7 +299,7 @@ impl RolloutSpec {
     /// with a stage of no traffic that only the checks outside the proxy end. A part of the spec
     /// that needs one (workloads to scale, hooks to call first) answers here.
     pub fn prepares(&self) -> bool {
-        self.webhooks.iter().any(|h| h.on == HookType::PreRollout)
+        self.workloads.is_some() || self.webhooks.iter().any(|h| h.on == HookType::PreRollout)
     }
 
     /// The version header in effect.

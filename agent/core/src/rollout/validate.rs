@@ -189,6 +189,9 @@ impl RolloutSpec {
         for (field, problem) in crate::metric::problems(&self.analysis.metrics) {
             c.bad(format!("spec.analysis.{field}"), problem);
         }
+        if let Some(w) = &self.workloads {
+            c.0.extend(w.problems());
+        }
         c.0
     }
 

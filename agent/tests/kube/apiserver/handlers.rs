@@ -16,6 +16,7 @@ use super::answers::{
     replace_virtual_service, stream,
 };
 use super::checks::query_errors;
+use super::deployments;
 use super::leases::{create_lease, get_lease, replace_lease};
 use super::rollouts::{get_rollout, patch_rollout, self_subject_review};
 use super::{AGENT, Access, Shared};
@@ -25,6 +26,7 @@ const ISTIO: &[&str] = &["apis", "networking.istio.io", "v1"];
 const EVENTS: &[&str] = &["apis", "events.k8s.io", "v1"];
 const AUTHENTICATION: &[&str] = &["apis", "authentication.k8s.io", "v1"];
 const COORDINATION: &[&str] = &["apis", "coordination.k8s.io", "v1"];
+const APPS: &[&str] = &["apis", "apps", "v1"];
 
 /// One call the Kubernetes store makes.
 #[derive(Debug)]
@@ -42,6 +44,8 @@ enum Call {
     GetLease { ns: String, name: String },
     CreateLease { ns: String },
     ReplaceLease { ns: String, name: String },
+    GetDeployment { ns: String, name: String },
+    ScaleDeployment { ns: String, name: String },
 }
 
 impl Call {
@@ -83,6 +87,21 @@ impl Call {
                 }),
                 ("PUT", ["namespaces", _, "virtualservices", _]) => {
                     Some(Self::ReplaceVirtualService {
+                        ns: s(4),
+                        name: s(6),
+                    })
+                }
+                _ => None,
+            };
+        }
+        if under(APPS) {
+            return match (method.as_str(), rest(APPS).as_slice()) {
+                ("GET", ["namespaces", _, "deployments", _]) => Some(Self::GetDeployment {
+                    ns: s(4),
+                    name: s(6),
+                }),
+                ("PATCH", ["namespaces", _, "deployments", _, "scale"]) => {
+                    Some(Self::ScaleDeployment {
                         ns: s(4),
                         name: s(6),
                     })
@@ -144,6 +163,8 @@ impl Call {
             Self::GetLease { .. } => Access::new("get", "coordination.k8s.io", "leases"),
             Self::CreateLease { .. } => Access::new("create", "coordination.k8s.io", "leases"),
             Self::ReplaceLease { .. } => Access::new("update", "coordination.k8s.io", "leases"),
+            Self::GetDeployment { .. } => Access::new("get", "apps", "deployments"),
+            Self::ScaleDeployment { .. } => Access::new("patch", "apps", "deployments/scale"),
         }
     }
 
@@ -155,11 +176,12 @@ impl Call {
                 None
             }
             Self::CreateLease { .. } | Self::ReplaceLease { .. } => Some("application/json"),
+            Self::GetDeployment { .. } => None,
             Self::ApplyStatus { .. } => Some("application/apply-patch+yaml"),
             Self::ReplaceVirtualService { .. }
             | Self::CreateEvent { .. }
             | Self::SelfSubjectReview => Some("application/json"),
-            Self::PatchEvent { .. } | Self::PatchRollout { .. } => {
+            Self::PatchEvent { .. } | Self::PatchRollout { .. } | Self::ScaleDeployment { .. } => {
                 Some("application/merge-patch+json")
             }
         }
@@ -447,6 +469,23 @@ async fn answer(
                 return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
             }
             create_event(&shared, ns, body, &wrong)
+        }
+        Call::GetDeployment { ns, name } => {
+            if !query.is_empty() {
+                return refuse(
+                    &shared,
+                    StatusCode::BAD_REQUEST,
+                    wrong(vec!["a query".into()]),
+                );
+            }
+            deployments::get(&shared, (ns, name))
+        }
+        Call::ScaleDeployment { ns, name } => {
+            let errors = query_errors(query, &[("fieldManager", Some("fledge-agent"))]);
+            if !errors.is_empty() {
+                return refuse(&shared, StatusCode::BAD_REQUEST, wrong(errors));
+            }
+            deployments::patch_scale(&shared, (ns, name), &body, &wrong)
         }
         Call::PatchEvent { ns, name } => {
             let errors = query_errors(query, &[]);

@@ -1,0 +1,325 @@
+//! The workloads gate: scales the two Deployments a Rollout names (`spec.workloads`) to the
+//! replicas its status calls for (`fledge_core::rollout::workloads::targets`) and answers, for
+//! the current step, whether the canary is ready for the next weight.
+//!
+//! Its own task reads both Deployments of every Rollout it was asked about, every `every`, and
+//! scales the one whose `spec.replicas` differs from the target; `reports` answers at once from
+//! what that task last read (a Hold while it has read nothing). It scales no Deployment but the
+//! two the Rollout names, in the Rollout's namespace. Where Deployments live is a
+//! [`Deployments`]: the API server (`kube`) or the local store's folder (`local`).
+//!
+//! What it is not: the math (the core's), or a judge of the rollout (the machine takes the
+//! answers).
+
+pub mod kube;
+pub mod local;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use fledge_core::planner::TickPlan;
+use fledge_core::rollout::workloads::{self, GATE_NAME, Observed};
+use fledge_core::rollout::{GateKind, GateReport, GateState, Phase, Rollout};
+use jiff::Timestamp;
+
+use crate::gates::Gate;
+
+/// How often the agent reads (and, when their replicas are off, scales) each Rollout's
+/// Deployments.
+pub const WORKLOADS_EVERY: Duration = Duration::from_secs(1);
+/// A Rollout the gate stops watching when the loop has not asked about it this long (deleted).
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+/// Why a Deployment could not be read or scaled; the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("Deployment {namespace}/{name} could not be read: {reason}")]
+    Read {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("Deployment {namespace}/{name} could not be scaled to {replicas}: {reason}")]
+    Scale {
+        namespace: String,
+        name: String,
+        replicas: u32,
+        reason: String,
+    },
+}
+
+pub type Result<T, E = WorkloadError> = std::result::Result<T, E>;
+
+/// Where Deployments are read and scaled.
+pub trait Deployments: Send + Sync + 'static {
+    /// The Deployment's replicas and readiness; None when it does not exist.
+    fn read(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Observed>>> + Send;
+
+    /// Sets the Deployment's `spec.replicas` (its scale subresource).
+    fn scale(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: u32,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// What the task last learned about one Rollout's Deployments.
+#[derive(Clone, Debug)]
+struct Seen {
+    canary: Option<Observed>,
+    stable: Option<Observed>,
+    /// The stable's replicas at the start, once known.
+    total: Option<u32>,
+    problem: Option<String>,
+}
+
+struct Watched {
+    rollout: Rollout,
+    asked: std::time::Instant,
+    /// The loop's clock when it last asked: the scale-down delay is measured on it, as every
+    /// time in the status is.
+    now: Timestamp,
+    seen: Option<Seen>,
+}
+
+/// The gate; [`WorkloadGate::start`] runs its task for as long as the gate lives.
+pub struct WorkloadGate {
+    watched: Mutex<HashMap<String, Watched>>,
+}
+
+impl WorkloadGate {
+    /// The gate, and its task reading and scaling through `deployments` every `every`.
+    pub fn start<D: Deployments>(deployments: D, every: Duration) -> Arc<Self> {
+        Self::start_while(deployments, every, || true)
+    }
+
+    /// As [`start`](Self::start), scaling only while `leads` says this agent leads. While it
+    /// does not, the task forgets every Rollout: what it held may be stale by the time the agent
+    /// leads again, and the loop's first tick as leader tells it the persisted statuses.
+    pub fn start_while<D: Deployments>(
+        deployments: D,
+        every: Duration,
+        leads: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        let gate = Arc::new(Self {
+            watched: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&gate);
+        tokio::spawn(run(weak, deployments, every, leads));
+        gate
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Watched>> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the latest Rollout (spec and status) the loop holds, and its clock, for the task.
+    fn watch(&self, rollout: &Rollout, now: Option<Timestamp>) {
+        let mut watched = self.lock();
+        let entry = watched.entry(rollout.key()).or_insert_with(|| Watched {
+            rollout: rollout.clone(),
+            asked: std::time::Instant::now(),
+            now: now.unwrap_or_else(Timestamp::now),
+            seen: None,
+        });
+        entry.rollout = rollout.clone();
+        entry.asked = std::time::Instant::now();
+        if let Some(now) = now {
+            entry.now = now;
+        }
+    }
+}
+
+impl Gate for WorkloadGate {
+    fn reports(&self, rollout: &Rollout, now: Timestamp) -> Vec<GateReport> {
+        let Some(w) = &rollout.spec.workloads else {
+            return Vec::new();
+        };
+        self.watch(rollout, Some(now));
+        let Some(status) = &rollout.status else {
+            return Vec::new();
+        };
+        if !matches!(status.phase, Phase::Progressing | Phase::Paused) {
+            return Vec::new();
+        }
+        let seen = self.lock().get(&rollout.key()).and_then(|e| e.seen.clone());
+        let (state, evidence) = match seen {
+            None => (
+                GateState::Hold(format!(
+                    "the Deployments {} and {} are not read yet",
+                    w.stable, w.canary
+                )),
+                serde_json::Value::Null,
+            ),
+            Some(Seen {
+                problem: Some(why), ..
+            }) => (GateState::Hold(why), serde_json::Value::Null),
+            Some(Seen { total: None, .. }) => (
+                GateState::Hold(format!(
+                    "the replicas of {} at the start are not known yet",
+                    w.stable
+                )),
+                serde_json::Value::Null,
+            ),
+            Some(
+                seen @ Seen {
+                    total: Some(total), ..
+                },
+            ) => {
+                let targets = workloads::targets(&rollout.spec, w, status, total, now);
+                workloads::answer(
+                    w,
+                    &targets,
+                    total,
+                    seen.canary.as_ref(),
+                    seen.stable.as_ref(),
+                )
+            }
+        };
+        GateReport::about(status, GATE_NAME, GateKind::Workload, state, now)
+            .map(|r| r.with_evidence(evidence))
+            .into_iter()
+            .collect()
+    }
+
+    fn applied(&self, rollout: &Rollout, plan: &TickPlan) {
+        if rollout.spec.workloads.is_some() {
+            let mut r = rollout.clone();
+            r.status = Some(plan.status.clone());
+            self.watch(&r, None);
+        }
+    }
+}
+
+/// The gate's task: ends when the gate is dropped.
+async fn run<D: Deployments>(
+    gate: Weak<WorkloadGate>,
+    deployments: D,
+    every: Duration,
+    leads: impl Fn() -> bool,
+) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(gate) = gate.upgrade() else {
+            return;
+        };
+        if !leads() {
+            gate.lock().clear();
+            continue;
+        }
+        let rollouts: Vec<(Rollout, Option<u32>, Timestamp)> = {
+            let mut watched = gate.lock();
+            watched.retain(|_, e| e.asked.elapsed() < FORGET_AFTER);
+            watched
+                .values()
+                .map(|e| {
+                    (
+                        e.rollout.clone(),
+                        e.seen.as_ref().and_then(|s| s.total),
+                        e.now,
+                    )
+                })
+                .collect()
+        };
+        for (rollout, known, now) in rollouts {
+            let seen = reconcile(&deployments, &rollout, known, now).await;
+            if let Some(e) = gate.lock().get_mut(&rollout.key()) {
+                e.seen = Some(seen);
+            }
+        }
+    }
+}
+
+/// Reads both Deployments, scales each whose replicas differ from the target, and says what it
+/// saw (after the scaling).
+async fn reconcile<D: Deployments>(
+    d: &D,
+    rollout: &Rollout,
+    known: Option<u32>,
+    now: Timestamp,
+) -> Seen {
+    let (Some(w), Some(status)) = (&rollout.spec.workloads, &rollout.status) else {
+        return Seen {
+            canary: None,
+            stable: None,
+            total: known,
+            problem: Some("the rollout has not started".into()),
+        };
+    };
+    let ns = rollout.metadata.namespace.as_deref().unwrap_or("default");
+    let read = async |name: &str| d.read(ns, name).await;
+    let (canary, stable) = match (read(&w.canary).await, read(&w.stable).await) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(rollout = %rollout.key(), error = %e, "workloads");
+            return Seen {
+                canary: None,
+                stable: None,
+                total: known,
+                problem: Some(e.to_string()),
+            };
+        }
+    };
+    let Some(stable_seen) = stable else {
+        return Seen {
+            canary,
+            stable: None,
+            total: known,
+            problem: Some(format!("stable Deployment {ns}/{} not found", w.stable)),
+        };
+    };
+    let Some(canary_seen) = canary else {
+        return Seen {
+            canary: None,
+            stable: Some(stable_seen),
+            total: known,
+            problem: Some(format!("canary Deployment {ns}/{} not found", w.canary)),
+        };
+    };
+    let first_stage = status.current_step == Some(0);
+    let total = workloads::recorded_total(status)
+        .or(known.filter(|_| !first_stage))
+        .unwrap_or_else(|| {
+            workloads::inferred_total(&rollout.spec, w, status, &canary_seen, &stable_seen)
+        });
+    let targets = workloads::targets(&rollout.spec, w, status, total, now);
+    let mut seen = Seen {
+        canary: Some(canary_seen),
+        stable: Some(stable_seen),
+        total: Some(total),
+        problem: None,
+    };
+    for (name, target, observed) in [
+        (&w.canary, targets.canary, &mut seen.canary),
+        (&w.stable, targets.stable, &mut seen.stable),
+    ] {
+        let (Some(want), Some(was)) = (target, observed.as_mut()) else {
+            continue;
+        };
+        if was.replicas == want {
+            continue;
+        }
+        match d.scale(ns, name, want).await {
+            Ok(()) => {
+                tracing::info!(rollout = %rollout.key(), deployment = %name, from = was.replicas, to = want, "scaled");
+                match d.read(ns, name).await {
+                    Ok(now) => *observed = now,
+                    Err(e) => seen.problem = Some(e.to_string()),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(rollout = %rollout.key(), error = %e, "workloads");
+                seen.problem = Some(e.to_string());
+            }
+        }
+    }
+    seen
+}
