@@ -323,3 +323,107 @@ async fn reconcile<D: Deployments>(
     }
     seen
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Deployments in memory: every scale is recorded.
+    #[derive(Clone, Default)]
+    struct Memory {
+        replicas: Arc<Mutex<HashMap<String, u32>>>,
+        scaled: Arc<Mutex<Vec<(String, u32)>>>,
+    }
+
+    impl Deployments for Memory {
+        async fn read(&self, _: &str, name: &str) -> Result<Option<Observed>> {
+            let replicas = self.replicas.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(replicas.get(name).map(|&r| Observed {
+                replicas: r,
+                generation: 1,
+                observed_generation: 1,
+                ready_replicas: r,
+                available_replicas: r,
+            }))
+        }
+
+        async fn scale(&self, _: &str, name: &str, replicas: u32) -> Result<()> {
+            self.replicas
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.to_owned(), replicas);
+            self.scaled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((name.to_owned(), replicas));
+            Ok(())
+        }
+    }
+
+    /// A started canary whose Rollout names reviews-v1 (4 replicas) and reviews-v2 (none).
+    fn started() -> Rollout {
+        let mut r: Rollout = serde_norway::from_str(
+            "apiVersion: fledge.dev/v1alpha1
+kind: Rollout
+metadata: {name: reviews, namespace: shop, generation: 1}
+spec:
+  host: reviews.shop.svc.cluster.local
+  stable: v1
+  canary: v2
+  virtualService: {name: reviews}
+  workloads: {stable: reviews-v1, canary: reviews-v2, scaleWithWeight: true}
+  strategy:
+    canary:
+      steps:
+        - {weight: 25, pause: {duration: 10s}}
+",
+        )
+        .expect("a valid Rollout");
+        let now = Timestamp::from_second(1_800_000_000).expect("a valid time");
+        let (status, _) = fledge_core::rollout::step(&r, None, &[], &[], now);
+        r.status = Some(status);
+        r
+    }
+
+    #[tokio::test]
+    async fn only_a_leading_agent_scales_and_a_standby_forgets() {
+        let memory = Memory::default();
+        memory
+            .replicas
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend([("reviews-v1".to_owned(), 4), ("reviews-v2".to_owned(), 0)]);
+        let leads = Arc::new(AtomicBool::new(false));
+        let flag = leads.clone();
+        let gate =
+            WorkloadGate::start_while(memory.clone(), Duration::from_millis(10), move || {
+                flag.load(Ordering::SeqCst)
+            });
+        let rollout = started();
+        let now = Timestamp::from_second(1_800_000_001).expect("a valid time");
+        let scaled = || {
+            memory
+                .scaled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
+
+        gate.reports(&rollout, now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(scaled(), vec![], "a standby scales nothing");
+        assert!(gate.lock().is_empty(), "and keeps nothing it was told");
+
+        leads.store(true, Ordering::SeqCst);
+        gate.reports(&rollout, now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            scaled(),
+            vec![("reviews-v2".to_owned(), 1)],
+            "the leader scales the canary for the first step"
+        );
+    }
+}
