@@ -27,6 +27,9 @@ use crate::webhooks::Webhooks;
 
 /// How long a stopping agent's telemetry server may take to close its connections.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long after the filter streams ended with their status the telemetry connections are
+/// closed (well within [`STOP_GRACE`]).
+const STREAMS_END_FIRST: Duration = Duration::from_millis(200);
 /// On SIGTERM, how long the tick in progress may take to finish its writes.
 pub const SHUTDOWN_WRITES: Duration = Duration::from_secs(10);
 
@@ -159,7 +162,12 @@ impl Agent {
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                 .tcp_keepalive(Some(KEEPALIVE))
                 .add_service(service)
-                .serve_with_incoming_shutdown(accepted(grpc), closed)
+                .serve_with_incoming_shutdown(accepted(grpc), async move {
+                    // The streams end first, with their status; the connections' GOAWAY follows,
+                    // so a client reads the status before its connection closes under it.
+                    closed.await;
+                    tokio::time::sleep(STREAMS_END_FIRST).await;
+                })
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "telemetry server stopped");
