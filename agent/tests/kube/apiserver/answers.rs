@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::checks;
-use super::handlers::{not_found, refuse, status};
+use super::handlers::{conflict, not_found, refuse, status, update_version};
 
 pub(super) fn list(shared: &Shared, ns: Option<&str>, limit: usize) -> Response {
     let world = shared.lock();
@@ -175,29 +175,16 @@ pub(super) fn replace_virtual_service(
     if !body["metadata"]["namespace"].is_null() && body["metadata"]["namespace"] != key.0.as_str() {
         errors.push("metadata.namespace does not match the path".into());
     }
-    let Some(rv) = body["metadata"]["resourceVersion"]
-        .as_str()
-        .map(str::to_owned)
-    else {
-        errors.push("metadata.resourceVersion: must be specified for an update".into());
-        return refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, wrong(errors));
+    let rv = match update_version(shared, &body, errors, wrong) {
+        Ok(rv) => rv,
+        Err(refused) => return *refused,
     };
-    if !errors.is_empty() {
-        return refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, wrong(errors));
-    }
     let mut world = shared.lock();
     let Some(old) = world.virtual_services.get(&key).cloned() else {
         return not_found("virtualservices.networking.istio.io", &key.1);
     };
     if old["metadata"]["resourceVersion"] != rv.as_str() {
-        return status(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on virtualservices.networking.istio.io \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                key.1
-            ),
-        );
+        return conflict("virtualservices.networking.istio.io", &key.1);
     }
     if !body["metadata"]["uid"].is_null() && body["metadata"]["uid"] != old["metadata"]["uid"] {
         drop(world);

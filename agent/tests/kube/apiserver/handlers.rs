@@ -590,3 +590,38 @@ pub(super) fn not_found(resource: &str, name: &str) -> Response {
         format!("{resource} \"{name}\" not found"),
     )
 }
+
+/// The 409 for a write at a resourceVersion that has moved on.
+pub(super) fn conflict(resource: &str, name: &str) -> Response {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
+    )
+}
+
+/// The resourceVersion an update names, or — when it names none or `errors` has any — the
+/// refusal that says so (a violation).
+pub(super) fn update_version(
+    shared: &Shared,
+    body: &Value,
+    mut errors: Vec<String>,
+    wrong: &dyn Fn(Vec<String>) -> String,
+) -> Result<String, Box<Response>> {
+    let rv = body["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned);
+    if rv.is_none() {
+        errors.push("metadata.resourceVersion: must be specified for an update".into());
+    }
+    match rv {
+        Some(rv) if errors.is_empty() => Ok(rv),
+        _ => Err(Box::new(refuse(
+            shared,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            wrong(errors),
+        ))),
+    }
+}

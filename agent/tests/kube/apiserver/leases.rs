@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::Shared;
-use super::handlers::{not_found, refuse, status};
+use super::handlers::{conflict, not_found, refuse, status, update_version};
 
 const SPEC_FIELDS: &[&str] = &[
     "holderIdentity",
@@ -134,31 +134,18 @@ pub(super) fn replace_lease(
     mut body: Value,
     wrong: &dyn Fn(Vec<String>) -> String,
 ) -> Response {
-    let mut errors = lease_errors(&body, &key);
-    let Some(rv) = body["metadata"]["resourceVersion"]
-        .as_str()
-        .map(str::to_owned)
-    else {
-        errors.push("metadata.resourceVersion: must be specified for an update".into());
-        return refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, wrong(errors));
+    let errors = lease_errors(&body, &key);
+    let rv = match update_version(shared, &body, errors, wrong) {
+        Ok(rv) => rv,
+        Err(refused) => return *refused,
     };
-    if !errors.is_empty() {
-        return refuse(shared, StatusCode::UNPROCESSABLE_ENTITY, wrong(errors));
-    }
     let mut world = shared.lock();
     let Some(old) = world.leases.get(&key).cloned() else {
         return not_found("leases.coordination.k8s.io", &key.1);
     };
     if old["metadata"]["resourceVersion"] != rv.as_str() {
         world.lease_conflicts += 1;
-        return status(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on leases.coordination.k8s.io \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                key.1
-            ),
-        );
+        return conflict("leases.coordination.k8s.io", &key.1);
     }
     body["metadata"]["namespace"] = Value::String(key.0.clone());
     world.stamp_update(&old, &mut body);

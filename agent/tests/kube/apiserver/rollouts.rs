@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::checks;
-use super::handlers::{not_found, refuse, status};
+use super::handlers::{conflict, not_found, refuse};
 
 pub(super) fn get_rollout(shared: &Shared, key: (String, String)) -> Response {
     let mut world = shared.lock();
@@ -91,14 +91,7 @@ pub(super) fn patch_rollout(
     if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
         && old["metadata"]["resourceVersion"] != rv
     {
-        return status(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on rollouts.fledge.dev \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-                key.1
-            ),
-        );
+        return conflict("rollouts.fledge.dev", &key.1);
     }
     let mut new = old.clone();
     let mut patch = patch.clone();
