@@ -204,7 +204,7 @@ async fn sigterm_finishes_the_tick_ends_every_stream_and_exits() {
     .await
     .expect("the stream ends within 10 s of SIGTERM");
     assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
-    assert_eq!(ended.message(), "the agent is stopping");
+    assert_eq!(ended.message(), fledge_proto::REFUSED_STOPPING);
 
     let exited = tokio::task::spawn_blocking(move || child.wait())
         .await

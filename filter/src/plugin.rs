@@ -72,6 +72,8 @@ struct Metrics {
     reports: Option<u32>,
     stream_opens: Option<u32>,
     stream_failures: Option<u32>,
+    /// Streams an agent replica refused or ended as a standby or while stopping.
+    stream_refusals: Option<u32>,
     table_revision: Option<u32>,
     rejected_tables: Option<u32>,
     host_call_failures: Option<u32>,
@@ -89,6 +91,7 @@ impl Metrics {
             reports: counter("fledge_filter_reports_sent"),
             stream_opens: counter("fledge_filter_stream_opens"),
             stream_failures: counter("fledge_filter_stream_failures"),
+            stream_refusals: counter("fledge_filter_stream_refusals"),
             table_revision: define(abi::GAUGE, "fledge_filter_table_revision"),
             rejected_tables: counter("fledge_filter_tables_rejected"),
             host_call_failures: counter("fledge_filter_host_call_failures"),

@@ -1,7 +1,8 @@
 //! The filter's side of the `fledge.v1.Telemetry/Connect` stream, as a state machine the plugin
 //! drives from its tick and gRPC callbacks: connect lazily on a tick, send Hello first, then a
 //! Report every interval; when the stream fails or closes, reconnect with exponential backoff
-//! (1 s doubling, capped at 30 s; at once after a stream that had been healthy). Routing tables
+//! (1 s doubling, capped at 30 s; at once after a stream that had been healthy, and at the next
+//! tick after an agent replica's refusal, [`fledge_proto::is_replica_refusal`]). Routing tables
 //! from the agent replace the held one only when their revision is newer.
 //!
 //! It builds and reads message bytes but performs no I/O: the plugin opens, sends and closes.
@@ -163,6 +164,22 @@ impl Link {
             self.failed(now_ms);
         }
         true
+    }
+
+    /// Stream `token` was refused or ended by an agent replica that cannot take it (a standby,
+    /// or one that is stopping): the agent is up and another replica leads, so the next tick
+    /// connects again, without backing off and without counting a failure. Returns whether it
+    /// was the open stream.
+    pub fn refused(&mut self, token: u32, now_ms: u64) -> bool {
+        match self.state {
+            State::Up { token: t, .. } if t == token => {
+                self.state = State::Down {
+                    retry_at_ms: now_ms,
+                };
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The open stream's token.

@@ -81,9 +81,40 @@ pub const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 /// The gRPC service path filters open their stream on, for hosts that call it by name.
 pub const CONNECT_PATH: &str = "/fledge.v1.Telemetry/Connect";
 
+/// The message of the UNAVAILABLE with which an agent replica that does not lead refuses (or
+/// ends) a stream. Another replica leads, so the filter connects again at its next report tick
+/// instead of backing off: the Service's next pick is likely the leader.
+pub const REFUSED_STANDBY: &str = "standby: not the leader";
+
+/// The message of the UNAVAILABLE with which a stopping agent refuses or ends a stream; as for
+/// [`REFUSED_STANDBY`], the filter connects again at its next tick (to the replica that stays).
+pub const REFUSED_STOPPING: &str = "the agent is stopping";
+
+/// Whether a stream's close (`code`, `message`) is an agent replica saying "not me, try
+/// another": gRPC UNAVAILABLE with [`REFUSED_STANDBY`] or [`REFUSED_STOPPING`]. Any other close,
+/// an UNAVAILABLE from the proxy (no healthy upstream, connect failure) included, is a failure.
+pub fn is_replica_refusal(code: u32, message: &[u8]) -> bool {
+    const UNAVAILABLE: u32 = 14;
+    code == UNAVAILABLE
+        && (message == REFUSED_STANDBY.as_bytes() || message == REFUSED_STOPPING.as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1::Counts;
+    use super::{REFUSED_STANDBY, REFUSED_STOPPING, is_replica_refusal};
+
+    #[test]
+    fn only_an_unavailable_with_a_replica_s_words_is_a_refusal() {
+        assert!(is_replica_refusal(14, REFUSED_STANDBY.as_bytes()));
+        assert!(is_replica_refusal(14, REFUSED_STOPPING.as_bytes()));
+        // The proxy's own UNAVAILABLE, another code with the words, words with more after them.
+        assert!(!is_replica_refusal(14, b"no healthy upstream"));
+        assert!(!is_replica_refusal(14, b""));
+        assert!(!is_replica_refusal(13, REFUSED_STANDBY.as_bytes()));
+        assert!(!is_replica_refusal(0, REFUSED_STOPPING.as_bytes()));
+        assert!(!is_replica_refusal(14, b"standby: not the leader, really"));
+    }
 
     #[test]
     fn counts_add_field_by_field_and_never_wrap() {

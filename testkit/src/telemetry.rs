@@ -14,9 +14,10 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fledge_proto::v1::telemetry_server::{Telemetry, TelemetryServer};
 use fledge_proto::v1::{
@@ -35,6 +36,10 @@ struct State {
     messages: Vec<FilterMessage>,
     /// One sender per stream opened since the last stop, to push routing tables.
     pushers: Vec<Pusher>,
+    /// Answers for the next streams opened, in order, instead of taking them.
+    refusals: VecDeque<Status>,
+    /// When each stream was asked for, refused ones included.
+    attempts: Vec<Instant>,
 }
 
 /// The recording server. Clones share what was recorded; serving it again after a stop (on the
@@ -107,6 +112,17 @@ impl StandInAgent {
             .count()
     }
 
+    /// Refuses the next streams opened, one per status, in order (e.g. a standby's UNAVAILABLE);
+    /// the ones after are taken.
+    pub fn refuse(&self, statuses: impl IntoIterator<Item = Status>) {
+        self.lock().refusals.extend(statuses);
+    }
+
+    /// When each stream was asked for, in order, refused ones included.
+    pub fn attempts(&self) -> Vec<Instant> {
+        self.lock().attempts.clone()
+    }
+
     /// Streams open now.
     pub fn streams(&self) -> usize {
         let mut state = self.lock();
@@ -164,6 +180,13 @@ impl Telemetry for StandInAgent {
         &self,
         request: Request<Streaming<FilterMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        {
+            let mut state = self.lock();
+            state.attempts.push(Instant::now());
+            if let Some(refusal) = state.refusals.pop_front() {
+                return Err(refusal);
+            }
+        }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         self.lock().pushers.push(tx);

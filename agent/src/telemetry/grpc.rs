@@ -31,11 +31,12 @@ use fledge_core::windows::Windows;
 /// The header carrying the client's mesh identity.
 const XFCC: &str = "x-forwarded-client-cert";
 
-/// What a filter's stream ends with when the agent stops.
-const STOPPING: &str = "the agent is stopping";
-/// What a standby answers: the filter keeps its deltas, backs off and connects again, which
-/// the telemetry Service sends to a replica (the leader accepts).
-pub const STANDBY: &str = "standby: not the leader";
+/// What a filter's stream ends with when the agent stops: the filter keeps its deltas and
+/// connects again at its next tick, which the telemetry Service sends to a replica that stays.
+const STOPPING: &str = fledge_proto::REFUSED_STOPPING;
+/// What a standby answers: the filter keeps its deltas and connects again at its next tick,
+/// which the telemetry Service sends to a replica (the leader accepts).
+pub const STANDBY: &str = fledge_proto::REFUSED_STANDBY;
 /// How long a stream ended for a standby is still read for reports already on their way.
 pub const DRAIN: Duration = Duration::from_secs(2);
 

@@ -253,10 +253,18 @@ impl Root {
 
     pub(super) fn on_grpc_close(&mut self, token: u32, status_code: u32) {
         let now = self.now();
+        let message = absorb(abi::grpc_status())
+            .map(|(_, message)| message)
+            .unwrap_or_default();
+        // A standby or stopping replica says so; the next tick reaches another one.
+        if fledge_proto::is_replica_refusal(status_code, &message) {
+            if self.link.refused(token, now) {
+                Metrics::add(self.metrics.stream_refusals, 1);
+            }
+            return;
+        }
         if self.link.closed(token, now) {
-            let message = absorb(abi::grpc_status())
-                .map(|(_, message)| String::from_utf8_lossy(&message).into_owned())
-                .unwrap_or_default();
+            let message = String::from_utf8_lossy(&message);
             log(
                 LogLevel::Warn,
                 &format!(

@@ -83,6 +83,34 @@ fn a_healthy_stream_reconnects_at_once_and_resets_the_backoff() {
 }
 
 #[test]
+fn a_replica_s_refusal_reconnects_at_the_next_tick_and_leaves_the_backoff_alone() {
+    let mut link = Link::new(1000);
+    // Two failures in a row: the next one would wait 4 s.
+    link.failed(0);
+    link.failed(1000);
+    let mut now = 3000;
+    // A standby refuses ten times in a row: each time the next tick connects again.
+    for token in 1..=10 {
+        assert_eq!(link.poll(now), Step::Connect);
+        link.opened(token, now);
+        assert!(link.refused(token, now + 5));
+        assert_eq!(link.token(), None);
+        assert_eq!(link.poll(now + 5), Step::Connect);
+        now += 1000;
+    }
+    // The refusals counted as no failure: the third failure waits 4 s, as it would have.
+    link.opened(11, now);
+    assert!(link.closed(11, now + 5));
+    assert_eq!(link.poll(now + 4004), Step::Wait);
+    assert_eq!(link.poll(now + 4005), Step::Connect);
+    // A refusal of a stream that is not the open one changes nothing.
+    assert!(!link.refused(11, now + 4005));
+    link.opened(12, now + 4005);
+    assert!(!link.refused(11, now + 4006));
+    assert_eq!(link.token(), Some(12));
+}
+
+#[test]
 fn closes_of_old_streams_change_nothing() {
     let mut link = Link::new(1000);
     assert!(!link.closed(1, 0));

@@ -154,11 +154,13 @@ pub(super) async fn filter(
         let mut replies = match replies {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                // A standby refuses; so does an agent in the last moments of stopping.
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                // A standby refuses; so does an agent in the last moments of stopping. Both
+                // in the words the real filter takes as "try another replica at once".
                 assert!(
-                    status.message().contains("standby")
-                        || status.message() == "the agent is stopping",
+                    fledge_proto::is_replica_refusal(
+                        status.code() as u32,
+                        status.message().as_bytes()
+                    ),
                     "{status:?}"
                 );
                 sent.refused.fetch_add(1, Ordering::SeqCst);
