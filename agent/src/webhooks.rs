@@ -10,11 +10,15 @@
 //! the rollout. Every call carries the core's idempotency key (header `Idempotency-Key` and the
 //! body), so a receiver knows a call sent twice — retried, or again after a restart.
 //!
+//! A Rollout the loop stops asking about (deleted) is forgotten after [`FORGET_AFTER`]: its
+//! gating hooks are no longer asked, and what the gate kept of it goes.
+//!
 //! What it is not: which hooks are due, what they are sent and what answers mean are the
 //! core's (`fledge_core::rollout::webhooks`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fledge_core::planner::TickPlan;
 use fledge_core::rollout::webhooks::{self, Answer, HookCall, Meaning};
@@ -29,17 +33,24 @@ use crate::outbound::Outbound;
 /// The header that carries a call's idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
+/// A Rollout the loop has not asked about this long (deleted, or no longer ticked) is
+/// forgotten: its gating hooks' tasks end and its last status goes.
+pub const FORGET_AFTER: Duration = Duration::from_secs(60);
+
 /// What a gating hook says now, by its call's idempotency key.
 struct Asked {
     /// `namespace/name` of the rollout it is about.
     rollout: String,
     state: GateState,
     evidence: Value,
+    /// When the loop last asked for this answer.
+    read: Instant,
 }
 
 type Calls = Arc<Mutex<HashMap<String, Asked>>>;
-/// The status each rollout with webhooks had at the last plan this gate heard of.
-type Seen = Arc<Mutex<HashMap<String, RolloutStatus>>>;
+/// The status each rollout with webhooks had at the last plan this gate heard of, and when the
+/// loop last asked about the rollout.
+type Seen = Arc<Mutex<HashMap<String, (RolloutStatus, Instant)>>>;
 
 /// The webhook gate; cheap to clone.
 #[derive(Clone)]
@@ -49,6 +60,8 @@ pub struct Webhooks {
     metrics: Arc<Metrics>,
     asked: Calls,
     seen: Seen,
+    /// [`FORGET_AFTER`], shorter in tests.
+    forget_after: Duration,
 }
 
 impl Webhooks {
@@ -58,6 +71,7 @@ impl Webhooks {
             metrics,
             asked: Arc::default(),
             seen: Arc::default(),
+            forget_after: FORGET_AFTER,
         }
     }
 
@@ -73,11 +87,30 @@ impl Webhooks {
             metrics,
             asked: Arc::default(),
             seen: Arc::default(),
+            forget_after: FORGET_AFTER,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Asked>> {
         self.asked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn seen(&self) -> MutexGuard<'_, HashMap<String, (RolloutStatus, Instant)>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the call `key` is still asked for: its entry is there and the loop read it
+    /// within [`FORGET_AFTER`]. An entry nobody reads any more is dropped here.
+    fn still_asked(&self, key: &str) -> bool {
+        let mut asked = self.lock();
+        match asked.get(key) {
+            Some(entry) if entry.read.elapsed() < self.forget_after => true,
+            Some(_) => {
+                asked.remove(key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Starts asking a gating hook, unless a task already does for this call.
@@ -103,7 +136,7 @@ impl Webhooks {
                     return;
                 }
                 tokio::time::sleep(hook.interval()).await;
-                if !me.lock().contains_key(&key) {
+                if !me.still_asked(&key) {
                     return;
                 }
             }
@@ -189,7 +222,10 @@ impl Webhooks {
         let key = rollout.key();
         let current: HashSet<&str> = calls.iter().map(|c| c.key.as_str()).collect();
         let mut asked = self.lock();
-        asked.retain(|k, a| a.rollout != key || current.contains(k.as_str()));
+        let forget_after = self.forget_after;
+        asked.retain(|k, a| {
+            (a.rollout != key || current.contains(k.as_str())) && a.read.elapsed() < forget_after
+        });
         let mut out = Vec::with_capacity(calls.len());
         for call in &calls {
             if !asked.contains_key(&call.key) {
@@ -199,11 +235,15 @@ impl Webhooks {
                         rollout: key.clone(),
                         state: webhooks::pending(call.hook),
                         evidence: json!({ "url": call.hook.url }),
+                        read: Instant::now(),
                     },
                 );
                 self.ask(call, &key);
             }
-            let entry = &asked[&call.key];
+            let Some(entry) = asked.get_mut(&call.key) else {
+                continue;
+            };
+            entry.read = Instant::now();
             out.push((
                 call.hook.name.clone(),
                 entry.state.clone(),
@@ -219,6 +259,12 @@ impl Gate for Webhooks {
         let Some(status) = rollout.status.as_ref() else {
             return Vec::new();
         };
+        if !rollout.spec.webhooks.is_empty()
+            && let Some((_, read)) = self.seen().get_mut(&rollout.key())
+        {
+            // Asked about: kept (`applied`, the only one that adds, drops the others).
+            *read = Instant::now();
+        }
         self.gates_now(rollout)
             .into_iter()
             .filter_map(|(name, state, evidence)| {
@@ -236,11 +282,13 @@ impl Gate for Webhooks {
         // whose status was persisted but whose routes failed is not heard of, and the change
         // it made must still be told.
         let key = rollout.key();
-        let before = self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), plan.status.clone());
+        let before = {
+            let mut seen = self.seen();
+            let forget_after = self.forget_after;
+            seen.retain(|_, (_, read)| read.elapsed() < forget_after);
+            seen.insert(key.clone(), (plan.status.clone(), Instant::now()))
+                .map(|(status, _)| status)
+        };
         let mut was = rollout.clone();
         if let Some(before) = before {
             was.status = Some(before);

@@ -236,6 +236,48 @@ async fn notifications_go_out_once_per_change_and_failures_are_counted() {
     }
 }
 
+#[tokio::test]
+async fn a_rollout_nobody_asks_about_any_more_is_forgotten_and_its_hook_no_longer_asked() {
+    let server = HookServer::start().await;
+    server.answer("approve", 409);
+    let hooks = format!(
+        "    - {{name: approve, type: confirmPromotion, url: \"{}\", interval: 50ms}}\n",
+        server.url("approve")
+    );
+    let r = rollout(&hooks).with_status_for_test(status(Phase::Progressing, Some(1), 50));
+    let (mut gate, _) = gate();
+    gate.forget_after = Duration::from_millis(300);
+    let plan = TickPlan {
+        status: status(Phase::Progressing, Some(1), 50),
+        routing: None,
+        notices: Vec::new(),
+        status_changed: true,
+        outcome: None,
+    };
+    gate.applied(&r, &plan);
+    // Asked about every tick: the hook is asked again and again, and the gate keeps both.
+    for _ in 0..20 {
+        assert_eq!(gate.reports(&r, at(1)).len(), 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = server.received("approve").len();
+    assert!(asked >= 3, "asked {asked} times in 400 ms");
+    assert_eq!((gate.lock().len(), gate.seen().len()), (1, 1));
+    // Deleted: nobody asks. Within the forget bound and one interval the task ends (the
+    // margin is for a loaded machine).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = server.received("approve").len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.received("approve").len(), after, "still asked");
+    assert!(gate.lock().is_empty());
+    // What it kept of the rollout goes at the next plan of another.
+    let mut other = r.clone();
+    other.metadata.name = Some("ratings".into());
+    gate.applied(&other, &plan);
+    let seen: Vec<String> = gate.seen().keys().cloned().collect();
+    assert_eq!(seen, ["shop/ratings"]);
+}
+
 trait WithStatus {
     fn with_status_for_test(self, status: RolloutStatus) -> Self;
 }
