@@ -7,7 +7,8 @@
 //! `Err(Status)` for the caller to absorb. Values the host hands over are buffers it allocated
 //! through [`proxy_on_memory_allocate`]; they are taken over without copying.
 //!
-//! This is the only unsafe code in the workspace: the import declarations, the calls through
+//! This is the only unsafe code in the workspace (besides two imports the benchmark's minimal
+//! fixture, `sandbox/fixtures/minimal`, calls for its floors): the import declarations, the calls through
 //! them with pointers to live locals and slices, the exported symbols, taking ownership of the
 //! buffers the host allocated, and the module's allocator ([`Pool`]: free lists for the small
 //! values every request takes from the host and gives back).

@@ -310,31 +310,57 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
 pub enum Module {
     Filter,
     Minimal,
+    /// The minimal fixture making only the host calls of fledge's routed request (its floor).
+    Calls,
+    /// The minimal fixture making the fewest host calls a routing, measuring filter could.
+    Pairs,
 }
 
-/// Runs `requests` requests on `path` through one module only (no rounds, no warm-up) and
-/// returns the mean ns per request: the loop to put under `valgrind --tool=callgrind
-/// --toggle-collect='*bench::requests*'`, which then counts instructions per request of that
-/// module alone.
+/// What [`profile`] measured and checked of one module's requests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profiled {
+    /// Mean wall-clock ns per request.
+    pub ns: f64,
+    /// Requests that left the module with the version header.
+    pub versioned: usize,
+    pub traps: u64,
+    /// Property reads the host could not answer.
+    pub property_misses: u64,
+}
+
+/// Runs `requests` requests on `path` through one module only (no rounds, no warm-up): the
+/// loop to put under `valgrind --tool=callgrind --toggle-collect='*bench::requests*'`, which
+/// then counts instructions per request of that module alone.
 pub async fn profile(
     config: &BenchConfig,
     module: Module,
     path: RequestPath,
     requests: usize,
-) -> Result<f64> {
+) -> Result<Profiled> {
     let (module, plugin) = match module {
         Module::Filter => (&config.filter, FILTER_CONFIG),
         Module::Minimal => (&config.minimal, ""),
+        Module::Calls => (&config.minimal, fledge_minimal_filter::CALLS),
+        Module::Pairs => (&config.minimal, fledge_minimal_filter::PAIRS),
     };
     let host = FilterHost::start(HostConfig {
         workers: config.workers.max(1),
         ..HostConfig::new(module, plugin)
     })
     .await?;
+    // What the module read at its start (node metadata a host may not have) is not a request's.
+    let misses_before = host.stats().property_misses;
     let n = requests.max(1);
-    let elapsed = self::requests(&host, &mut batch(n, config.headers, path));
+    let mut batch = batch(n, config.headers, path);
+    let elapsed = self::requests(&host, &mut batch);
+    let stats = host.stats();
     host.shutdown().await;
-    Ok(per_request(elapsed, n))
+    Ok(Profiled {
+        ns: per_request(elapsed, n),
+        versioned: batch.versioned(),
+        traps: stats.traps,
+        property_misses: stats.property_misses - misses_before,
+    })
 }
 
 /// The request and response headers of `n` requests on `path`, built before any clock starts.

@@ -2,7 +2,9 @@
 //! and so any ratio, is recorded in BENCHMARKS.md from a release run, not asserted here: a debug
 //! build on a shared machine says nothing about it).
 
-use fledge_sandbox_host::bench::{self, BenchConfig, BenchReport, HeaderSet, RequestPath};
+use fledge_sandbox_host::bench::{
+    self, BenchConfig, BenchReport, HeaderSet, Module, Profiled, RequestPath,
+};
 
 async fn run(headers: HeaderSet, requests: usize, rounds: usize) -> BenchReport {
     let config = BenchConfig {
@@ -33,6 +35,42 @@ async fn the_filter_benchmark_measures_both_paths_with_either_header_set() {
                 (p.ratio - p.filter_ns / p.minimal_ns).abs() < 1e-9,
                 "{path:?}: {p:?}"
             );
+        }
+    }
+}
+
+/// Each module the profile runs does what BENCHMARKS.md says it does: fledge's filter and the
+/// two floors (the minimal fixture making fledge's routed host calls, or the fewest) version
+/// every routed request and have every property they read answered; the baseline versions
+/// none; nothing traps. Unrouted requests are left alone by all.
+#[tokio::test]
+async fn every_profiled_module_makes_the_calls_it_stands_for() {
+    let config = BenchConfig {
+        headers: HeaderSet::Mesh,
+        ..BenchConfig::from_env().unwrap_or_else(|e| panic!("{e}"))
+    };
+    for (module, versions) in [
+        (Module::Filter, true),
+        (Module::Minimal, false),
+        (Module::Calls, true),
+        (Module::Pairs, true),
+    ] {
+        let routed = bench::profile(&config, module, RequestPath::Routed, 50)
+            .await
+            .unwrap();
+        let expected = Profiled {
+            ns: routed.ns,
+            versioned: if versions { 50 } else { 0 },
+            traps: 0,
+            property_misses: 0,
+        };
+        assert_eq!(routed, expected, "{module:?}");
+        assert!(routed.ns > 0.0, "{module:?}");
+        if module == Module::Filter {
+            let unrouted = bench::profile(&config, module, RequestPath::Unrouted, 50)
+                .await
+                .unwrap();
+            assert_eq!((unrouted.versioned, unrouted.traps), (0, 0));
         }
     }
 }
