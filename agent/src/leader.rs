@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fledge_core::lease::{self, Step, Timing};
+use fledge_core::lease::{self, Observed, Step, Timing};
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
@@ -124,6 +124,9 @@ pub struct Elector {
     api: Api<Lease>,
     options: LeaseOptions,
     leadership: Arc<Leadership>,
+    /// The Lease as last read, and since when it has stayed so on the monotonic clock: another
+    /// holder's Lease expires by this, never by comparing its renewTime with our clock.
+    observed: Arc<Mutex<Observed<Instant>>>,
 }
 
 impl Elector {
@@ -132,6 +135,7 @@ impl Elector {
             api: Api::namespaced(client, &options.namespace),
             options,
             leadership,
+            observed: Arc::default(),
         }
     }
 
@@ -174,13 +178,24 @@ impl Elector {
         let o = &self.options;
         let read = self.api.get_opt(&o.name).await?;
         let spec = read.as_ref().map(|l| l.spec.clone().unwrap_or_default());
-        let step = lease::next(spec.as_ref(), &o.identity, &o.timing, Timestamp::now());
+        let unchanged_for = self
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .see(spec.as_ref(), Instant::now());
+        let step = lease::next(
+            spec.as_ref(),
+            &o.identity,
+            &o.timing,
+            Timestamp::now(),
+            unchanged_for,
+        );
         let written = match &step {
-            Step::Wait { holder, until } => {
+            Step::Wait { holder, remaining } => {
                 if self.leadership.may_write() {
                     tracing::warn!(lease = %o.name, %holder, "another agent holds the Lease: standing by");
                 }
-                tracing::debug!(lease = %o.name, %holder, %until, "standing by");
+                tracing::debug!(lease = %o.name, %holder, ?remaining, "standing by");
                 self.leadership.lost();
                 return Ok(());
             }
@@ -268,10 +283,11 @@ fn conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// How long after a leader's death a standby takes over at most: the lease duration, then
-/// its next try.
+/// How long after a leader's death a standby takes over at most: it reads the Lease every
+/// retry period, so it sees the last renewal up to one period late, waits the lease duration
+/// from then, and takes it at its next try.
 pub fn takeover_bound(timing: &Timing) -> Duration {
-    timing.lease_duration + timing.retry_period
+    timing.lease_duration + 2 * timing.retry_period
 }
 
 #[cfg(test)]
@@ -325,8 +341,8 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_takes_over_after_the_lease_and_one_try() {
+    fn a_standby_takes_over_after_the_lease_and_two_tries() {
         let t = Timing::default();
-        assert_eq!(takeover_bound(&t), Duration::from_secs(17));
+        assert_eq!(takeover_bound(&t), Duration::from_secs(19));
     }
 }

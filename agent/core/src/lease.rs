@@ -1,15 +1,19 @@
 //! Leader election over a `coordination.k8s.io/v1` Lease, as decisions on plain data: given the
-//! Lease as read (or none), who we are, the timing and the time now, what to write next — create
-//! it, renew it, take it over, or wait for its holder — and what a leader that stops gives back.
+//! Lease as read (or none), who we are, the timing, the time now and how long the Lease has
+//! stayed as it is, what to write next — create it, renew it, take it over, or wait for its
+//! holder — and what a leader that stops gives back.
 //!
-//! The rules (those of client-go's leader election, on the Lease's own fields):
+//! The rules (those of client-go's leader election):
 //! - a Lease without a holder is free; one whose holder is us is renewed;
-//! - another holder's Lease expires at its `renewTime + leaseDurationSeconds`; before that we
-//!   wait, from then on we may take it (`leaseTransitions` + 1, `acquireTime` now);
-//! - a Lease naming a holder but no time it was renewed is taken as expired: nothing says it is
-//!   still held;
+//! - another holder's Lease expires once we have seen it unchanged for its
+//!   `leaseDurationSeconds`, counted on our own clock from the moment we first read it as it is
+//!   ([`Observed`]); before that we wait, from then on we may take it (`leaseTransitions` + 1,
+//!   `acquireTime` now). The Lease's `renewTime` is the holder's clock: compared with ours, a
+//!   clock running ahead would take a Lease its holder still renews, so it only says when, not
+//!   whether;
 //! - a leader writes only until `renewDeadline` after the start of its last successful renew,
-//!   which is shorter than the lease duration, so it has stopped before anyone may take over.
+//!   which is shorter than the lease duration: a standby first saw that renewal after it started,
+//!   so the leader has stopped before the standby may take over.
 //!
 //! What it is not: it reads and writes nothing. The agent's `leader` module makes the calls, at
 //! the resourceVersion it read, so of two candidates taking one Lease only one write succeeds.
@@ -96,8 +100,8 @@ pub enum Step {
     /// It is free or expired: write this spec at the resourceVersion read; a 409 means another
     /// candidate took it first.
     Take(LeaseSpec),
-    /// Another holder has it until `until`.
-    Wait { holder: String, until: Timestamp },
+    /// Another holder has it for at least `remaining` more, unless it changes.
+    Wait { holder: String, remaining: Duration },
 }
 
 impl Step {
@@ -115,25 +119,28 @@ pub fn holder(lease: &LeaseSpec) -> Option<&str> {
     lease.holder_identity.as_deref().filter(|h| !h.is_empty())
 }
 
-/// When the Lease's holder loses it if it does not renew: its last renewal (else its
-/// acquisition) plus its duration (else ours). None when it names no time at all.
-pub fn expires(lease: &LeaseSpec, timing: &Timing) -> Option<Timestamp> {
-    let renewed = lease.renew_time.as_ref().or(lease.acquire_time.as_ref())?.0;
-    let secs = lease
+/// How long the Lease lasts without a renewal: its own duration, else ours.
+pub fn duration(lease: &LeaseSpec, timing: &Timing) -> Duration {
+    lease
         .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
         .filter(|s| *s > 0)
-        .map_or(timing.lease_duration.as_secs() as i64, i64::from);
-    renewed
-        .checked_add(jiff::SignedDuration::from_secs(secs))
-        .ok()
+        .map_or(timing.lease_duration, Duration::from_secs)
 }
 
-/// What `me` does next with `lease` (None: no Lease exists) at `now`.
-pub fn next(lease: Option<&LeaseSpec>, me: &str, timing: &Timing, now: Timestamp) -> Step {
-    let duration = i32::try_from(timing.lease_duration.as_secs()).unwrap_or(i32::MAX);
+/// What `me` does next with `lease` (None: no Lease exists) at `now`, having seen it unchanged
+/// for `unchanged_for` ([`Observed::see`]).
+pub fn next(
+    lease: Option<&LeaseSpec>,
+    me: &str,
+    timing: &Timing,
+    now: Timestamp,
+    unchanged_for: Duration,
+) -> Step {
+    let lease_secs = i32::try_from(timing.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let ours = |acquired: MicroTime, transitions: i32| LeaseSpec {
         holder_identity: Some(me.to_owned()),
-        lease_duration_seconds: Some(duration),
+        lease_duration_seconds: Some(lease_secs),
         acquire_time: Some(acquired),
         renew_time: Some(MicroTime(now)),
         lease_transitions: Some(transitions),
@@ -148,14 +155,50 @@ pub fn next(lease: Option<&LeaseSpec>, me: &str, timing: &Timing, now: Timestamp
             let acquired = lease.acquire_time.clone().unwrap_or(MicroTime(now));
             Step::Renew(ours(acquired, transitions))
         }
-        Some(h) => match expires(lease, timing) {
-            Some(until) if now < until => Step::Wait {
+        Some(h) => match duration(lease, timing).checked_sub(unchanged_for) {
+            Some(remaining) if !remaining.is_zero() => Step::Wait {
                 holder: h.to_owned(),
-                until,
+                remaining,
             },
             _ => Step::Take(ours(MicroTime(now), transitions.saturating_add(1))),
         },
         None => Step::Take(ours(MicroTime(now), transitions.saturating_add(1))),
+    }
+}
+
+/// What a candidate last read of the Lease and since when, on its own clock `T` (the agent's
+/// monotonic clock): any change to the record (a renewal, a new holder, a release, the Lease
+/// created or deleted) starts the count again.
+#[derive(Clone, Debug)]
+pub struct Observed<T> {
+    lease: Option<Option<LeaseSpec>>,
+    since: Option<T>,
+}
+
+impl<T> Default for Observed<T> {
+    fn default() -> Self {
+        Self {
+            lease: None,
+            since: None,
+        }
+    }
+}
+
+impl<T: Copy + std::ops::Sub<Output = Duration>> Observed<T> {
+    /// Records the Lease as read at `now` (None: there is none); how long it has stayed so.
+    pub fn see(&mut self, lease: Option<&LeaseSpec>, now: T) -> Duration {
+        let same = self
+            .lease
+            .as_ref()
+            .is_some_and(|seen| seen.as_ref() == lease);
+        match self.since {
+            Some(since) if same => now - since,
+            _ => {
+                self.lease = Some(lease.cloned());
+                self.since = Some(now);
+                Duration::ZERO
+            }
+        }
     }
 }
 

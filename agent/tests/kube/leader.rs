@@ -1,7 +1,8 @@
 //! Two agents against one API server, one Lease: only the leader writes; killed mid-step at
-//! seeded-random moments, the standby takes over within the lease duration and a tick, resumes
-//! from the persisted status and moves nothing backward; stopped gracefully, it gives the Lease
-//! back and the standby takes over at once. Telemetry comes from a filter stand-in over real
+//! seeded-random moments, the standby takes over within the lease duration, two retries and a
+//! tick, resumes from the persisted status and moves nothing backward; stopped gracefully, it
+//! gives the Lease back and the standby takes over at once; a holder whose clock is far behind
+//! keeps the Lease while it renews. Telemetry comes from a filter stand-in over real
 //! gRPC that behaves as the filter does: it reconnects (to either agent, as the Service would
 //! send it) when a stream ends, keeps the deltas a send could not hand over, and a standby
 //! refuses it with UNAVAILABLE.
@@ -401,5 +402,87 @@ async fn a_leader_that_cannot_renew_stops_writing_within_its_renew_deadline() {
     assert_written_while_leading(&server.writes());
     stop.store(true, Ordering::SeqCst);
     feeding.abort();
+    a.agent.stop();
+}
+
+/// Another agent holds the Lease and renews it on time, but its clock runs an hour behind ours,
+/// so every renewTime it writes looks long expired. Expiry is what this agent saw change, on its
+/// own clock, so it stands by as long as the renewals come (two lease durations here, writing
+/// nothing), and takes the Lease within the takeover bound once they stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_clock_runs_an_hour_behind_keeps_the_lease_while_it_renews() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::{Api, ObjectMeta, PostParams};
+
+    let server = ApiServer::start().await;
+    server.apply_rollout(rollout(4));
+    server.create_virtual_service(example("virtualservice.yaml"));
+    server.add_user("agent-behind", AGENT);
+    let leases: Api<Lease> = Api::namespaced(server.client_as("agent-behind"), "fledge-system");
+    fn behind() -> MicroTime {
+        MicroTime(Timestamp::now() - jiff::SignedDuration::from_hours(1))
+    }
+    let spec = |acquired: MicroTime| LeaseSpec {
+        holder_identity: Some("agent-behind".into()),
+        lease_duration_seconds: Some(timing().lease_duration.as_secs() as i32),
+        acquire_time: Some(acquired),
+        renew_time: Some(behind()),
+        lease_transitions: Some(0),
+        ..LeaseSpec::default()
+    };
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some("fledge-agent".into()),
+            namespace: Some("fledge-system".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec(behind())),
+    };
+    let params = PostParams {
+        field_manager: Some(fledge_agent::store::FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    leases
+        .create(&params, &lease)
+        .await
+        .expect("the Lease is created");
+    let renewing = Arc::new(AtomicBool::new(true));
+    let renewer = tokio::spawn({
+        let (leases, renewing, params) = (leases.clone(), renewing.clone(), params.clone());
+        async move {
+            while renewing.load(Ordering::SeqCst) {
+                let mut read = leases.get("fledge-agent").await.expect("the Lease reads");
+                let acquired = read.spec.as_ref().and_then(|s| s.acquire_time.clone());
+                read.spec = Some(spec(acquired.unwrap_or_else(behind)));
+                leases
+                    .replace("fledge-agent", &params, &read)
+                    .await
+                    .expect("the holder renews");
+                tokio::time::sleep(timing().retry_period).await;
+            }
+        }
+    });
+
+    let a = replica(&server, "agent-a").await;
+    tokio::time::sleep(2 * timing().lease_duration).await;
+    assert_eq!(holder(&server).as_deref(), Some("agent-behind"));
+    assert_eq!(http_status(a.agent.http_addr, "/leaderz").await, 503);
+    let by_a: Vec<Write> = server
+        .writes()
+        .into_iter()
+        .filter(|w| w.token.as_deref() == Some("agent-a"))
+        .collect();
+    assert!(by_a.is_empty(), "a standby wrote: {by_a:#?}");
+
+    renewing.store(false, Ordering::SeqCst);
+    renewer.await.unwrap();
+    // The last renewal was written before this moment: the bound counts from it.
+    let took = until_held_by(&server, "agent-a", Duration::from_secs(10)).await;
+    let bound = fledge_agent::leader::takeover_bound(&timing());
+    assert!(
+        took <= bound + Duration::from_millis(100),
+        "took over {took:?} after the renewals stopped; bound {bound:?}"
+    );
     a.agent.stop();
 }
