@@ -9,7 +9,9 @@
 //!
 //! The agents run in this process, each with its own client and bearer token (two pods of one
 //! ServiceAccount), so the stand-in can say who made every write. A kill is `Agent::stop`:
-//! every task aborted where it stands, a write in flight included, nothing flushed.
+//! every task aborted where it stands, a write in flight included, nothing flushed. Two tests
+//! run the real binary instead: SIGTERM (the Lease handed over) and SIGKILL (three leaders
+//! killed mid-canary).
 
 mod fixtures;
 
@@ -485,4 +487,105 @@ async fn a_holder_whose_clock_runs_an_hour_behind_keeps_the_lease_while_it_renew
         "took over {took:?} after the renewals stopped; bound {bound:?}"
     );
     a.agent.stop();
+}
+
+/// The same as the in-process kills, with real processes and SIGKILL: two `fledge-agent kube`
+/// binaries; the leading one killed at seeded-random moments mid-canary and started again as
+/// the Deployment would; the other takes over within the bound, and the rollout goes forward
+/// to the end with only leaders writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leading_processes_killed_with_sigkill_are_replaced_and_nothing_moves_backward() {
+    let server = ApiServer::start().await;
+    server.apply_rollout(rollout(6));
+    server.create_virtual_service(example("virtualservice.yaml"));
+    let home = tempfile::tempdir().unwrap();
+    let bound = fledge_agent::leader::takeover_bound(&timing());
+    let mut processes = vec![
+        process(&server, home.path(), "bin-0"),
+        process(&server, home.path(), "bin-1"),
+    ];
+    let addrs = Arc::new(Mutex::new(
+        processes.iter().map(|p| p.grpc).collect::<Vec<_>>(),
+    ));
+    let sent = Arc::new(Sent::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeding = tokio::spawn(filter(addrs.clone(), sent.clone(), stop.clone()));
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while holder(&server).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("one process takes the Lease");
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut takeovers = Vec::new();
+    for kill in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..4000))).await;
+        let leader = holder(&server).expect("a holder");
+        let at = processes.iter().position(|p| p.name == leader).unwrap();
+        let mut dead = processes.remove(at);
+        let killed = Instant::now();
+        dead.child.start_kill().expect("SIGKILL");
+        let status = dead.child.wait().await.unwrap();
+        assert!(!status.success(), "{leader} was killed: {status:?}");
+        let survivor = processes[0].name.clone();
+        until_held_by(&server, &survivor, bound + Duration::from_secs(2)).await;
+        // From the kill (the Lease's last renewal came before it) to seeing the new holder.
+        let took = killed.elapsed();
+        assert!(
+            took <= bound + Duration::from_millis(200),
+            "kill {kill}: {survivor} took over {took:?} after SIGKILL to {leader}; bound {bound:?}"
+        );
+        takeovers.push(took);
+        processes.push(process(&server, home.path(), &format!("bin-{}", kill + 2)));
+        *addrs.lock().unwrap() = processes.iter().map(|p| p.grpc).collect();
+    }
+
+    let finished = tokio::time::timeout(Duration::from_secs(90), async {
+        while kube_status(&server).is_none_or(|s| s.phase != Phase::Succeeded) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    feeding.abort();
+    assert!(
+        finished.is_ok(),
+        "not finished: {:#?}",
+        kube_status(&server)
+    );
+    let writes = server.writes();
+    let (statuses, routes) = history(&writes);
+    assert_forward(&statuses, &routes);
+    assert_written_while_leading(&writes);
+    let steps: BTreeSet<u32> = statuses.iter().map(|s| s.0).collect();
+    assert_eq!(steps, (0..6).collect(), "every step decided and persisted");
+    let mut terms: Vec<&str> = writes
+        .iter()
+        .filter(|w| !w.what.starts_with("lease"))
+        .map(|w| w.token.as_deref().unwrap())
+        .collect();
+    terms.dedup();
+    let distinct: BTreeSet<&str> = terms.iter().copied().collect();
+    assert_eq!(
+        terms.len(),
+        distinct.len(),
+        "two writers at once? {terms:?}"
+    );
+    assert!(distinct.len() >= 2, "one process moved it all: {terms:?}");
+    assert_eq!(
+        server.conflicts().0,
+        0,
+        "a VirtualService write at a stale resourceVersion"
+    );
+    assert!(server.violations().is_empty(), "{:#?}", server.violations());
+    println!(
+        "3 SIGKILLs: takeovers {takeovers:?} (bound {bound:?}); {} status writes",
+        statuses.len()
+    );
+    for mut p in processes {
+        let _ = p.child.start_kill();
+        let _ = p.child.wait().await;
+    }
 }

@@ -285,3 +285,69 @@ pub(super) fn assert_forward(statuses: &[(u32, u32, String)], routes: &[u32]) {
         );
     }
 }
+
+/// A real `fledge-agent kube` process against the stand-in, as one pod of the Deployment: its
+/// own token, the leader tests' Lease timing, listeners on ports picked for it.
+pub(super) struct Process {
+    pub(super) name: String,
+    pub(super) child: tokio::process::Child,
+    pub(super) grpc: SocketAddr,
+}
+
+/// A free local port (bound, then let go for the process to take).
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Starts `name` as a process with a kubeconfig (in `home`) whose token is its name.
+pub(super) fn process(server: &ApiServer, home: &std::path::Path, name: &str) -> Process {
+    server.add_user(name, AGENT);
+    let kubeconfig = home.join(format!("{name}.kubeconfig"));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: stand-in\n  cluster:\n    server: {url}\n\
+         users:\n- name: agent\n  user:\n    token: {name}\n\
+         contexts:\n- name: agent\n  context:\n    cluster: stand-in\n    user: agent\n    namespace: fledge-system\n\
+         current-context: agent\n",
+        url = server.url
+    );
+    std::fs::write(&kubeconfig, text).unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let t = timing();
+    let log = std::fs::File::create(home.join(format!("{name}.log"))).unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fledge-agent"))
+        .args([
+            "kube",
+            "--grpc",
+            &grpc.to_string(),
+            "--http",
+            &http.to_string(),
+        ])
+        .args([
+            "--lease-duration",
+            &format!("{}s", t.lease_duration.as_secs()),
+        ])
+        .args([
+            "--renew-deadline",
+            &format!("{}ms", t.renew_deadline.as_millis()),
+        ])
+        .args([
+            "--retry-period",
+            &format!("{}ms", t.retry_period.as_millis()),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", home)
+        .env("POD_NAME", name)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Process {
+        name: name.to_owned(),
+        child,
+        grpc,
+    }
+}
