@@ -91,58 +91,9 @@ async fn killed_leaders_are_replaced_within_the_lease_and_nothing_moves_backward
     }
 
     // Let the last leader finish the rollout.
-    let finished = tokio::time::timeout(Duration::from_secs(90), async {
-        loop {
-            if kube_status(&server).is_some_and(|s| s.phase == Phase::Succeeded) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    feeding.abort();
-    assert!(
-        finished.is_ok(),
-        "not finished: {:#?}",
-        kube_status(&server)
-    );
-
-    let writes = server.writes();
-    let (statuses, routes) = history(&writes);
-    assert_forward(&statuses, &routes);
-    assert_written_while_leading(&writes);
-    let steps: BTreeSet<u32> = statuses.iter().map(|s| s.0).collect();
-    assert_eq!(steps, (0..12).collect(), "every step decided and persisted");
-
-    // Only leaders wrote: every write of Rollout objects came from whoever held the Lease then
-    // — checked as no two agents' writes interleaving within one term, and more than one
-    // agent having written over the run.
-    assert!(writes.iter().all(|w| w.user == AGENT), "one ServiceAccount");
-    let writers: Vec<&str> = writes
-        .iter()
-        .filter(|w| !w.what.starts_with("lease"))
-        .map(|w| w.token.as_deref().unwrap())
-        .collect();
-    let mut terms: Vec<&str> = writers.clone();
-    terms.dedup();
-    let distinct: BTreeSet<&str> = terms.iter().copied().collect();
-    assert_eq!(
-        terms.len(),
-        distinct.len(),
-        "an agent wrote again after another had: two leaders at once? {terms:?}"
-    );
-    assert!(
-        distinct.len() >= 3,
-        "the rollout was moved by one agent only: {terms:?}"
-    );
-    // Every VirtualService replace was at the resourceVersion read (a stale one gets 409).
-    assert_eq!(
-        server.conflicts().0,
-        0,
-        "a VirtualService write at a stale resourceVersion"
-    );
-    assert!(server.violations().is_empty(), "{:#?}", server.violations());
+    until_succeeded(&server, &stop, feeding).await;
+    let status_writes = assert_led_in_turns(&server, 12, 3);
+    let routes = history(&server.writes()).1.len();
 
     // Telemetry: no report counted twice; a killed agent loses at most what was on its
     // way to it when it died (one report per kill at most).
@@ -167,9 +118,7 @@ async fn killed_leaders_are_replaced_within_the_lease_and_nothing_moves_backward
     );
     let slowest = takeovers.iter().max().unwrap();
     println!(
-        "20 kills: takeover slowest {slowest:?} (bound {bound:?}); {} status writes, {} VirtualService writes; reports sent {handed}, received {received}",
-        statuses.len(),
-        routes.len()
+        "20 kills: takeover slowest {slowest:?} (bound {bound:?}); {status_writes} status writes, {routes} VirtualService writes; reports sent {handed}, received {received}"
     );
     for r in replicas {
         r.agent.stop();
@@ -282,36 +231,14 @@ async fn sigterm_to_the_leading_binary_hands_the_lease_over_at_once() {
     let server = ApiServer::start().await;
     server.apply_rollout(rollout(4));
     server.create_virtual_service(example("virtualservice.yaml"));
-    server.add_user("agent-bin", AGENT);
     let home = tempfile::tempdir().unwrap();
-    let kubeconfig = home.path().join("agent.kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters:\n- name: stand-in\n  cluster:\n    server: {url}\n\
-         users:\n- name: agent\n  user:\n    token: agent-bin\n\
-         contexts:\n- name: agent\n  context:\n    cluster: stand-in\n    user: agent\n    namespace: fledge-system\n\
-         current-context: agent\n",
-        url = server.url
-    );
-    std::fs::write(&kubeconfig, text).unwrap();
     // A lease long enough that a takeover by expiry could not pass for a release.
-    let mut binary = tokio::process::Command::new(env!("CARGO_BIN_EXE_fledge-agent"))
-        .args(["kube", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args([
-            "--lease-duration",
-            "20s",
-            "--renew-deadline",
-            "10s",
-            "--retry-period",
-            "250ms",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("HOME", home.path())
-        .env("POD_NAME", "agent-bin")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let timing = fledge_core::lease::Timing {
+        lease_duration: Duration::from_secs(20),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_millis(250),
+    };
+    let mut binary = process_with(&server, home.path(), "agent-bin", timing).child;
     until_held_by(&server, "agent-bin", Duration::from_secs(20)).await;
     let standby = replica(&server, "agent-b").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -542,47 +469,10 @@ async fn leading_processes_killed_with_sigkill_are_replaced_and_nothing_moves_ba
         *addrs.lock().unwrap() = processes.iter().map(|p| p.grpc).collect();
     }
 
-    let finished = tokio::time::timeout(Duration::from_secs(90), async {
-        while kube_status(&server).is_none_or(|s| s.phase != Phase::Succeeded) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    feeding.abort();
-    assert!(
-        finished.is_ok(),
-        "not finished: {:#?}",
-        kube_status(&server)
-    );
-    let writes = server.writes();
-    let (statuses, routes) = history(&writes);
-    assert_forward(&statuses, &routes);
-    assert_written_while_leading(&writes);
-    let steps: BTreeSet<u32> = statuses.iter().map(|s| s.0).collect();
-    assert_eq!(steps, (0..6).collect(), "every step decided and persisted");
-    let mut terms: Vec<&str> = writes
-        .iter()
-        .filter(|w| !w.what.starts_with("lease"))
-        .map(|w| w.token.as_deref().unwrap())
-        .collect();
-    terms.dedup();
-    let distinct: BTreeSet<&str> = terms.iter().copied().collect();
-    assert_eq!(
-        terms.len(),
-        distinct.len(),
-        "two writers at once? {terms:?}"
-    );
-    assert!(distinct.len() >= 2, "one process moved it all: {terms:?}");
-    assert_eq!(
-        server.conflicts().0,
-        0,
-        "a VirtualService write at a stale resourceVersion"
-    );
-    assert!(server.violations().is_empty(), "{:#?}", server.violations());
+    until_succeeded(&server, &stop, feeding).await;
+    let status_writes = assert_led_in_turns(&server, 6, 2);
     println!(
-        "3 SIGKILLs: takeovers {takeovers:?} (bound {bound:?}); {} status writes",
-        statuses.len()
+        "3 SIGKILLs: takeovers {takeovers:?} (bound {bound:?}); {status_writes} status writes"
     );
     for mut p in processes {
         let _ = p.child.start_kill();

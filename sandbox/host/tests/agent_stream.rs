@@ -179,45 +179,52 @@ async fn the_host_ends_a_stream_at_its_deadline_and_the_filter_opens_another() {
 /// one VM with at least three, which the backoff would stretch to at least 7 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_s_refusal_is_retried_at_the_next_tick_not_after_a_backoff() {
-    let (agent, serving) = StandInAgent::start().await;
     let standby = || tonic::Status::unavailable(fledge_proto::REFUSED_STANDBY);
     let stopping = tonic::Status::unavailable(fledge_proto::REFUSED_STOPPING);
-    agent.refuse([
+    let (attempts, stats) = refused_then_connected([
         standby(),
         standby(),
         stopping,
         standby(),
         standby(),
         standby(),
-    ]);
-    let host = FilterHost::start(config(serving.addr, 90_500))
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || agent.hellos().len() >= 2).await,
-        "no Hello"
-    );
-    let attempts = agent.attempts();
+    ])
+    .await;
     assert_eq!(attempts.len(), 8, "6 refused, then one stream per VM");
     let took = attempts[7] - attempts[0];
     assert!(
         took < Duration::from_secs(3),
         "{took:?} from the first refusal to the last stream"
     );
-    let stats = host.stats();
     assert_eq!(stats.traps, 0);
     assert_eq!(stats.metrics.get("fledge_filter_stream_refusals"), Some(&6));
     assert_eq!(stats.metrics.get("fledge_filter_stream_failures"), Some(&0));
-    host.shutdown().await;
-    serving.stop().await;
 }
 
 /// Any other UNAVAILABLE (here the proxy's own "no healthy upstream") is a failure: the VM
 /// that met it waits its backoff, 1 s, before trying again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_other_unavailable_still_backs_off() {
+    let (attempts, stats) =
+        refused_then_connected([tonic::Status::unavailable("no healthy upstream")]).await;
+    assert_eq!(attempts.len(), 3, "one refused, then one stream per VM");
+    let retry = attempts[2] - attempts[0];
+    assert!(
+        retry >= Duration::from_millis(950),
+        "retried after {retry:?}"
+    );
+    assert_eq!(stats.traps, 0);
+    assert_eq!(stats.metrics.get("fledge_filter_stream_refusals"), Some(&0));
+}
+
+/// The filter (two VMs) against a stand-in agent that refuses the first streams with
+/// `refusals`, until each VM said Hello on a stream it took: when each stream was asked for,
+/// and the host's stats then.
+async fn refused_then_connected(
+    refusals: impl IntoIterator<Item = tonic::Status>,
+) -> (Vec<std::time::Instant>, fledge_sandbox_host::HostStats) {
     let (agent, serving) = StandInAgent::start().await;
-    agent.refuse([tonic::Status::unavailable("no healthy upstream")]);
+    agent.refuse(refusals);
     let host = FilterHost::start(config(serving.addr, 90_500))
         .await
         .unwrap();
@@ -225,15 +232,8 @@ async fn any_other_unavailable_still_backs_off() {
         eventually(Duration::from_secs(10), || agent.hellos().len() >= 2).await,
         "no Hello"
     );
-    let attempts = agent.attempts();
-    assert_eq!(attempts.len(), 3, "one refused, then one stream per VM");
-    let retry = attempts[2] - attempts[0];
-    assert!(
-        retry >= Duration::from_millis(950),
-        "retried after {retry:?}"
-    );
     let stats = host.stats();
-    assert_eq!(stats.metrics.get("fledge_filter_stream_refusals"), Some(&0));
     host.shutdown().await;
     serving.stop().await;
+    (agent.attempts(), stats)
 }

@@ -300,8 +300,9 @@ fn free_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Starts `name` as a process with a kubeconfig (in `home`) whose token is its name.
-pub(super) fn process(server: &ApiServer, home: &std::path::Path, name: &str) -> Process {
+/// A kubeconfig (written in `home`) for the stand-in with `name` as the bearer token, and the
+/// stand-in told that token is the agent's ServiceAccount: one pod of the Deployment.
+pub(super) fn kubeconfig(server: &ApiServer, home: &std::path::Path, name: &str) -> PathBuf {
     server.add_user(name, AGENT);
     let kubeconfig = home.join(format!("{name}.kubeconfig"));
     let text = format!(
@@ -313,8 +314,24 @@ pub(super) fn process(server: &ApiServer, home: &std::path::Path, name: &str) ->
         url = server.url
     );
     std::fs::write(&kubeconfig, text).unwrap();
+    kubeconfig
+}
+
+/// Starts `name` as a process with the leader tests' timing (see [`process_with`]).
+pub(super) fn process(server: &ApiServer, home: &std::path::Path, name: &str) -> Process {
+    process_with(server, home, name, timing())
+}
+
+/// Starts `name` as a process with a kubeconfig (in `home`) whose token is its name, electing
+/// with timing `t`.
+pub(super) fn process_with(
+    server: &ApiServer,
+    home: &std::path::Path,
+    name: &str,
+    t: Timing,
+) -> Process {
+    let kubeconfig = kubeconfig(server, home, name);
     let (grpc, http) = (free_port(), free_port());
-    let t = timing();
     let log = std::fs::File::create(home.join(format!("{name}.log"))).unwrap();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fledge-agent"))
         .args([
@@ -350,4 +367,64 @@ pub(super) fn process(server: &ApiServer, home: &std::path::Path, name: &str) ->
         child,
         grpc,
     }
+}
+
+/// Waits (up to 90 s) for the rollout to succeed, then stops the filter stand-in.
+pub(super) async fn until_succeeded(
+    server: &ApiServer,
+    stop: &AtomicBool,
+    feeding: tokio::task::JoinHandle<()>,
+) {
+    let finished = tokio::time::timeout(Duration::from_secs(90), async {
+        while kube_status(server).is_none_or(|s| s.phase != Phase::Succeeded) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    feeding.abort();
+    assert!(finished.is_ok(), "not finished: {:#?}", kube_status(server));
+}
+
+/// What must hold of a rollout of `steps` steps led to its end by agents that took turns:
+/// nothing moved backward, every step was decided and persisted, every write came within its
+/// writer's renew deadline, only leaders wrote — checked as no two agents' writes
+/// interleaving within one term, and at least `writers` agents having written — every
+/// VirtualService replace was at the resourceVersion read (a stale one gets 409), and the
+/// stand-in refused no call. Returns the status writes.
+pub(super) fn assert_led_in_turns(server: &ApiServer, steps: u32, writers: usize) -> usize {
+    let writes = server.writes();
+    let (statuses, routes) = history(&writes);
+    assert_forward(&statuses, &routes);
+    assert_written_while_leading(&writes);
+    let decided: BTreeSet<u32> = statuses.iter().map(|s| s.0).collect();
+    assert_eq!(
+        decided,
+        (0..steps).collect(),
+        "every step decided and persisted"
+    );
+    assert!(writes.iter().all(|w| w.user == AGENT), "one ServiceAccount");
+    let mut terms: Vec<&str> = writes
+        .iter()
+        .filter(|w| !w.what.starts_with("lease"))
+        .map(|w| w.token.as_deref().unwrap())
+        .collect();
+    terms.dedup();
+    let distinct: BTreeSet<&str> = terms.iter().copied().collect();
+    assert_eq!(
+        terms.len(),
+        distinct.len(),
+        "an agent wrote again after another had: two leaders at once? {terms:?}"
+    );
+    assert!(
+        distinct.len() >= writers,
+        "the rollout was moved by fewer than {writers} agents: {terms:?}"
+    );
+    assert_eq!(
+        server.conflicts().0,
+        0,
+        "a VirtualService write at a stale resourceVersion"
+    );
+    assert!(server.violations().is_empty(), "{:#?}", server.violations());
+    statuses.len()
 }
