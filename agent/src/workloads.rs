@@ -4,7 +4,9 @@
 //!
 //! Its own task reads both Deployments of every Rollout it was asked about, every `every`, and
 //! scales the one whose `spec.replicas` differs from the target; `reports` answers at once from
-//! what that task last read (a Hold while it has read nothing). It scales no Deployment but the
+//! what that task last read (a Hold while it has read nothing). A Rollout that has handed its
+//! Deployments back (`workloads::settled`: not started, or ended with its scale-down done) is
+//! read no more while its status stays: an autoscaler or a person may scale them then. It scales no Deployment but the
 //! two the Rollout names, in the Rollout's namespace. Where Deployments live is a
 //! [`Deployments`]: the API server (`kube`) or the local store's folder (`local`).
 //!
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use fledge_core::planner::TickPlan;
 use fledge_core::rollout::workloads::{self, GATE_NAME, Observed};
-use fledge_core::rollout::{GateKind, GateReport, GateState, Phase, Rollout};
+use fledge_core::rollout::{GateKind, GateReport, GateState, Phase, Rollout, RolloutStatus};
 use jiff::Timestamp;
 
 use crate::gates::Gate;
@@ -86,6 +88,9 @@ struct Watched {
     /// time in the status is.
     now: Timestamp,
     seen: Option<Seen>,
+    /// The status with which the Deployments were handed back at their targets: while the
+    /// Rollout's status is this one, they are not read or scaled.
+    settled: Option<RolloutStatus>,
 }
 
 /// The gate; [`WorkloadGate::start`] runs its task for as long as the gate lives.
@@ -127,6 +132,7 @@ impl WorkloadGate {
             asked: std::time::Instant::now(),
             now: now.unwrap_or_else(Timestamp::now),
             seen: None,
+            settled: None,
         });
         entry.rollout = rollout.clone();
         entry.asked = std::time::Instant::now();
@@ -220,6 +226,7 @@ async fn run<D: Deployments>(
             watched.retain(|_, e| e.asked.elapsed() < FORGET_AFTER);
             watched
                 .values()
+                .filter(|e| e.settled.is_none() || e.settled != e.rollout.status)
                 .map(|e| {
                     (
                         e.rollout.clone(),
@@ -231,11 +238,35 @@ async fn run<D: Deployments>(
         };
         for (rollout, known, now) in rollouts {
             let seen = reconcile(&deployments, &rollout, known, now).await;
+            let handed_back = handed_back(&rollout, &seen, now);
             if let Some(e) = gate.lock().get_mut(&rollout.key()) {
                 e.seen = Some(seen);
+                if handed_back {
+                    tracing::info!(rollout = %rollout.key(), "workloads handed back: no longer scaled");
+                    e.settled = rollout.status.clone();
+                }
             }
         }
     }
+}
+
+/// Whether `rollout`'s Deployments can be left alone from now on: its status is settled and the
+/// last reconcile left both at their targets, with no problem.
+fn handed_back(rollout: &Rollout, seen: &Seen, now: Timestamp) -> bool {
+    let (Some(w), Some(status)) = (&rollout.spec.workloads, &rollout.status) else {
+        return false;
+    };
+    if !workloads::settled(w, status, now) || seen.problem.is_some() {
+        return false;
+    }
+    let Some(total) = seen.total else {
+        return status.phase == Phase::Pending;
+    };
+    let targets = workloads::targets(&rollout.spec, w, status, total, now);
+    let at = |target: Option<u32>, observed: &Option<workloads::Observed>| {
+        target.is_none_or(|t| observed.as_ref().is_some_and(|o| o.replicas == t))
+    };
+    at(targets.canary, &seen.canary) && at(targets.stable, &seen.stable)
 }
 
 /// Reads both Deployments, scales each whose replicas differ from the target, and says what it
@@ -331,15 +362,31 @@ mod tests {
 
     use super::*;
 
-    /// Deployments in memory: every scale is recorded.
+    /// Deployments in memory: every scale is recorded, every read counted.
     #[derive(Clone, Default)]
     struct Memory {
         replicas: Arc<Mutex<HashMap<String, u32>>>,
         scaled: Arc<Mutex<Vec<(String, u32)>>>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Memory {
+        fn set(&self, name: &str, replicas: u32) {
+            self.replicas
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.to_owned(), replicas);
+        }
+
+        fn get(&self, name: &str) -> Option<u32> {
+            let replicas = self.replicas.lock().unwrap_or_else(PoisonError::into_inner);
+            replicas.get(name).copied()
+        }
     }
 
     impl Deployments for Memory {
         async fn read(&self, _: &str, name: &str) -> Result<Option<Observed>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
             let replicas = self.replicas.lock().unwrap_or_else(PoisonError::into_inner);
             Ok(replicas.get(name).map(|&r| Observed {
                 replicas: r,
@@ -424,6 +471,53 @@ spec:
             scaled(),
             vec![("reviews-v2".to_owned(), 1)],
             "the leader scales the canary for the first step"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ended_rollout_hands_its_deployments_back_once_they_are_at_their_targets() {
+        let memory = Memory::default();
+        memory.set("reviews-v1", 4);
+        memory.set("reviews-v2", 4);
+        let gate = WorkloadGate::start(memory.clone(), Duration::from_millis(10));
+        // Promoted an hour ago: the canary keeps the total, the old stable goes to zero.
+        let mut rollout = started();
+        let ended = Timestamp::from_second(1_800_000_100).expect("a valid time");
+        let status = rollout.status.as_mut().expect("a status");
+        status.phase = Phase::Succeeded;
+        status.current_step = Some(1);
+        status.canary_weight = 100;
+        status.history.push(fledge_core::rollout::Decision {
+            at: ended,
+            phase: Phase::Succeeded,
+            step: None,
+            canary_weight: 100,
+            reason: "promoted".into(),
+        });
+        let now = Timestamp::from_second(1_800_003_700).expect("a valid time");
+        gate.reports(&rollout, now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            (memory.get("reviews-v1"), memory.get("reviews-v2")),
+            (Some(0), Some(4))
+        );
+        // Handed back: an autoscaler's (or a person's) replicas stay, and nothing is read.
+        memory.set("reviews-v2", 7);
+        let reads = memory.reads.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            gate.reports(&rollout, now);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(memory.get("reviews-v2"), Some(7), "scaled back by fledge");
+        assert_eq!(memory.reads.load(Ordering::SeqCst), reads, "still read");
+        // A new rollout (a new status) takes them again.
+        let mut next = started();
+        next.status.as_mut().expect("a status").observed_generation = Some(2);
+        gate.reports(&next, now);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            memory.reads.load(Ordering::SeqCst) > reads,
+            "not read again"
         );
     }
 }

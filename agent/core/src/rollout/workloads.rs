@@ -192,11 +192,7 @@ pub fn targets(
     total: u32,
     now: Timestamp,
 ) -> Targets {
-    let delay_over = || {
-        finished_at(status).is_none_or(|at| {
-            now.duration_since(at).as_secs_f64() >= w.scale_down_delay().as_secs_f64()
-        })
-    };
+    let delay_over = || delay_over(w, status, now);
     match status.phase {
         Phase::Pending | Phase::Failed => Targets::default(),
         Phase::Progressing | Phase::Paused => {
@@ -240,6 +236,24 @@ pub fn targets(
             for_weight: 0,
         },
     }
+}
+
+/// Whether the rollout has handed its Deployments back: it has not started (Pending) or has
+/// ended, and any scale-down its end calls for is due (the delay is over), so its [`targets`]
+/// stay what they are for as long as the status does. Once the Deployments are at them, the
+/// agent stops reading and scaling them: an autoscaler or a person may scale them from then on.
+pub fn settled(w: &Workloads, status: &RolloutStatus, now: Timestamp) -> bool {
+    match status.phase {
+        Phase::Pending | Phase::Failed => true,
+        Phase::Progressing | Phase::Paused | Phase::Promoting => false,
+        Phase::Succeeded | Phase::RolledBack | Phase::Aborted => delay_over(w, status, now),
+    }
+}
+
+/// Whether `scaleDownDelay` has passed since the rollout reached its final phase.
+fn delay_over(w: &Workloads, status: &RolloutStatus, now: Timestamp) -> bool {
+    finished_at(status)
+        .is_none_or(|at| now.duration_since(at).as_secs_f64() >= w.scale_down_delay().as_secs_f64())
 }
 
 /// What the Deployments say about ending the current step, with the numbers behind it.

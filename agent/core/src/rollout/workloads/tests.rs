@@ -155,6 +155,46 @@ fn the_end_scales_down_only_after_the_delay() {
 }
 
 #[test]
+fn the_deployments_are_handed_back_once_the_end_s_scale_down_is_due() {
+    let w = workloads(true);
+    // phase, seconds after the decision, settled
+    let cases = [
+        (Phase::Pending, 0, true),
+        (Phase::Progressing, 1000, false),
+        (Phase::Paused, 1000, false),
+        (Phase::Promoting, 1000, false),
+        (Phase::Succeeded, 29, false),
+        (Phase::Succeeded, 30, true),
+        (Phase::RolledBack, 0, false),
+        (Phase::RolledBack, 31, true),
+        (Phase::Aborted, 31, true),
+        (Phase::Failed, 0, true),
+    ];
+    for (phase, after, expected) in cases {
+        let s = status(phase, 3, 0);
+        assert_eq!(
+            settled(&w, &s, at(100 + after)),
+            expected,
+            "{phase} +{after}s"
+        );
+    }
+    // Settled means the targets no longer change while the status stays.
+    let r = rollout(true);
+    for phase in [Phase::Succeeded, Phase::RolledBack, Phase::Aborted] {
+        let s = status(phase, 3, if phase == Phase::Succeeded { 100 } else { 0 });
+        let first = targets(&r.spec, &w, &s, 10, at(130));
+        for later in [131, 1000, 100_000] {
+            let t = targets(&r.spec, &w, &s, 10, at(later));
+            assert_eq!(
+                (t.canary, t.stable),
+                (first.canary, first.stable),
+                "{phase}"
+            );
+        }
+    }
+}
+
+#[test]
 fn readiness_holds_the_step_until_the_canary_is_ready_for_the_next_weight() {
     let w = workloads(true);
     let t = Targets {
