@@ -114,6 +114,20 @@ mod tests {
         assert!(!is_replica_refusal(13, REFUSED_STANDBY.as_bytes()));
         assert!(!is_replica_refusal(0, REFUSED_STOPPING.as_bytes()));
         assert!(!is_replica_refusal(14, b"standby: not the leader, really"));
+        // The contract says the same words.
+        let proto = include_str!("../fledge/v1/telemetry.proto");
+        for words in [REFUSED_STANDBY, REFUSED_STOPPING] {
+            let quoted = format!("\"{words}\"");
+            let flat = proto
+                .split_whitespace()
+                .filter(|w| *w != "//")
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(
+                flat.contains(&quoted),
+                "telemetry.proto does not say {quoted}"
+            );
+        }
     }
 
     #[test]
