@@ -305,6 +305,12 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport> {
     })
 }
 
+/// The minimal fixture's plugin configuration for the floor `calls` (its `CALLS`; a test checks
+/// the fixture takes it: every request then leaves with the version header).
+const MINIMAL_CALLS: &str = "calls";
+/// The minimal fixture's plugin configuration for the floor `pairs` (its `PAIRS`).
+const MINIMAL_PAIRS: &str = "pairs";
+
 /// Which module [`profile`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Module {
@@ -340,8 +346,8 @@ pub async fn profile(
     let (module, plugin) = match module {
         Module::Filter => (&config.filter, FILTER_CONFIG),
         Module::Minimal => (&config.minimal, ""),
-        Module::Calls => (&config.minimal, fledge_minimal_filter::CALLS),
-        Module::Pairs => (&config.minimal, fledge_minimal_filter::PAIRS),
+        Module::Calls => (&config.minimal, MINIMAL_CALLS),
+        Module::Pairs => (&config.minimal, MINIMAL_PAIRS),
     };
     let host = FilterHost::start(HostConfig {
         workers: config.workers.max(1),
