@@ -6,9 +6,10 @@
 //! scales the one whose `spec.replicas` differs from the target; `reports` answers at once from
 //! what that task last read (a Hold while it has read nothing). A Rollout that has handed its
 //! Deployments back (`workloads::settled`: not started, or ended with its scale-down done) is
-//! read no more while its status stays: an autoscaler or a person may scale them then. It scales no Deployment but the
-//! two the Rollout names, in the Rollout's namespace. Where Deployments live is a
-//! [`Deployments`]: the API server (`kube`) or the local store's folder (`local`).
+//! read no more while its status stays: an autoscaler or a person may scale them then. It
+//! scales no Deployment but the two the Rollout names, in the Rollout's namespace. Where
+//! Deployments live is a [`Deployments`]: the API server (`kube`) or the local store's folder
+//! (`local`).
 //!
 //! What it is not: the math (the core's), or a judge of the rollout (the machine takes the
 //! answers).
