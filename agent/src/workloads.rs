@@ -497,7 +497,16 @@ spec:
         });
         let now = Timestamp::from_second(1_800_003_700).expect("a valid time");
         gate.reports(&rollout, now);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Waits (the gate's task runs on this runtime) until `done` says so, for at most 10 s.
+        async fn until(done: impl Fn() -> bool) {
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            while !done() {
+                assert!(std::time::Instant::now() < end, "not within 10 s");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let key = rollout.key();
+        until(|| gate.lock().get(&key).is_some_and(|e| e.settled.is_some())).await;
         assert_eq!(
             (memory.get("reviews-v1"), memory.get("reviews-v2")),
             (Some(0), Some(4))
@@ -515,10 +524,6 @@ spec:
         let mut next = started();
         next.status.as_mut().expect("a status").observed_generation = Some(2);
         gate.reports(&next, now);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            memory.reads.load(Ordering::SeqCst) > reads,
-            "not read again"
-        );
+        until(|| memory.reads.load(Ordering::SeqCst) > reads).await;
     }
 }
