@@ -3,7 +3,8 @@
 //! cannot link tonic). `fledge/v1/telemetry.proto` is the truth and documents every field.
 //!
 //! This crate holds no logic beyond generated code, the arithmetic of [`v1::Counts`] (the request
-//! counts both sides share), and a few constants both sides must agree on.
+//! counts both sides share), and a few constants both sides must agree on (with
+//! [`is_replica_refusal`], the one reading of two of them).
 
 /// Generated from `fledge/v1/telemetry.proto`.
 pub mod v1 {
