@@ -260,8 +260,9 @@ fn handed_back(rollout: &Rollout, seen: &Seen, now: Timestamp) -> bool {
     if !workloads::settled(w, status, now) || seen.problem.is_some() {
         return false;
     }
+    // Without a problem the reconcile knew the total (every early return names a problem).
     let Some(total) = seen.total else {
-        return status.phase == Phase::Pending;
+        return false;
     };
     let targets = workloads::targets(&rollout.spec, w, status, total, now);
     let at = |target: Option<u32>, observed: &Option<workloads::Observed>| {
