@@ -156,17 +156,22 @@ fn held_reason(status: &RolloutStatus) -> Option<String> {
 async fn replicas_follow_the_weight_through_the_api_server_as_through_the_local_store() {
     let server = rolling_cluster().await;
     let dir = rolling_folder();
+    // One telemetry store per controller: a controller keeps only the series its own rollouts
+    // need, so one that finished first would starve the other of what it still judges.
     let telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
+    let local_telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
     let kube = controller(kube_store(&server).await, &telemetry).with_gates(gates(&server));
     let local_gate = WorkloadGate::start(LocalDeployments::new(dir.path()), EVERY);
-    let local = controller(LocalStore::new(dir.path()), &telemetry)
+    let local = controller(LocalStore::new(dir.path()), &local_telemetry)
         .with_gates(Gates::new(vec![local_gate as Arc<dyn Gate>]));
     let reader = LocalStore::new(dir.path());
     let (mut kube_seen, mut local_seen) = (Seen::default(), Seen::default());
     let mut held = Vec::new();
     for s in (2..600).step_by(2) {
-        feed(&telemetry, s - 2);
-        feed(&telemetry, s - 1);
+        for telemetry in [&telemetry, &local_telemetry] {
+            feed(telemetry, s - 2);
+            feed(telemetry, s - 1);
+        }
         kube.tick(at(s)).await;
         local.tick(at(s)).await;
         // The gates' tasks read and scale on their own time.
@@ -273,17 +278,22 @@ async fn replicas_follow_the_weight_through_the_api_server_as_through_the_local_
 async fn an_abort_gives_the_stable_its_replicas_back_and_the_canary_goes_after_the_delay() {
     let server = rolling_cluster().await;
     let dir = rolling_folder();
+    // One telemetry store per controller: a controller keeps only the series its own rollouts
+    // need, so one that finished first would starve the other of what it still judges.
     let telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
+    let local_telemetry = Arc::new(Mutex::new(Telemetry::new(3600, 64)));
     let kube = controller(kube_store(&server).await, &telemetry).with_gates(gates(&server));
     let local_gate = WorkloadGate::start(LocalDeployments::new(dir.path()), EVERY);
-    let local = controller(LocalStore::new(dir.path()), &telemetry)
+    let local = controller(LocalStore::new(dir.path()), &local_telemetry)
         .with_gates(Gates::new(vec![local_gate as Arc<dyn Gate>]));
     let reader = LocalStore::new(dir.path());
     // Per store: when it was aborted, when the stable had 10 again, when the canary had 0.
     let mut times: [(Option<i64>, Option<i64>, Option<i64>); 2] = Default::default();
     for s in (2..300).step_by(2) {
-        feed(&telemetry, s - 2);
-        feed(&telemetry, s - 1);
+        for telemetry in [&telemetry, &local_telemetry] {
+            feed(telemetry, s - 2);
+            feed(telemetry, s - 1);
+        }
         kube.tick(at(s)).await;
         local.tick(at(s)).await;
         tokio::time::sleep(EVERY * 4).await;
